@@ -233,7 +233,9 @@ def compile_contracts(
     output = _run_compiler(input_json, project_root, binary)
     errors = output.get("errors") or []
     warnings = tuple(
-        str(e.get("formattedMessage") or e.get("message")) for e in errors if e.get("severity") != "error"
+        str(e.get("formattedMessage") or e.get("message"))
+        for e in errors
+        if e.get("severity") != "error"
     )
     contracts = _extract(output, set(sources), key)
     if not any(":" not in n for n in contracts):
@@ -328,7 +330,9 @@ def _hex(value: object) -> str:
     return text if text.startswith("0x") else f"0x{text}"
 
 
-def _extract(output: Mapping[str, Any], own_sources: set[str], key: str) -> dict[str, ContractArtifact]:
+def _extract(
+    output: Mapping[str, Any], own_sources: set[str], key: str
+) -> dict[str, ContractArtifact]:
     contracts: dict[str, ContractArtifact] = {}
     simple_origin: dict[str, str] = {}
     for source_path, by_name in (output.get("contracts") or {}).items():

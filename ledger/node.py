@@ -177,7 +177,7 @@ class AnvilNode:
         if not self.is_running():
             return False
         try:
-            return self._rpc("eth_chainId", [], timeout_s) == hex(self.config.chain_id)
+            return bool(self._rpc("eth_chainId", [], timeout_s) == hex(self.config.chain_id))
         except (OSError, ValueError, NodeError):
             return False
 
@@ -318,10 +318,8 @@ class AnvilNode:
             if not kill_only:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGINT)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=self.config.stop_timeout_s)
-                except subprocess.TimeoutExpired:
-                    pass
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
@@ -364,14 +362,14 @@ class AnvilNode:
 
     def _rpc(self, method: str, params: list[Any], timeout_s: float) -> Any:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
-        request = urllib.request.Request(
+        request = urllib.request.Request(  # noqa: S310 -- always http://host:port of our node
             self.rpc_url,
             data=body.encode(),
             headers={"Content-Type": "application/json"},
             method="POST",
         )
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
                 reply = json.loads(response.read())
         except urllib.error.URLError as exc:
             raise NodeError(f"{method} to {self.rpc_url} failed: {exc.reason}") from exc

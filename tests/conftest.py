@@ -28,7 +28,7 @@ def project_root() -> Path:
 
 @pytest.fixture(scope="session")
 def anvil_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnvilNode]:
-    """A session-wide anvil on a free port: chain id 31337, 10 funded accounts of the test mnemonic."""
+    """A session-wide anvil on a free port: chain 31337, 10 funded accounts of the test mnemonic."""
     config = AnvilConfig(
         state_dir=tmp_path_factory.mktemp("anvil"),
         chain_id=CHAIN_ID,

@@ -254,4 +254,3 @@ def sign_pass_token(
         domain=domain,
         signature=_uint256(r) + _uint256(s) + bytes([v + 27]),
     )
-

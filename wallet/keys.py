@@ -30,6 +30,9 @@ from wallet.errors import (
 __all__ = [
     "KDF",
     "MAX_KEYSTORE_BYTES",
+    "MAX_PBKDF2_ITERATIONS",
+    "MAX_SCRYPT_N",
+    "MAX_SCRYPT_R_TIMES_P",
     "SECP256K1_N",
     "PrivateKeyLike",
     "address_of",
@@ -52,6 +55,10 @@ PrivateKeyLike: TypeAlias = bytes | str | PrivateKey
 
 #: Keystore files larger than this are refused before parsing.
 MAX_KEYSTORE_BYTES = 64 * 1024
+#: Upper bounds on KDF parameters read from a keystore (a hostile file must not exhaust memory).
+MAX_SCRYPT_N = 2**20
+MAX_SCRYPT_R_TIMES_P = 64
+MAX_PBKDF2_ITERATIONS = 10_000_000
 
 
 def generate_private_key() -> bytes:
@@ -112,6 +119,7 @@ def encrypt_keystore(
     uses eth-account's default (scrypt n=262144). Lower it only in tests.
     """
     key = as_private_key(private_key)
+    _check_password(password)
     if kdf not in ("scrypt", "pbkdf2"):
         raise InvalidValue(f"unsupported kdf {kdf!r}: use 'scrypt' or 'pbkdf2'")
     if work_factor is not None:
@@ -120,6 +128,11 @@ def encrypt_keystore(
         if kdf == "scrypt" and work_factor & (work_factor - 1):
             raise InvalidValue(f"scrypt work_factor must be a power of two, got {work_factor}")
     return Account.encrypt(key.to_bytes(), password, kdf=kdf, iterations=work_factor)
+
+
+def _check_password(password: str) -> None:
+    if not isinstance(password, str):
+        raise InvalidValue(f"password must be a str, got {type(password).__name__}")
 
 
 def _require(condition: bool, what: str) -> None:
@@ -140,7 +153,7 @@ def _is_hex(value: object) -> bool:
 def _check_keystore_shape(keystore: Mapping[str, Any]) -> None:
     _require(isinstance(keystore, Mapping), "the top level must be a JSON object")
     _require(keystore.get("version") == 3, f"'version' must be 3, got {keystore.get('version')!r}")
-    crypto = keystore.get("crypto", keystore.get("Crypto"))
+    crypto = keystore.get("crypto")
     _require(isinstance(crypto, Mapping), "'crypto' must be an object")
     assert isinstance(crypto, Mapping)
     _require(crypto.get("cipher") == "aes-128-ctr", f"unsupported cipher {crypto.get('cipher')!r}")
@@ -166,11 +179,18 @@ def _check_keystore_shape(keystore: Mapping[str, Any]) -> None:
             )
         n = params["n"]
         _require(n > 1 and n & (n - 1) == 0, "'kdfparams.n' must be a power of two")
+        _require(n <= MAX_SCRYPT_N, f"'kdfparams.n' {n} exceeds the limit {MAX_SCRYPT_N}")
+        _require(
+            params["r"] * params["p"] <= MAX_SCRYPT_R_TIMES_P,
+            f"'kdfparams.r' * 'kdfparams.p' exceeds the limit {MAX_SCRYPT_R_TIMES_P}",
+        )
     elif kdf == "pbkdf2":
         c = params.get("c")
+        if not isinstance(c, int) or isinstance(c, bool) or c <= 0:
+            raise KeystoreInvalid("not a valid v3 keystore: 'kdfparams.c' must be a positive int")
         _require(
-            isinstance(c, int) and not isinstance(c, bool) and c > 0,
-            "'kdfparams.c' must be a positive int",
+            c <= MAX_PBKDF2_ITERATIONS,
+            f"'kdfparams.c' {c} exceeds the limit {MAX_PBKDF2_ITERATIONS}",
         )
         _require(params.get("prf") == "hmac-sha256", "'kdfparams.prf' must be 'hmac-sha256'")
     else:
@@ -183,6 +203,7 @@ def decrypt_keystore(keystore: Mapping[str, Any], *, password: str) -> bytes:
     Raises :class:`KeystoreDecryptionFailed` for a wrong password and :class:`KeystoreInvalid`
     for anything that is not a well-formed v3 keystore.
     """
+    _check_password(password)
     _check_keystore_shape(keystore)
     try:
         raw = bytes(Account.decrypt(dict(keystore), password))

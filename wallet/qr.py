@@ -7,12 +7,14 @@ read on a dark page).
 
 Sizes, for a phone camera at about 30 cm (rule of thumb: the code should be at least a tenth of
 the scanning distance, i.e. >= 30 mm): a version-1 token URI (214 characters) is a version-11
-symbol of 61 x 61 modules, 69 x 69 with the 4-module quiet zone.
+symbol of 61 x 61 modules (sometimes version 10, 57 x 57, when ``qrcode``'s mixed-mode
+segmentation finds long digit/upper-case runs), 69 x 69 with the 4-module quiet zone.
 
-- PNG: :data:`DEFAULT_PNG_BOX_SIZE` = 8 px per module -> 552 x 552 px, crisp at any display
-  scale (integer pixels per module, 1-bit image).
+- PNG: :data:`DEFAULT_PNG_BOX_SIZE` = 8 px per module -> 552 x 552 px for version 11, crisp at
+  any display scale (integer pixels per module, 1-bit image, no transparency).
 - SVG: :data:`DEFAULT_SVG_MODULE_MM` = 0.6 mm per module, explicit ``width``/``height`` in mm ->
-  41.4 x 41.4 mm (36.6 mm of code), which fits on an ID-1 card (54 mm high) and reads at 30 cm.
+  41.4 x 41.4 mm for version 11 (36.6 mm of code), which fits on an ID-1 card (54 mm high) and
+  reads at 30 cm.
   The ``viewBox`` is in modules and ``shape-rendering="crispEdges"``, so CSS may scale it freely.
 """
 
@@ -76,8 +78,10 @@ def render_png(
     text: str, *, box_size: int = DEFAULT_PNG_BOX_SIZE, border: int = DEFAULT_BORDER
 ) -> bytes:
     """Render ``text`` as a 1-bit PNG: black modules of ``box_size`` px on opaque white."""
-    if isinstance(box_size, bool) or not isinstance(box_size, int) or not (
-        1 <= box_size <= _MAX_BOX_SIZE
+    if (
+        isinstance(box_size, bool)
+        or not isinstance(box_size, int)
+        or not (1 <= box_size <= _MAX_BOX_SIZE)
     ):
         raise InvalidValue(
             f"box_size must be an int in 1 .. {_MAX_BOX_SIZE} px per module, got {box_size!r}"
@@ -113,8 +117,10 @@ def render_svg(
     ``width``/``height`` are ``(modules + 2 * border) * module_mm`` millimetres; the
     ``viewBox`` is in modules.
     """
-    if isinstance(module_mm, bool) or not isinstance(module_mm, (int, float)) or not (
-        0.1 <= module_mm <= 10
+    if (
+        isinstance(module_mm, bool)
+        or not isinstance(module_mm, (int, float))
+        or not (0.1 <= module_mm <= 10)
     ):
         raise InvalidValue(f"module_mm must be a number in 0.1 .. 10 mm, got {module_mm!r}")
     _check_border(border)

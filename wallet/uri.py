@@ -153,8 +153,7 @@ def decode_token_uri(text: str | bytes) -> SignedPassToken:
         if not colon and not version:
             raise TokenTruncated(f"token {text!r} stops before its version")
         raise TokenMalformed(
-            f"token version {_excerpt(version)} is not a decimal number "
-            f"(expected {_PREFIX!r}...)"
+            f"token version {_excerpt(version)} is not a decimal number (expected {_PREFIX!r}...)"
         )
     if version != str(TOKEN_URI_VERSION):
         raise TokenUnsupportedVersion(
@@ -180,9 +179,7 @@ def decode_token_uri(text: str | bytes) -> SignedPassToken:
         _decode_part(payload_text, name="payload", chars=_PAYLOAD_CHARS, size=PAYLOAD_LENGTH)
         raise TokenMalformed("token has no '.signature' part after its payload")
     payload_text, signature_text = parts
-    payload = _decode_part(
-        payload_text, name="payload", chars=_PAYLOAD_CHARS, size=PAYLOAD_LENGTH
-    )
+    payload = _decode_part(payload_text, name="payload", chars=_PAYLOAD_CHARS, size=PAYLOAD_LENGTH)
     if _BASE64URL.match(signature_text) and len(signature_text) < _SIGNATURE_CHARS:
         raise TokenTruncated(
             f"token stops after {len(signature_text)} of {_SIGNATURE_CHARS} signature characters"

@@ -83,13 +83,9 @@ def recover_signer(signed: SignedPassToken) -> ChecksumAddress:
     if not 0 < r < SECP256K1_N:
         raise TokenSignatureInvalid(f"signature r must be in 1 .. n-1, got {r:#x}")
     if not 0 < s <= _HALF_N:
-        raise TokenSignatureInvalid(
-            f"signature s must be in 1 .. n/2 (low-s, EIP-2), got {s:#x}"
-        )
+        raise TokenSignatureInvalid(f"signature s must be in 1 .. n/2 (low-s, EIP-2), got {s:#x}")
     try:
-        public_key = Signature(vrs=(v - 27, r, s)).recover_public_key_from_msg_hash(
-            signed.digest
-        )
+        public_key = Signature(vrs=(v - 27, r, s)).recover_public_key_from_msg_hash(signed.digest)
     except Exception as exc:  # eth-keys backends raise various types
         raise TokenSignatureInvalid(
             f"signature does not recover to a public key ({type(exc).__name__}: {exc})"
@@ -126,6 +122,11 @@ def verify_pass_token(
     tokens. ``is_serial_revoked(pass_id, serial)`` is called only for card tokens
     (``serial != 0``) that passed every other check.
     """
+    if isinstance(allowed_signers, str):
+        raise InvalidValue(
+            "allowed_signers must be a collection of addresses or a callable, not one str "
+            f"({allowed_signers!r}); wrap it: {{address}}"
+        )
     if clock_skew_s < 0:
         raise InvalidValue(f"clock_skew_s must be >= 0, got {clock_skew_s}")
     if max_lifetime_s is not None and max_lifetime_s < 0:

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+import solcx
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from ledger import compiler
 from ledger.compiler import (
     Artifacts,
     CompilerSettings,
@@ -25,9 +25,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
-def counter_artifacts(
-    project_root: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Artifacts:
+def counter_artifacts(project_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
     return compile_contracts(
         project_root=project_root,
         cache_dir=tmp_path_factory.mktemp("build"),
@@ -42,7 +40,9 @@ def test_shim_version_matches_solc_js(project_root: Path) -> None:
         capture_output=True,
         text=True,
     ).stdout
-    assert out.startswith("solc, the solidity compiler commandline interface\nVersion: 0.8.30+commit.")
+    assert out.startswith(
+        "solc, the solidity compiler commandline interface\nVersion: 0.8.30+commit."
+    )
     assert out.rstrip().endswith(".Linux.g++")
 
 
@@ -84,11 +84,14 @@ def test_build_info_for_slither(counter_artifacts: Artifacts) -> None:
     assert info["input"]["settings"]["evmVersion"] == "prague"
     assert info["input"]["settings"]["remappings"] == ["@openzeppelin/=node_modules/@openzeppelin/"]
     # ASTs of every source, imports included, as slither needs them
-    assert "ast" in info["output"]["sources"]["node_modules/@openzeppelin/contracts/access/Ownable.sol"]
+    assert (
+        "ast"
+        in info["output"]["sources"]["node_modules/@openzeppelin/contracts/access/Ownable.sol"]
+    )
 
 
 def test_unknown_contract_is_a_typed_error(counter_artifacts: Artifacts) -> None:
-    with pytest.raises(ContractNotFoundError, match="'Nope'.*Counter"):
+    with pytest.raises(ContractNotFoundError, match=r"'Nope'.*Counter"):
         counter_artifacts.get("Nope")
     with pytest.raises(LedgerError):
         counter_artifacts.get("Nope")
@@ -109,7 +112,7 @@ def test_second_call_uses_cache_without_compiler(
         calls.append((args, kwargs))
         raise AssertionError("the compiler must not run for unchanged sources")
 
-    monkeypatch.setattr(compiler.solcx, "compile_standard", no_compiler)
+    monkeypatch.setattr(solcx, "compile_standard", no_compiler)  # what ledger.compiler calls
     second = compile_contracts(project_root=project_root, cache_dir=cache, sources_dir=src)
     assert second.from_cache
     assert calls == []
@@ -148,7 +151,9 @@ def test_syntax_error_raises_compile_error(project_root: Path, tmp_path: Path) -
 def test_missing_sources_and_shim_are_compile_errors(project_root: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(CompileError, match=r"no Solidity sources"):
-        compile_contracts(project_root=project_root, cache_dir=tmp_path, sources_dir=tmp_path / "empty")
+        compile_contracts(
+            project_root=project_root, cache_dir=tmp_path, sources_dir=tmp_path / "empty"
+        )
     with pytest.raises(CompileError, match="solc shim not found"):
         compile_contracts(
             project_root=project_root,

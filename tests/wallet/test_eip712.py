@@ -44,7 +44,9 @@ PINNED_PASS_TOKEN_TYPEHASH = "e8b9ec96c2209997097e22999c833ffacd33fac8b9e78bd49b
 # signing a fixed token for chain 31337 and the first contract anvil deploys.
 GOLDEN_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 GOLDEN_SIGNER = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
-GOLDEN_DOMAIN = Domain(chain_id=31337, verifying_contract="0x5FbDB2315678afecb367f032d93F642f64180aa3")
+GOLDEN_DOMAIN = Domain(
+    chain_id=31337, verifying_contract="0x5FbDB2315678afecb367f032d93F642f64180aa3"
+)
 GOLDEN_TOKEN = PassToken(
     pass_id=bytes(range(32)), serial=7, expiry=1_767_225_600, amount_cap=Amount(2_500)
 )
@@ -65,7 +67,9 @@ domains = st.builds(
 
 
 def test_type_strings_are_the_spec() -> None:
-    assert PASS_TOKEN_TYPE == "PassToken(bytes32 passId,uint64 serial,uint64 expiry,uint64 amountCap)"
+    assert (
+        PASS_TOKEN_TYPE == "PassToken(bytes32 passId,uint64 serial,uint64 expiry,uint64 amountCap)"
+    )
     assert EIP712_DOMAIN_TYPE == (
         "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
     )
@@ -134,7 +138,9 @@ def test_golden_vector() -> None:
 def test_signature_equals_eth_account_sign_typed_data(token: PassToken, domain: Domain) -> None:
     key = bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318")
     signed = sign_pass_token(token, domain=domain, private_key=key)
-    reference = Account.sign_typed_data(key, full_message=pass_token_typed_data(token, domain=domain))
+    reference = Account.sign_typed_data(
+        key, full_message=pass_token_typed_data(token, domain=domain)
+    )
     assert signed.signature == bytes(reference.signature)
     assert signed.signature[64] in (27, 28)
     assert int.from_bytes(signed.signature[32:64], "big") <= SECP256K1_N // 2
@@ -153,7 +159,9 @@ def test_sign_accepts_bytes_hex_and_private_key_objects(domain: Domain) -> None:
 def test_sign_normalises_a_high_s_signature(
     monkeypatch: pytest.MonkeyPatch, domain: Domain
 ) -> None:
-    key = PrivateKey(bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"))
+    key = PrivateKey(
+        bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318")
+    )
     token = PassToken(pass_id=bytes(32), serial=3, expiry=10)
     expected = sign_pass_token(token, domain=domain, private_key=key)
     low = key.sign_msg_hash(expected.digest)
@@ -207,7 +215,10 @@ def test_domain_rejects_bad_values(chain_id: object, contract: object, fragment:
         ({"pass_id": "11" * 32}, "pass_id must be exactly 32 bytes"),
         ({"pass_id": bytearray(32)}, "pass_id must be exactly 32 bytes"),
         ({"serial": -1}, "serial must be in the uint64 range"),
-        ({"serial": 2**64}, "serial must be in the uint64 range 0 .. 2\\*\\*64-1, got 18446744073709551616"),
+        (
+            {"serial": 2**64},
+            "serial must be in the uint64 range 0 .. 2\\*\\*64-1, got 18446744073709551616",
+        ),
         ({"expiry": 1.5}, "expiry must be an int, got float"),
         ({"expiry": False}, "expiry must be an int, got bool"),
         ({"amount_cap": -5}, "amount_cap must be in the uint64 range"),
@@ -225,7 +236,9 @@ def test_pass_token_defaults_and_card_flag() -> None:
     assert token.amount_cap == 0
     assert not token.is_card
     assert PassToken(pass_id=bytes(32), serial=1, expiry=0).is_card
-    extremes = PassToken(pass_id=bytes(32), serial=2**64 - 1, expiry=2**64 - 1, amount_cap=Amount(2**64 - 1))
+    extremes = PassToken(
+        pass_id=bytes(32), serial=2**64 - 1, expiry=2**64 - 1, amount_cap=Amount(2**64 - 1)
+    )
     assert extremes.serial == 2**64 - 1
 
 

@@ -33,7 +33,9 @@ VALID = (
 )
 VALID_PAYLOAD, VALID_SIGNATURE = VALID.removeprefix(PREFIX).split(".")
 VALID_SIGNER = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
-VALID_DOMAIN = Domain(chain_id=31337, verifying_contract="0x5FbDB2315678afecb367f032d93F642f64180aa3")
+VALID_DOMAIN = Domain(
+    chain_id=31337, verifying_contract="0x5FbDB2315678afecb367f032d93F642f64180aa3"
+)
 VALID_NOW = 1_767_225_600 - 60
 
 uint64 = st.integers(min_value=0, max_value=2**64 - 1)
@@ -207,7 +209,7 @@ def _decode_total(text: str | bytes) -> SignedPassToken | None:
 
 
 uri_alphabet = st.sampled_from(
-    list("stadjerspas:1.2AZaz09-_=+/ \n\t") + ["\u00a0", "\ud800", "\x00", "\u0661"]
+    [*"stadjerspas:1.2AZaz09-_=+/ \n\t", "\u00a0", "\ud800", "\x00", "\u0661"]
 )
 
 

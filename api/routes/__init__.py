@@ -1,0 +1,1 @@
+"""HTTP routes. Thin: parse, authorise, call :mod:`api.services`, shape the response."""
