@@ -41,14 +41,14 @@ TYPE_PATHS := $(wildcard ledger wallet api)
 
 BROWNIE    := env PATH="$(BVENV)/bin:$$PATH" $(BVENV)/bin/brownie
 
-.PHONY: help setup run test lint fmt pytest test-brownie brownie bench clean distclean
+.PHONY: help setup solc-link run test lint fmt pytest test-brownie brownie bench clean distclean
 
 help:
 	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------------------------- set-up --
 
-setup: $(STAMPS)/venv $(STAMPS)/npm $(STAMPS)/solc-link $(STAMPS)/brownie $(STAMPS)/apt
+setup: $(STAMPS)/venv $(STAMPS)/npm solc-link $(STAMPS)/brownie $(STAMPS)/apt
 
 $(STAMPS):
 	@mkdir -p $@
@@ -68,13 +68,13 @@ $(STAMPS)/npm: package.json $(wildcard package-lock.json) | $(STAMPS)
 	  || { echo "anvil native binary missing after npm install" >&2; exit 1; }
 	@touch $@
 
-# py-solc-x and brownie look for compilers as ~/.solcx/solc-v<version>.
-$(STAMPS)/solc-link: $(SHIM) $(STAMPS)/npm | $(STAMPS)
+# py-solc-x and brownie look for compilers as ~/.solcx/solc-v<version>. Checked on every run
+# (cheap): the link is per user, so another checkout may have pointed it at itself.
+solc-link: $(STAMPS)/npm
 	@chmod +x $(SHIM)
-	@mkdir -p $(SOLCX_DIR)
-	ln -sfn $(SHIM) $(SOLC_LINK)
-	@$(SOLC_LINK) --version | grep -q "Version: $(SOLC_VERSION)+"
-	@touch $@
+	@if [ "$$(readlink $(SOLC_LINK) 2>/dev/null)" != "$(SHIM)" ]; then \
+	  mkdir -p $(SOLCX_DIR) && ln -sfn $(SHIM) $(SOLC_LINK) && echo "linked $(SOLC_LINK) -> $(SHIM)"; \
+	  $(SOLC_LINK) --version | grep -q "Version: $(SOLC_VERSION)+"; fi
 
 # brownie 1.22 hard-pins web3/eth-abi/pytest/hypothesis/python-dotenv, so it lives in its own
 # environment; `ledger` and `wallet` are installed there too (with their core dependencies).
@@ -82,7 +82,7 @@ $(STAMPS)/solc-link: $(SHIM) $(STAMPS)/npm | $(STAMPS)
 # binary is linked into .venv-brownie/bin, which brownie commands get first on PATH.
 # The development network's anvil flags go into ~/.brownie/network-config.yaml, because
 # brownie 1.22 fails on `networks.development.cmd_settings` in brownie-config.yaml.
-$(STAMPS)/brownie: pyproject.toml $(PKG_INITS) $(STAMPS)/npm $(STAMPS)/solc-link | $(STAMPS)
+$(STAMPS)/brownie: pyproject.toml $(PKG_INITS) $(STAMPS)/npm | $(STAMPS) solc-link
 	@[ -x $(BPY) ] || $(PYTHON) -m venv $(BVENV)
 	$(BVENV)/bin/pip install --quiet --disable-pip-version-check 'eth-brownie==1.22.*'
 	$(BVENV)/bin/pip install --quiet --disable-pip-version-check -e .
@@ -111,7 +111,9 @@ $(STAMPS)/apt: | $(STAMPS)
 run: setup
 	$(VENV)/bin/stadjerspas up
 
-test: setup lint pytest test-brownie
+# -k: run every stage even when an earlier one fails, and fail at the end.
+test: setup
+	$(MAKE) --no-print-directory -k lint pytest test-brownie
 
 lint: $(STAMPS)/venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
@@ -124,13 +126,13 @@ fmt: $(STAMPS)/venv
 
 # Not `-n auto` yet: the session-wide anvil fixture and the var/ caches are per process, which
 # xdist would multiply; enable once the suite proves independent of that.
-pytest: $(STAMPS)/venv $(STAMPS)/npm $(STAMPS)/solc-link
+pytest: $(STAMPS)/venv $(STAMPS)/npm
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-brownie: $(STAMPS)/brownie
+test-brownie: $(STAMPS)/brownie solc-link
 	$(BROWNIE) test tests/brownie
 
-brownie: $(STAMPS)/brownie
+brownie: $(STAMPS)/brownie solc-link
 	$(BROWNIE) $(ARGS)
 
 bench: setup

@@ -60,7 +60,9 @@ class Settings(BaseSettings):
         default=None,
         description="JSON-RPC endpoint. Unset: start an embedded anvil under <var_dir>/anvil.",
     )
-    anvil_port: int = Field(default=8545, ge=0, le=65535, description="Embedded anvil port (0: any).")
+    anvil_port: int = Field(
+        default=8545, ge=0, le=65535, description="Embedded anvil port (0: any)."
+    )
     anvil_chain_id: int = Field(default=31337, ge=1)
     auto_deploy: bool | None = Field(
         default=None, description="Deploy when no deployment record exists (default: development)."

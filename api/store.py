@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, LargeBinary, event
+from sqlalchemy import Dialect, Engine, LargeBinary, String, event
+from sqlalchemy.types import TypeDecorator
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Column, Field, Session, SQLModel, create_engine, select
 
@@ -33,6 +34,24 @@ __all__ = [
     "SchemeLabel",
     "Store",
 ]
+
+
+class UInt64(TypeDecorator[int]):
+    """A uint64 (amounts, balances: 2**64-1 means unlimited) kept as decimal text, because
+    SQLite's INTEGER is signed 64-bit."""
+
+    impl = String(20)
+    cache_ok = True
+
+    def process_bind_param(self, value: int | None, dialect: Dialect) -> str | None:
+        return None if value is None else str(int(value))
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> int | None:
+        return None if value is None else int(value)
+
+
+def _uint64(*, nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(UInt64(), nullable=nullable))
 
 
 def _now() -> datetime:
@@ -82,14 +101,14 @@ class RedemptionRecord(SQLModel, table=True):
     redemption_id: int = Field(unique=True, index=True)
     token_uri: str
     scheme_id: int
-    amount: int
+    amount: int = Field(sa_column=Column(UInt64(), nullable=False))
     status: RedemptionStatus = Field(default=RedemptionStatus.PENDING)
     tx_hash: str | None = None
     block_number: int | None = None
-    debited: int | None = None
-    credited: int | None = None
-    discount: int | None = None
-    balance_after: int | None = None
+    debited: int | None = _uint64()
+    credited: int | None = _uint64()
+    discount: int | None = _uint64()
+    balance_after: int | None = _uint64()
     problem_code: str | None = None
     problem_status: int | None = None
     problem_detail: str | None = None
@@ -178,7 +197,7 @@ class Store:
 
     def holders(self) -> list[Holder]:
         with self.session() as session:
-            return list(session.exec(select(Holder).order_by(Holder.pass_number)).all())  # type: ignore[arg-type]
+            return list(session.exec(select(Holder).order_by(Holder.pass_number)).all())
 
     def holder_count(self) -> int:
         return len(self.holders())

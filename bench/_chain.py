@@ -27,7 +27,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_keys.datatypes import PrivateKey
 from eth_typing import ChecksumAddress
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
 from web3 import HTTPProvider, Web3
 
@@ -150,7 +150,7 @@ class BenchChain:
             "gasPrice": 0,
             "chainId": CHAIN_ID,
         }
-        signed = account.sign_transaction(tx)
+        signed = account.sign_transaction(cast(Any, tx))
         tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
         receipt = self.w3.eth.wait_for_transaction_receipt(
             tx_hash, timeout=_TX_TIMEOUT_S, poll_latency=0.01
@@ -242,16 +242,19 @@ def bench_chain(
     cache_dir: Path | None = None,
     reversal_window_s: int = REVERSAL_WINDOW_S,
     steps_tracing: bool = True,
+    artifacts: Artifacts | None = None,
 ) -> Iterator[BenchChain]:
     """A private anvil (port 0, temporary state directory) with a fresh ledger; cleaned up on exit.
 
     ``steps_tracing`` starts anvil with ``--steps-tracing``: without it ``debug_traceTransaction``
     returns no struct logs. It records every step of every transaction, which costs the node some
-    speed, so throughput benchmarks should turn it off.
+    speed, so throughput benchmarks should turn it off. ``artifacts`` replaces the project's own
+    build (e.g. a modified copy of ``contracts/`` compiled to try out a gas optimisation).
     """
-    artifacts = compile_contracts(
-        project_root=project_root, cache_dir=cache_dir or project_root / "var" / "build"
-    )
+    if artifacts is None:
+        artifacts = compile_contracts(
+            project_root=project_root, cache_dir=cache_dir or project_root / "var" / "build"
+        )
     accounts = BenchAccounts.from_mnemonic()
     with tempfile.TemporaryDirectory(prefix="stadjerspas-bench-") as tmp:
         config = AnvilConfig(

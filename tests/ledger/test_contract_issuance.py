@@ -326,7 +326,9 @@ def test_claim_and_redeem_claims_on_first_use_only(ledger: LedgerEnv) -> None:
     pid = cohort.leaves[1].pass_id
 
     first = ledger.redemption(pid, scheme_id=scheme, amount=400, redemption_id=1)
-    result = ledger.client.transact(ledger.merchant, "claimAndRedeem", cohort.claim(1), first.as_tuple())
+    result = ledger.client.transact(
+        ledger.merchant, "claimAndRedeem", cohort.claim(1), first.as_tuple()
+    )
     assert [e.name for e in result.events] == ["CohortClaimed", "Redeemed", "ReceiptsRecorded"]
     assert ledger.client.balance_of(scheme, pid) == 1_600
 
@@ -365,7 +367,9 @@ def test_claim_and_redeem_refused_redemption_undoes_the_claim(ledger: LedgerEnv)
     request = ledger.redemption(pid, scheme_id=scheme, amount=1_001, redemption_id=4)
 
     with pytest.raises(errors.RedemptionAmountOverBalance) as refused:
-        ledger.client.transact(ledger.merchant, "claimAndRedeem", cohort.claim(0), request.as_tuple())
+        ledger.client.transact(
+            ledger.merchant, "claimAndRedeem", cohort.claim(0), request.as_tuple()
+        )
 
     assert refused.value.values == {"redemptionId": 4, "available": 1_000}
     assert not ledger.client.is_claimed(cohort.root, 0)

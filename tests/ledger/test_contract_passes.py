@@ -16,7 +16,9 @@ ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 UNKNOWN_PASS = b"\x42" * 32
 
 
-def _issued_pass(ledger: LedgerEnv, *, holder_key: str | None = None, card_serial: int = 0) -> tuple[bytes, int]:
+def _issued_pass(
+    ledger: LedgerEnv, *, holder_key: str | None = None, card_serial: int = 0
+) -> tuple[bytes, int]:
     """A registered pass holding 10,000 cents in a fresh open Budget scheme."""
     scheme = ledger.new_scheme()
     pid = ledger.new_pass(holder_key=holder_key, card_serial=card_serial)
@@ -79,7 +81,9 @@ def test_register_passes_is_all_or_nothing(ledger: LedgerEnv) -> None:
 
 def test_set_holder_key_lets_the_holder_sign(ledger: LedgerEnv) -> None:
     pid, scheme = _issued_pass(ledger)
-    request = ledger.redemption(pid, scheme_id=scheme, amount=100, redemption_id=1, signer=ledger.holder)
+    request = ledger.redemption(
+        pid, scheme_id=scheme, amount=100, redemption_id=1, signer=ledger.holder
+    )
     with pytest.raises(errors.RedemptionSignerNotAllowed) as refused:
         ledger.client.transact(ledger.merchant, "redeem", request.as_tuple())
     assert refused.value.values["signer"] == ledger.holder.address
@@ -99,7 +103,9 @@ def test_clearing_the_holder_key_stops_its_tokens(ledger: LedgerEnv) -> None:
     ledger.client.transact(ledger.issuer, "setHolderKey", pid, ZERO_ADDRESS)
     assert ledger.client.pass_of(pid).holder_key == ZERO_ADDRESS
 
-    request = ledger.redemption(pid, scheme_id=scheme, amount=100, redemption_id=2, signer=ledger.holder)
+    request = ledger.redemption(
+        pid, scheme_id=scheme, amount=100, redemption_id=2, signer=ledger.holder
+    )
     with pytest.raises(errors.RedemptionSignerNotAllowed):
         ledger.client.transact(ledger.merchant, "redeem", request.as_tuple())
     assert ledger.client.balance_of(scheme, pid) == 10_000

@@ -69,23 +69,32 @@ def test_unknown_scheme_is_refused_on_read(ledger: LedgerEnv) -> None:
         ledger.client.scheme_of(0)
 
 
+WINDOW = "validUntil must be after validFrom"
+BUDGET = "budgetCap must be positive"
+BPS = "basis points must be at most 10000"
+ONE_OF = "a discount needs exactly one of discountBps and discountFixed"
+NOT_DISCOUNT = "only a Discount scheme takes discount terms"
+NEEDS_UNIT = "a Uses scheme needs a unitValue"
+NOT_USES = "only a Uses scheme takes a unitValue"
+B, U, D = SchemeKind.BUDGET, SchemeKind.USES, SchemeKind.DISCOUNT
+
 # One case per rule of `_checkTerms`, with the reason the contract gives.
 INVALID_TERMS: list[tuple[str, SchemeKind, dict[str, int | bool], str]] = [
-    ("until_equals_from", SchemeKind.BUDGET, {"valid_from": 10, "valid_until": 10}, "validUntil must be after validFrom"),
-    ("until_before_from", SchemeKind.BUDGET, {"valid_from": 10, "valid_until": 9}, "validUntil must be after validFrom"),
-    ("until_zero", SchemeKind.BUDGET, {"valid_from": 0, "valid_until": 0}, "validUntil must be after validFrom"),
-    ("budget_zero", SchemeKind.BUDGET, {"budget_cap": 0}, "budgetCap must be positive"),
-    ("discount_bps_over_100pct", SchemeKind.DISCOUNT, {"discount_bps": 10_001}, "basis points must be at most 10000"),
-    ("reimburse_bps_over_100pct", SchemeKind.DISCOUNT, {"reimburse_bps": 10_001}, "basis points must be at most 10000"),
-    ("discount_neither", SchemeKind.DISCOUNT, {"discount_bps": 0, "discount_fixed": 0}, "a discount needs exactly one of discountBps and discountFixed"),
-    ("discount_both", SchemeKind.DISCOUNT, {"discount_bps": 100, "discount_fixed": 100}, "a discount needs exactly one of discountBps and discountFixed"),
-    ("budget_with_discount_bps", SchemeKind.BUDGET, {"discount_bps": 100}, "only a Discount scheme takes discount terms"),
-    ("budget_with_discount_fixed", SchemeKind.BUDGET, {"discount_fixed": 100}, "only a Discount scheme takes discount terms"),
-    ("uses_with_reimburse_bps", SchemeKind.USES, {"reimburse_bps": 100}, "only a Discount scheme takes discount terms"),
-    ("uses_without_unit_value", SchemeKind.USES, {"unit_value": 0}, "a Uses scheme needs a unitValue"),
-    ("budget_with_unit_value", SchemeKind.BUDGET, {"unit_value": 1}, "only a Uses scheme takes a unitValue"),
-    ("discount_with_unit_value", SchemeKind.DISCOUNT, {"unit_value": 1}, "only a Uses scheme takes a unitValue"),
-]  # fmt: skip
+    ("until_equals_from", B, {"valid_from": 10, "valid_until": 10}, WINDOW),
+    ("until_before_from", B, {"valid_from": 10, "valid_until": 9}, WINDOW),
+    ("until_zero", B, {"valid_from": 0, "valid_until": 0}, WINDOW),
+    ("budget_zero", B, {"budget_cap": 0}, BUDGET),
+    ("discount_bps_over_100pct", D, {"discount_bps": 10_001}, BPS),
+    ("reimburse_bps_over_100pct", D, {"reimburse_bps": 10_001}, BPS),
+    ("discount_neither", D, {"discount_bps": 0, "discount_fixed": 0}, ONE_OF),
+    ("discount_both", D, {"discount_bps": 100, "discount_fixed": 100}, ONE_OF),
+    ("budget_with_discount_bps", B, {"discount_bps": 100}, NOT_DISCOUNT),
+    ("budget_with_discount_fixed", B, {"discount_fixed": 100}, NOT_DISCOUNT),
+    ("uses_with_reimburse_bps", U, {"reimburse_bps": 100}, NOT_DISCOUNT),
+    ("uses_without_unit_value", U, {"unit_value": 0}, NEEDS_UNIT),
+    ("budget_with_unit_value", B, {"unit_value": 1}, NOT_USES),
+    ("discount_with_unit_value", D, {"unit_value": 1}, NOT_USES),
+]
 
 
 @pytest.mark.parametrize(
@@ -176,7 +185,9 @@ def test_last_valid_second_still_redeems(ledger: LedgerEnv) -> None:
     scheme = ledger.new_scheme(valid_until=now + 100)
     pid = ledger.new_pass()
     ledger.client.transact(ledger.issuer, "issue", scheme, pid, 1_000)
-    request = ledger.redemption(pid, scheme_id=scheme, amount=100, redemption_id=3, expiry=now + 500)
+    request = ledger.redemption(
+        pid, scheme_id=scheme, amount=100, redemption_id=3, expiry=now + 500
+    )
     ledger.w3.provider.make_request(RPCEndpoint("evm_setNextBlockTimestamp"), [now + 100])
     ledger.client.transact(ledger.merchant, "redeem", request.as_tuple())
     assert ledger.client.balance_of(scheme, pid) == 900
@@ -204,7 +215,9 @@ def test_closed_scheme_accepts_only_allowed_merchants(ledger: LedgerEnv) -> None
         "merchant": ledger.merchant.address,
         "allowed": True,
     }
-    assert ledger.client.contract.functions.isMerchantAllowed(scheme, ledger.merchant.address).call()
+    assert ledger.client.contract.functions.isMerchantAllowed(
+        scheme, ledger.merchant.address
+    ).call()
     ledger.client.transact(ledger.merchant, "redeem", request.as_tuple())
     assert ledger.client.balance_of(scheme, pid) == 900
 
@@ -213,7 +226,9 @@ def test_closed_scheme_accepts_only_allowed_merchants(ledger: LedgerEnv) -> None
     with pytest.raises(errors.RedemptionMerchantNotAllowed):
         ledger.client.transact(ledger.other_merchant, "redeem", other.as_tuple())
 
-    ledger.client.transact(ledger.issuer, "setMerchantAllowed", scheme, ledger.merchant.address, False)
+    ledger.client.transact(
+        ledger.issuer, "setMerchantAllowed", scheme, ledger.merchant.address, False
+    )
     again = ledger.redemption(pid, scheme_id=scheme, amount=100, redemption_id=7)
     with pytest.raises(errors.RedemptionMerchantNotAllowed):
         ledger.client.transact(ledger.merchant, "redeem", again.as_tuple())

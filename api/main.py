@@ -1,0 +1,61 @@
+"""The FastAPI application factory.
+
+``create_app(settings, runtime)`` wires routes, dependencies and problem handlers around a
+runtime that the caller started (and will close): the app does not own the chain, so tests and
+the CLI decide its lifetime.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+
+from api import __version__
+from api.problems import install_problem_handlers
+from api.routes import admin, health, holder, merchant
+from api.runtime import Runtime
+from api.settings import Settings
+
+__all__ = ["create_app"]
+
+DESCRIPTION = """\
+Stadjerspas Ledger: entitlements and redemptions of the city pass on a permissioned Ethereum
+chain; personal data stays in the municipality's own database.
+
+This is the thin end-to-end slice: an admin issues an entitlement to a pass, the holder's QR
+token is produced, a merchant redeems against it and the balance drops. Amounts are integers:
+euro cents or a number of uses. Errors are RFC 9457 problem details with a stable `code`.
+
+Development bearer tokens (development only): `development-only-admin-token`,
+`development-only-holder-token`, `development-only-merchant-<id>-token`.
+"""
+
+TAGS = [
+    {"name": "health", "description": "Liveness and which chain and contract are in use."},
+    {"name": "admin", "description": "The municipality: issue entitlements."},
+    {"name": "holder", "description": "Pass holders: QR token and balances."},
+    {"name": "merchant", "description": "Partners: redeem against a scanned pass token."},
+]
+
+
+def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
+    app = FastAPI(
+        title="Stadjerspas Ledger API",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        license_info={"name": "EUPL-1.2", "identifier": "EUPL-1.2"},
+    )
+    app.state.settings = settings
+    app.state.runtime = runtime
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    app.include_router(admin.router)
+    app.include_router(holder.router)
+    app.include_router(merchant.router)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app

@@ -1,0 +1,310 @@
+"""Errors as RFC 9457 problem details (``application/problem+json``) with a stable ``code``.
+
+Every error response has ``type``, ``title``, ``status``, ``detail``, ``instance`` and ``code``.
+``code`` is the machine-readable part clients switch on: the wallet's codes (``token_expired``,
+``token_wrong_chain``, ...), the contract's codes (snake case of its custom error, e.g.
+``redemption_amount_over_balance``) and the API's own (``pass_number_unknown``,
+``idempotency_key_reused``, ``validation_failed``, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ledger import contract_errors as ce
+from ledger.errors import LedgerError, NodeError, RelayerError
+from ledger.relayer import ReceiptTimeout
+from wallet.errors import PassTokenError, TokenMalformed, TokenUnsupportedVersion, WalletError
+
+__all__ = [
+    "PROBLEM_MEDIA_TYPE",
+    "ApiProblem",
+    "Problem",
+    "contract_status",
+    "install_problem_handlers",
+    "problem_response",
+    "problem_responses",
+    "wallet_status",
+]
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "urn:stadjerspas:problem:"
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details object with a stable ``code``."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "urn:stadjerspas:problem:redemption_amount_over_balance",
+                    "title": "The amount exceeds what is left of the entitlement",
+                    "status": 409,
+                    "detail": "RedemptionAmountOverBalance(redemptionId=7, available=1500): "
+                    "the amount exceeds what is left of the entitlement",
+                    "instance": "/merchant/redemptions",
+                    "code": "redemption_amount_over_balance",
+                }
+            ]
+        },
+    )
+
+    type: str = Field(description="URI naming the problem type (urn:stadjerspas:problem:<code>).")
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    code: str = Field(description="Stable machine-readable code; switch on this.")
+
+
+class ApiProblem(Exception):
+    """Raise from anywhere in the API to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str | None = None,
+        *,
+        title: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail or code)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.title = title or _title(code)
+        self.headers = dict(headers or {})
+        self.extensions = extensions
+
+
+def _title(code: str) -> str:
+    return code.replace("_", " ").capitalize()
+
+
+def problem_response(
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None,
+    instance: str | None,
+    extensions: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "code": code,
+    }
+    for key, value in (extensions or {}).items():
+        body.setdefault(key, value)
+    return JSONResponse(
+        jsonable_encoder(body, custom_encoder={bytes: lambda b: "0x" + b.hex()}),
+        status_code=status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=dict(headers or {}),
+    )
+
+
+# -- status per error -------------------------------------------------------------------------
+
+_CONTRACT_STATUS: dict[type[ce.ContractRevert], int] = {
+    ce.RedemptionIdUsed: 409,
+    ce.RedemptionAmountOverBalance: 409,
+    ce.RedemptionBudgetExhausted: 409,
+    ce.SchemeBudgetExceeded: 409,
+    ce.RedemptionSchemeUnknown: 404,
+    ce.SchemeUnknown: 404,
+    ce.RedemptionPassUnknown: 404,
+    ce.PassUnknown: 404,
+    ce.RedemptionMerchantNotAllowed: 403,
+    ce.AccessRefused: 403,
+    ce.PausedRefused: 503,
+    ce.ContractPanic: 500,
+    ce.UnknownRevert: 500,
+}
+
+
+def contract_status(exc: ce.ContractRevert) -> int:
+    """HTTP status of a contract refusal: the most specific class in the table, else 422."""
+    for cls in type(exc).__mro__:
+        if cls in _CONTRACT_STATUS:
+            return _CONTRACT_STATUS[cls]
+    return 422
+
+
+def wallet_status(exc: WalletError) -> int:
+    if isinstance(exc, TokenMalformed | TokenUnsupportedVersion):
+        return 400
+    if isinstance(exc, PassTokenError):
+        return 422
+    return 400
+
+
+def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        out[key] = "0x" + value.hex() if isinstance(value, bytes) else value
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+            out[key] = str(value)
+    return out
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+def _instance(request: Request) -> str:
+    return request.url.path
+
+
+async def _api_problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiProblem)
+    return problem_response(
+        status=exc.status,
+        code=exc.code,
+        title=exc.title,
+        detail=exc.detail,
+        instance=_instance(request),
+        extensions=exc.extensions,
+        headers=exc.headers,
+    )
+
+
+async def _wallet_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, WalletError)
+    return problem_response(
+        status=wallet_status(exc),
+        code=exc.code,
+        title=(type(exc).__doc__ or _title(exc.code)).strip().splitlines()[0],
+        detail=exc.message,
+        instance=_instance(request),
+    )
+
+
+async def _contract_revert(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ce.ContractRevert)
+    return problem_response(
+        status=contract_status(exc),
+        code=exc.code,
+        title=exc.rule[:1].upper() + exc.rule[1:],
+        detail=str(exc),
+        instance=_instance(request),
+        extensions={"error": exc.error_name, "values": _jsonable(exc.values)},
+    )
+
+
+async def _ledger_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LedgerError)
+    if isinstance(exc, ReceiptTimeout):
+        status, code = 504, "receipt_timeout"
+    elif isinstance(exc, NodeError):
+        status, code = 503, "chain_unavailable"
+    elif isinstance(exc, RelayerError):
+        status, code = 503, "relayer_unavailable"
+    else:
+        status, code = 502, "chain_error"
+    log.warning("%s on %s: %s", code, request.url.path, exc)
+    return problem_response(
+        status=status, code=code, title=_title(code), detail=str(exc), instance=_instance(request)
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg"), "type": err.get("type")}
+        for err in exc.errors()
+    ]
+    first = errors[0] if errors else None
+    detail = (
+        f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}" if first else "invalid request"
+    )
+    return problem_response(
+        status=422,
+        code="validation_failed",
+        title="The request is invalid",
+        detail=detail,
+        instance=_instance(request),
+        extensions={"errors": errors},
+    )
+
+
+async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    try:
+        phrase = HTTPStatus(exc.status_code).phrase
+    except ValueError:
+        phrase = "Error"
+    code = phrase.lower().replace(" ", "_").replace("-", "_")
+    return problem_response(
+        status=exc.status_code,
+        code=code,
+        title=phrase,
+        detail=str(exc.detail) if exc.detail else None,
+        instance=_instance(request),
+        headers=exc.headers,
+    )
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(
+        status=500,
+        code="internal_error",
+        title="Internal server error",
+        detail="an unexpected error occurred; it has been logged",
+        instance=_instance(request),
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiProblem, _api_problem)
+    app.add_exception_handler(WalletError, _wallet_error)
+    app.add_exception_handler(ce.ContractRevert, _contract_revert)
+    app.add_exception_handler(LedgerError, _ledger_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(Exception, _unhandled)
+
+
+def problem_responses(*examples: tuple[int, str, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for routes: ``(status, code, detail)`` examples grouped by status."""
+    grouped: dict[int, dict[str, Any]] = {}
+    for status, code, detail in examples:
+        grouped.setdefault(status, {})[code] = {
+            "summary": code,
+            "value": {
+                "type": PROBLEM_TYPE_BASE + code,
+                "title": _title(code),
+                "status": status,
+                "detail": detail,
+                "code": code,
+            },
+        }
+    return {
+        status: {
+            "model": Problem,
+            "description": HTTPStatus(status).phrase,
+            "content": {PROBLEM_MEDIA_TYPE: {"examples": found}},
+        }
+        for status, found in grouped.items()
+    }

@@ -1,0 +1,365 @@
+"""The service runtime: chain, contract, keys, relayers and store, started once per process.
+
+:meth:`Runtime.start` does, in order:
+
+1. open the store (SQLite under ``var/`` by default);
+2. attach to ``STADJERSPAS_RPC_URL``, or start the embedded anvil with its state under
+   ``var/anvil`` (development only: production must name a node);
+3. compile the contracts (cached by source hash);
+4. deploy on first start and save ``var/deployment.json``; on later starts check that record
+   against the node (same chain, code present, same ABI) and refuse to run otherwise;
+5. seed the demo data once (development), single-threaded with the issuer key;
+6. start one relayer per sending key (issuer, each merchant): from then on every
+   state-changing call goes through a relayer.
+
+:meth:`Runtime.close` drains the relayers, closes the store and stops anvil (which dumps its
+state), so the next start finds every balance and redemption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from pydantic import SecretStr
+from web3 import HTTPProvider, Web3
+
+from api.demo import DEMO_MERCHANT_NAMES, seed_demo
+from api.settings import DEV_MERCHANT_COUNT, Settings
+from api.store import Merchant, Store
+from ledger.client import LedgerClient
+from ledger.compiler import Artifacts, compile_contracts
+from ledger.deploy import (
+    Deployment,
+    RoleGrant,
+    check_deployment,
+    deploy_ledger,
+    grant_roles,
+    load_deployment,
+    save_deployment,
+)
+from ledger.errors import LedgerError
+from ledger.node import DEV_MNEMONIC, AnvilConfig, AnvilNode
+from ledger.relayer import Relayer, TxHandle
+from ledger.rpc import RpcClient
+from wallet import Domain, WalletError, load_keystore
+
+__all__ = ["DEV_ACCOUNT_INDEX", "Runtime", "ServiceKeys", "StartupError", "load_service_keys"]
+
+log = logging.getLogger(__name__)
+
+#: Development only: which account of the anvil dev mnemonic plays which role.
+DEV_ACCOUNT_INDEX = {"admin": 0, "issuer": 1, "pass_signer": 2, "merchant": 3}
+
+Reporter = Callable[[str], None]
+
+
+class StartupError(Exception):
+    """The service cannot start; the message says what to fix (one line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceKeys:
+    """The accounts the service signs with. ``merchants[i]`` is merchant id ``i + 1``."""
+
+    admin: LocalAccount
+    issuer: LocalAccount
+    pass_signer: LocalAccount
+    merchants: tuple[LocalAccount, ...]
+
+    def merchant(self, merchant_id: int) -> LocalAccount | None:
+        if 1 <= merchant_id <= len(self.merchants):
+            return self.merchants[merchant_id - 1]
+        return None
+
+
+def _dev_account(index: int) -> LocalAccount:
+    Account.enable_unaudited_hdwallet_features()
+    account: LocalAccount = Account.from_mnemonic(
+        DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}"
+    )
+    return account
+
+
+def _keystore_account(path: Path, password: SecretStr | None, what: str) -> LocalAccount:
+    if password is None:
+        raise StartupError(f"the {what} keystore {path} needs a password (…_KEYSTORE_PASSWORD)")
+    try:
+        key = load_keystore(path, password=password.get_secret_value())
+    except FileNotFoundError:
+        raise StartupError(f"the {what} keystore {path} does not exist") from None
+    except (OSError, WalletError) as exc:
+        raise StartupError(f"cannot open the {what} keystore {path}: {exc}") from None
+    account: LocalAccount = Account.from_key(key)
+    return account
+
+
+def load_service_keys(settings: Settings) -> ServiceKeys:
+    """Keys from keystores; in development, missing ones fall back to the anvil dev mnemonic."""
+
+    def role_key(role: str) -> LocalAccount:
+        path: Path | None = getattr(settings, f"{role}_keystore")
+        password: SecretStr | None = getattr(settings, f"{role}_keystore_password")
+        if path is not None:
+            return _keystore_account(path, password, role.replace("_", " "))
+        if not settings.is_development:  # settings validation already refuses this
+            raise StartupError(f"STADJERSPAS_{role.upper()}_KEYSTORE is required in production")
+        return _dev_account(DEV_ACCOUNT_INDEX[role])
+
+    if settings.merchant_keystores:
+        merchants = tuple(
+            _keystore_account(path, settings.merchant_keystore_password, f"merchant {i}")
+            for i, path in enumerate(settings.merchant_keystores, start=1)
+        )
+    elif settings.is_development:
+        first = DEV_ACCOUNT_INDEX["merchant"]
+        merchants = tuple(_dev_account(first + i) for i in range(DEV_MERCHANT_COUNT))
+    else:
+        raise StartupError("STADJERSPAS_MERCHANT_KEYSTORES is required in production")
+    return ServiceKeys(
+        admin=role_key("admin"),
+        issuer=role_key("issuer"),
+        pass_signer=role_key("pass_signer"),
+        merchants=merchants,
+    )
+
+
+class KeyedLocks:
+    """One lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._locks: dict[object, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: object) -> Iterator[None]:
+        with self._mutex:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._mutex:
+                lock, users = self._locks[key]
+                if users <= 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+class Runtime:
+    """Everything the API needs at run time. Build with :meth:`start`; :meth:`close` when done."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        node: AnvilNode | None,
+        rpc_url: str,
+        w3: Web3,
+        rpc: RpcClient,
+        artifacts: Artifacts,
+        client: LedgerClient,
+        deployment: Deployment,
+        keys: ServiceKeys,
+        deployed_now: bool,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.node = node
+        self.rpc_url = rpc_url
+        self.w3 = w3
+        self.rpc = rpc
+        self.artifacts = artifacts
+        self.client = client
+        self.deployment = deployment
+        self.keys = keys
+        self.deployed_now = deployed_now
+        self.demo_seeded_now = False
+        self.issuer_relayer: Relayer | None = None
+        self.merchant_relayers: dict[int, Relayer] = {}
+        self.key_locks = KeyedLocks()
+        self.inflight: dict[tuple[int, str], TxHandle] = {}
+        self.inflight_lock = threading.Lock()
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, settings: Settings, *, report: Reporter | None = None) -> Runtime:
+        """Start (or attach to) the chain, deploy or check, seed, start the relayers."""
+        say = report or (lambda message: log.info("%s", message))
+        keys = load_service_keys(settings)
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(settings.sqlalchemy_url)
+        node: AnvilNode | None = None
+        try:
+            if settings.rpc_url is None:
+                if not settings.is_development:
+                    raise StartupError("STADJERSPAS_RPC_URL is required in production")
+                node = AnvilNode(
+                    AnvilConfig(
+                        state_dir=settings.anvil_dir,
+                        port=settings.anvil_port,
+                        chain_id=settings.anvil_chain_id,
+                        project_root=settings.project_root,
+                    )
+                )
+                node.start()
+                rpc_url = node.rpc_url
+                say(f"anvil started on {rpc_url} (state in {settings.anvil_dir})")
+            else:
+                rpc_url = settings.rpc_url
+            w3 = Web3(HTTPProvider(rpc_url, cache_allowed_requests=True))
+            artifacts = compile_contracts(
+                project_root=settings.project_root, cache_dir=settings.artifacts_dir
+            )
+            artifact = artifacts.get("StadjerspasLedger")
+            deployment = load_deployment(settings.deployment_file)
+            deployed_now = False
+            if deployment is None:
+                if not settings.deploys_automatically:
+                    raise StartupError(
+                        f"no deployment record at {settings.deployment_file}; run "
+                        "`stadjerspas deploy` first (or set STADJERSPAS_AUTO_DEPLOY=true)"
+                    )
+                deployment = deploy_ledger(
+                    w3,
+                    artifacts=artifacts,
+                    admin=keys.admin,
+                    grants=_grants(keys),
+                    reversal_window_s=settings.reversal_window_s,
+                )
+                save_deployment(deployment, settings.deployment_file)
+                deployed_now = True
+                say(f"deployed the ledger at {deployment.ledger_address}")
+            else:
+                try:
+                    check_deployment(w3, deployment, artifact=artifact)
+                except LedgerError as exc:
+                    raise StartupError(
+                        f"{exc} (deployment record {settings.deployment_file}; to start over in "
+                        f"development, delete {settings.var_dir})"
+                    ) from None
+                say(f"using the ledger at {deployment.ledger_address}")
+            client = LedgerClient(w3, address=deployment.ledger_address, abi=artifact.abi)
+            if not deployed_now:  # e.g. a merchant keystore was added since the deployment
+                grant_roles(w3, client, admin=keys.admin, grants=_grants(keys))
+            runtime = cls(
+                settings=settings,
+                store=store,
+                node=node,
+                rpc_url=rpc_url,
+                w3=w3,
+                rpc=RpcClient(rpc_url),
+                artifacts=artifacts,
+                client=client,
+                deployment=deployment,
+                keys=keys,
+                deployed_now=deployed_now,
+            )
+        except BaseException:
+            store.close()
+            if node is not None:
+                node.stop()
+            raise
+        try:
+            runtime._register_merchants()
+            if settings.seeds_demo:
+                runtime.demo_seeded_now = seed_demo(runtime, report=say)
+            runtime._start_relayers()
+        except BaseException:
+            runtime.close()
+            raise
+        return runtime
+
+    def _register_merchants(self) -> None:
+        known = {m.id: m for m in self.store.merchants()}
+        for merchant_id, account in enumerate(self.keys.merchants, start=1):
+            current = known.get(merchant_id)
+            if current is not None and current.address == account.address:
+                continue
+            name = (
+                DEMO_MERCHANT_NAMES[merchant_id - 1]
+                if merchant_id <= len(DEMO_MERCHANT_NAMES)
+                else f"Merchant {merchant_id}"
+            )
+            self.store.upsert_merchant(Merchant(id=merchant_id, name=name, address=account.address))
+
+    def _start_relayers(self) -> None:
+        chain_id = self.client.chain_id
+        linger = self.settings.relayer_linger_ms
+        self.issuer_relayer = Relayer(
+            self.rpc, account=self.keys.issuer, chain_id=chain_id, linger_ms=linger
+        ).start()
+        for merchant_id, account in enumerate(self.keys.merchants, start=1):
+            self.merchant_relayers[merchant_id] = Relayer(
+                self.rpc, account=account, chain_id=chain_id, linger_ms=linger
+            ).start()
+
+    def close(self) -> None:
+        """Drain the relayers, close the store, stop anvil. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        relayers = [r for r in (self.issuer_relayer, *self.merchant_relayers.values()) if r]
+        for relayer in relayers:
+            with contextlib.suppress(Exception):
+                relayer.close(drain=True, timeout=10.0)
+        with contextlib.suppress(Exception):
+            self.rpc.close()
+        self.store.close()
+        if self.node is not None:
+            self.node.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- accessors ------------------------------------------------------------------------------
+
+    @property
+    def chain_id(self) -> int:
+        return self.client.chain_id
+
+    @property
+    def domain(self) -> Domain:
+        return self.client.domain
+
+    def merchant_relayer(self, merchant_id: int) -> Relayer:
+        relayer = self.merchant_relayers.get(merchant_id)
+        if relayer is None:
+            raise KeyError(f"no relayer for merchant {merchant_id}")
+        return relayer
+
+    def issuer(self) -> Relayer:
+        if self.issuer_relayer is None:
+            raise RuntimeError("the runtime's relayers are not started")
+        return self.issuer_relayer
+
+
+def _grants(keys: ServiceKeys) -> list[RoleGrant]:
+    grants = [
+        RoleGrant("issuer", keys.issuer.address),
+        RoleGrant("pass_signer", keys.pass_signer.address),
+        RoleGrant("pauser", keys.admin.address),
+    ]
+    grants += [RoleGrant("merchant", account.address) for account in keys.merchants]
+    return grants

@@ -1,0 +1,113 @@
+"""Runtime lifecycle: restart from the same var dir keeps everything; production needs its keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from api.main import create_app
+from api.runtime import Runtime, StartupError
+from api.settings import Settings
+from ledger.passid import pass_id
+from tests.api.conftest import HOLDER, TestClient, dev_settings, merchant
+
+
+def _balances(client: TestClient, pass_number: str) -> dict[int, int]:
+    body = client.get(f"/holder/passes/{pass_number}/balances", headers=HOLDER).json()
+    return {b["scheme_id"]: b["balance"] for b in body["balances"]}
+
+
+def test_restart_keeps_contract_balances_and_redemptions(tmp_path: Path) -> None:
+    settings = dev_settings(tmp_path / "var")
+    with Runtime.start(settings) as first:
+        assert first.deployed_now
+        assert first.demo_seeded_now
+        address = first.deployment.ledger_address
+        secret = first.store.holder("GR0000001")
+        assert secret is not None
+        with TestClient(create_app(settings, first)) as client:
+            token = client.get("/holder/passes/GR0000001/token", headers=HOLDER).json()
+            body = {"token": token["token_uri"], "scheme_id": 1, "amount": 700}
+            redeemed = client.post("/merchant/redemptions", json=body, headers=merchant(2, "r1"))
+            assert redeemed.status_code == 201, redeemed.text
+            balances = _balances(client, "GR0000001")
+    assert balances[1] == 15_000 - 700
+    assert not (settings.anvil_dir / "anvil.log").read_text().count("panicked")
+
+    with Runtime.start(settings) as second:
+        assert not second.deployed_now
+        assert not second.demo_seeded_now
+        assert second.deployment.ledger_address == address
+        assert len(second.store.holders()) == 50
+        again = second.store.holder("GR0000001")
+        assert again is not None
+        assert again.pass_secret == secret.pass_secret
+        pid = pass_id(pass_secret=again.pass_secret, pass_number="GR0000001")
+        assert second.client.balance_of(1, pid) == 15_000 - 700
+        assert second.client.scheme_count() == 3  # schemes not created twice
+        with TestClient(create_app(settings, second)) as client:
+            assert _balances(client, "GR0000001") == balances
+            retry = client.post("/merchant/redemptions", json=body, headers=merchant(2, "r1"))
+            assert retry.status_code == 201
+            assert retry.json() == redeemed.json()
+            assert retry.headers["Idempotent-Replayed"] == "true"
+            assert _balances(client, "GR0000001")[1] == 15_000 - 700
+
+
+def test_deployment_record_for_another_chain_is_refused(tmp_path: Path) -> None:
+    settings = dev_settings(tmp_path / "var")
+    with Runtime.start(settings, report=lambda _: None):
+        pass
+    text = settings.deployment_file.read_text().replace('"chain_id": 31337', '"chain_id": 99')
+    settings.deployment_file.write_text(text)
+    with pytest.raises(StartupError, match="deployed on chain 99"):
+        Runtime.start(settings)
+
+
+def test_production_without_keys_fails_clearly() -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(env="production")
+    message = str(info.value)
+    assert "secrets are never defaulted outside development" in message
+    for name in (
+        "STADJERSPAS_RPC_URL",
+        "STADJERSPAS_ADMIN_KEYSTORE",
+        "STADJERSPAS_ADMIN_KEYSTORE_PASSWORD",
+        "STADJERSPAS_PASS_SIGNER_KEYSTORE",
+        "STADJERSPAS_MERCHANT_KEYSTORES",
+        "STADJERSPAS_ADMIN_TOKEN",
+        "STADJERSPAS_MERCHANT_TOKENS",
+    ):
+        assert name in message
+
+
+def test_production_reads_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STADJERSPAS_ENV", "production")
+    monkeypatch.setenv("STADJERSPAS_RPC_URL", "http://127.0.0.1:1")
+    for role in ("ADMIN", "ISSUER", "PASS_SIGNER"):
+        monkeypatch.setenv(f"STADJERSPAS_{role}_KEYSTORE", str(tmp_path / f"{role}.json"))
+        monkeypatch.setenv(f"STADJERSPAS_{role}_KEYSTORE_PASSWORD", "pw")
+    monkeypatch.setenv("STADJERSPAS_MERCHANT_KEYSTORES", f'["{tmp_path / "m1.json"}"]')
+    monkeypatch.setenv("STADJERSPAS_MERCHANT_KEYSTORE_PASSWORD", "pw")
+    monkeypatch.setenv("STADJERSPAS_ADMIN_TOKEN", "a")
+    monkeypatch.setenv("STADJERSPAS_HOLDER_TOKEN", "h")
+    with pytest.raises(ValidationError, match="STADJERSPAS_MERCHANT_TOKENS"):
+        Settings()
+    monkeypatch.setenv("STADJERSPAS_MERCHANT_TOKENS", '{"1": "m"}')
+    settings = Settings()
+    assert settings.merchant_tokens[1].get_secret_value() == "m"
+    assert not settings.seeds_demo
+    assert not settings.deploys_automatically
+    # the keystore files do not exist: startup says which one
+    with pytest.raises(StartupError, match="admin keystore .* does not exist"):
+        Runtime.start(settings)
+
+
+def test_development_defaults_are_development_only() -> None:
+    dev = Settings()
+    assert dev.env == "development"
+    assert dev.admin_token is not None
+    assert dev.admin_token.get_secret_value().startswith("development-only")
+    assert sorted(dev.merchant_tokens) == [1, 2, 3]
