@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Dialect, Engine, LargeBinary, String, event
-from sqlalchemy.types import TypeDecorator
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Column, Field, Session, SQLModel, create_engine, select
 
 __all__ = [

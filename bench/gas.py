@@ -424,7 +424,7 @@ class SlotLabels:
         return self._base[name]
 
     def struct_slots(self, name: str) -> dict[int, str]:
-        """Slot offset -> member names of the struct that mapping ``name`` holds (from the layout)."""
+        """Slot offset -> member names of the struct that mapping ``name`` holds (per the layout)."""
         value_type = _type_of(self._layout, name).rsplit(",", 1)[-1].rstrip(")")
         types: Mapping[str, Any] = self._layout.get("types") or {}
         members = (types.get(value_type) or {}).get("members") or []

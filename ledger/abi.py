@@ -9,7 +9,7 @@ __all__ = ["abi_type"]
 
 
 def abi_type(param: Mapping[str, Any]) -> str:
-    """The canonical type string of an ABI parameter, tuples spelled out: ``(uint256,bytes32)[]``."""
+    """The canonical type of an ABI parameter, tuples spelled out: ``(uint256,bytes32)[]``."""
     kind = str(param["type"])
     if kind.startswith("tuple"):
         inner = ",".join(abi_type(c) for c in param["components"])

@@ -19,6 +19,7 @@ from eth_typing import ChecksumAddress
 from eth_utils import function_abi_to_4byte_selector, keccak, to_checksum_address
 from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError
+from web3.types import BlockIdentifier
 
 from ledger.abi import abi_type
 from ledger.contract_errors import ContractRevert, decode_revert
@@ -142,7 +143,9 @@ class RedemptionRequest:
 _REDEMPTION_TYPE = "(uint256,bytes32,uint256,uint64,uint64,uint64,uint64,bytes32,bytes32)"
 
 
-def receipts_in(events: Sequence[DecodedEvent]) -> dict[bytes, list[tuple[ReceiptLeaf, DecodedEvent]]]:
+def receipts_in(
+    events: Sequence[DecodedEvent],
+) -> dict[bytes, list[tuple[ReceiptLeaf, DecodedEvent]]]:
     """Group the ``Redeemed`` events of transactions into receipt trees, keyed by transaction hash.
 
     Within a transaction the accepted redemptions are the leaves in log order, exactly as the
@@ -211,7 +214,7 @@ class LedgerClient:
         if abi is None:
             raise KeyError(f"the ledger contract has no function {function!r}")
         types = [abi_type(p) for p in abi["inputs"]]
-        return bytes(function_abi_to_4byte_selector(abi)) + encode(types, list(args))
+        return bytes(function_abi_to_4byte_selector(cast(Any, abi))) + encode(types, list(args))
 
     def redeem_data(self, request: RedemptionRequest) -> bytes:
         return self.call_data("redeem", request.as_tuple())
@@ -221,8 +224,8 @@ class LedgerClient:
 
     # ------------------------------------------------------------ preflight
 
-    def preflight(self, *, sender: str, data: bytes, block: str = "pending") -> int:
-        """Estimate gas for a call; a refusal raises the contract's typed error and sends nothing."""
+    def preflight(self, *, sender: str, data: bytes, block: BlockIdentifier = "pending") -> int:
+        """Estimate gas; a refusal raises the contract's typed error and sends nothing."""
         tx = {"from": to_checksum_address(sender), "to": self.address, "data": "0x" + data.hex()}
         try:
             return int(self.w3.eth.estimate_gas(cast(Any, tx), block))
@@ -242,12 +245,14 @@ class LedgerClient:
 
     # ------------------------------------------------------------ single transactions
 
-    def transact(self, account: LocalAccount, function: str, *args: Any, gas: int | None = None) -> TxResult:
+    def transact(
+        self, account: LocalAccount, function: str, *args: Any, gas: int | None = None
+    ) -> TxResult:
         """Preflight, sign, send and wait for one call from ``account``.
 
         For administration and tests, where one thread owns the account; services send through
         the relayer. A refusal at preflight raises the contract's typed error and sends nothing;
-        a transaction that still reverts on chain raises the same typed error, decoded by replaying it.
+        a transaction that still reverts on chain raises the same typed error (by replay).
         """
         data = self.call_data(function, *args)
         estimate = self.preflight(sender=account.address, data=data)
@@ -260,7 +265,7 @@ class LedgerClient:
             "gasPrice": int(self.w3.eth.gas_price),
             "chainId": self.chain_id,
         }
-        signed = account.sign_transaction(tx)
+        signed = account.sign_transaction(cast(Any, tx))
         tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.02)
         if receipt["status"] != 1:
@@ -274,7 +279,12 @@ class LedgerClient:
 
     def replay_error(self, tx: Mapping[str, Any], block_number: int) -> ContractRevert:
         """Decode why a mined transaction reverted by replaying it on the state before its block."""
-        call = {"from": tx["from"], "to": tx["to"], "data": "0x" + bytes(tx["data"]).hex(), "gas": tx["gas"]}
+        call = {
+            "from": tx["from"],
+            "to": tx["to"],
+            "data": "0x" + bytes(tx["data"]).hex(),
+            "gas": tx["gas"],
+        }
         try:
             self.w3.eth.call(cast(Any, call), block_number - 1)
         except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
@@ -284,14 +294,18 @@ class LedgerClient:
     # ------------------------------------------------------------ reads
 
     def has_role(self, role: str, account: str) -> bool:
-        return bool(self.contract.functions.hasRole(ROLES[role], to_checksum_address(account)).call())
+        return bool(
+            self.contract.functions.hasRole(ROLES[role], to_checksum_address(account)).call()
+        )
 
     def paused(self) -> bool:
         return bool(self.contract.functions.paused().call())
 
     def pass_of(self, pass_id: bytes) -> PassState:
         registered, blocked, holder_key, serial = self.contract.functions.passOf(pass_id).call()
-        return PassState(bool(registered), bool(blocked), to_checksum_address(holder_key), int(serial))
+        return PassState(
+            bool(registered), bool(blocked), to_checksum_address(holder_key), int(serial)
+        )
 
     def scheme_of(self, scheme_id: int) -> SchemeState:
         try:
@@ -354,8 +368,8 @@ class LedgerClient:
     ) -> tuple[ReceiptLeaf, bytes, list[bytes]]:
         """The receipt, root and proof a reversal of ``redemption_id`` presents.
 
-        ``events`` are the decoded logs of the transaction that redeemed it (at least its ``Redeemed``
-        events). Raises ``LookupError`` if none of them redeemed ``redemption_id``.
+        ``events`` are the decoded logs of the transaction that redeemed it (at least its
+        ``Redeemed`` events). Raises ``LookupError`` if none of them redeemed ``redemption_id``.
         """
         for receipts in receipts_in(events).values():
             leaves = [leaf for leaf, _ in receipts]

@@ -25,7 +25,7 @@ def _snake(name: str) -> str:
 
 
 class ContractRevert(ChainError):
-    """The contract refused a call. ``code`` is stable; ``values`` are the error's arguments by name."""
+    """The contract refused a call. ``code`` is stable; ``values`` holds the error's arguments."""
 
     rule: ClassVar[str] = "the contract refused the call"
     code: ClassVar[str] = "contract_revert"
@@ -248,7 +248,10 @@ class RedemptionSignatureInvalid(RedemptionRefused):
 
 
 class RedemptionSignerNotAllowed(RedemptionRefused):
-    rule = "the pass token was not signed by the holder key or a pass signer for this chain and contract"
+    rule = (
+        "the pass token was not signed by the holder key or a pass signer "
+        "for this chain and contract"
+    )
 
 
 # ---------------------------------------------------------------- reversal and settlement
@@ -308,7 +311,9 @@ def error_classes() -> dict[str, type[ContractRevert]]:
     return classes
 
 
-def error_selectors(abi: Sequence[Mapping[str, Any]]) -> dict[bytes, tuple[str, list[str], list[str]]]:
+def error_selectors(
+    abi: Sequence[Mapping[str, Any]],
+) -> dict[bytes, tuple[str, list[str], list[str]]]:
     """Selector -> (name, argument types, argument names) for the errors in ``abi``."""
     selectors: dict[bytes, tuple[str, list[str], list[str]]] = {}
     for item in abi:
@@ -317,7 +322,11 @@ def error_selectors(abi: Sequence[Mapping[str, Any]]) -> dict[bytes, tuple[str, 
         types = [str(arg["type"]) for arg in item["inputs"]]
         names = [str(arg["name"]) or f"arg{i}" for i, arg in enumerate(item["inputs"])]
         signature = f"{item['name']}({','.join(types)})"
-        selectors[function_signature_to_4byte_selector(signature)] = (str(item["name"]), types, names)
+        selectors[function_signature_to_4byte_selector(signature)] = (
+            str(item["name"]),
+            types,
+            names,
+        )
     return selectors
 
 
@@ -333,7 +342,7 @@ def decode_revert(data: bytes, abi: Sequence[Mapping[str, Any]]) -> ContractReve
     if selector == _ERROR:
         try:
             (message,) = decode(["string"], body)
-        except Exception:  # noqa: BLE001 - malformed data is reported, not raised
+        except Exception:
             return UnknownRevert({"data": data})
         return ContractRevertMessage({"message": message})
     known = error_selectors(abi).get(selector)
@@ -342,7 +351,7 @@ def decode_revert(data: bytes, abi: Sequence[Mapping[str, Any]]) -> ContractReve
     name, types, names = known
     try:
         values = decode(types, body)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return UnknownRevert({"data": data})
     shown = {
         arg_name: to_checksum_address(value) if arg_type == "address" else value

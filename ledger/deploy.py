@@ -83,7 +83,9 @@ class Deployment:
 
 
 def abi_sha256(abi: Sequence[Mapping[str, Any]]) -> str:
-    return hashlib.sha256(json.dumps(abi, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(abi, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def save_deployment(deployment: Deployment, path: Path) -> None:
@@ -126,13 +128,17 @@ def _base_tx(w3: Web3, account: LocalAccount, nonce: int, gas: int) -> dict[str,
 
 
 def deploy_contract(
-    w3: Web3, *, artifact: ContractArtifact, deployer: LocalAccount, constructor_args: Sequence[Any] = ()
+    w3: Web3,
+    *,
+    artifact: ContractArtifact,
+    deployer: LocalAccount,
+    constructor_args: Sequence[Any] = (),
 ) -> tuple[ChecksumAddress, Any]:
     """Create ``artifact`` with ``constructor_args``; returns its address and the receipt."""
     factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
     nonce = int(w3.eth.get_transaction_count(deployer.address, "pending"))
     tx = factory.constructor(*constructor_args).build_transaction(
-        _base_tx(w3, deployer, nonce, DEPLOY_GAS_LIMIT)  # type: ignore[arg-type]
+        _base_tx(w3, deployer, nonce, DEPLOY_GAS_LIMIT)
     )
     receipt = _send(w3, deployer, dict(tx))
     address = receipt["contractAddress"]
@@ -141,7 +147,9 @@ def deploy_contract(
     return to_checksum_address(address), receipt
 
 
-def grant_roles(w3: Web3, client: LedgerClient, *, admin: LocalAccount, grants: Iterable[RoleGrant]) -> None:
+def grant_roles(
+    w3: Web3, client: LedgerClient, *, admin: LocalAccount, grants: Iterable[RoleGrant]
+) -> None:
     """Grant roles from the admin account (skipping ones already held)."""
     nonce = int(w3.eth.get_transaction_count(admin.address, "pending"))
     for grant in grants:
@@ -187,10 +195,13 @@ def check_deployment(w3: Web3, deployment: Deployment, *, artifact: ContractArti
     chain_id = int(w3.eth.chain_id)
     if chain_id != deployment.chain_id:
         raise DeploymentError(
-            f"the node is chain {chain_id} but the ledger was deployed on chain {deployment.chain_id}"
+            f"the node is chain {chain_id} but the ledger was deployed on chain "
+            f"{deployment.chain_id}"
         )
     if not w3.eth.get_code(deployment.ledger_address):
-        raise DeploymentError(f"no contract code at {deployment.ledger_address} on chain {chain_id}")
+        raise DeploymentError(
+            f"no contract code at {deployment.ledger_address} on chain {chain_id}"
+        )
     if abi_sha256(artifact.abi) != deployment.abi_sha256:
         raise DeploymentError(
             "the compiled ledger ABI differs from the deployed one; deploy again or check out the "

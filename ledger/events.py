@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from eth_abi import decode
 from eth_utils import event_abi_to_log_topic, to_checksum_address
@@ -49,7 +49,7 @@ class EventDecoder:
         self._events: dict[bytes, Mapping[str, Any]] = {}
         for item in abi:
             if item.get("type") == "event" and not item.get("anonymous"):
-                self._events[bytes(event_abi_to_log_topic(dict(item)))] = item
+                self._events[bytes(event_abi_to_log_topic(cast(Any, item)))] = item
 
     @property
     def topics(self) -> list[bytes]:

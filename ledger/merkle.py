@@ -1,9 +1,10 @@
-"""Merkle trees the contract verifies with OpenZeppelin's ``MerkleProof`` (commutative keccak pairs).
+"""Merkle trees the contract checks with OpenZeppelin's ``MerkleProof`` (commutative pairs).
 
 Two kinds of tree share one shape (``contracts/libraries/ReceiptTree.sol``): level by level, node
 ``2i`` is hashed with node ``2i + 1`` and an odd last node moves up unchanged.
 
-- Receipt trees: one per ``redeem``/``redeemBatch`` call, over the receipts it accepted, in log order.
+- Receipt trees: one per ``redeem``/``redeemBatch`` call, over the receipts it accepted, in
+  log order.
   A reversal presents a receipt with its proof.
 - Cohort trees: one per cohort issued by root; leaf ``i`` is
   ``keccak256(keccak256(abi.encode(i, passId, amount)))`` as in OpenZeppelin's StandardMerkleTree.
@@ -83,7 +84,9 @@ class CohortLeaf:
 
 def cohort_leaf_hash(leaf: CohortLeaf) -> bytes:
     """``LedgerHashes.cohortLeaf``: the StandardMerkleTree double hash."""
-    return keccak(keccak(encode(["uint256", "bytes32", "uint64"], [leaf.index, leaf.pass_id, leaf.amount])))
+    return keccak(
+        keccak(encode(["uint256", "bytes32", "uint64"], [leaf.index, leaf.pass_id, leaf.amount]))
+    )
 
 
 class MerkleTree:
@@ -94,7 +97,9 @@ class MerkleTree:
             raise MerkleError("a Merkle tree needs at least one leaf, got none")
         for position, leaf in enumerate(leaf_hashes):
             if len(leaf) != 32:
-                raise MerkleError(f"leaf {position} is {len(leaf)} bytes; leaves are 32-byte hashes")
+                raise MerkleError(
+                    f"leaf {position} is {len(leaf)} bytes; leaves are 32-byte hashes"
+                )
         levels: list[list[bytes]] = [list(leaf_hashes)]
         while len(levels[-1]) > 1:
             nodes = levels[-1]
@@ -114,7 +119,9 @@ class MerkleTree:
     def proof(self, index: int) -> list[bytes]:
         """The sibling hashes from leaf ``index`` up to the root."""
         if not 0 <= index < len(self):
-            raise MerkleError(f"leaf index {index} is out of range for a tree of {len(self)} leaves")
+            raise MerkleError(
+                f"leaf index {index} is out of range for a tree of {len(self)} leaves"
+            )
         proof: list[bytes] = []
         position = index
         for nodes in self._levels[:-1]:

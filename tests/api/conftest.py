@@ -1,4 +1,4 @@
-"""Fixtures for the API tests: a real runtime (embedded anvil in a tmp var dir, SQLite), no mocks."""
+"""Fixtures for the API tests: a real runtime (embedded anvil in a tmp dir, SQLite); no mocks."""
 
 from __future__ import annotations
 

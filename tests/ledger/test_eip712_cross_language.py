@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from eth_utils import keccak
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.ledger.conftest import LedgerEnv
@@ -119,11 +119,7 @@ def test_digests_of_distinct_tokens_differ(deployed: LedgerEnv) -> None:
 uint64 = st.integers(min_value=0, max_value=UINT64_MAX)
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=40, deadline=None)
 @given(
     pass_id=st.binary(min_size=32, max_size=32),
     serial=uint64,
