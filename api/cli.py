@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from api.settings import Settings
+from api.settings import PROJECT_ROOT, Settings
 from ledger.errors import LedgerError
 from wallet import WalletError
 
@@ -186,8 +187,7 @@ def deploy(
     except Exception as exc:
         _fail(f"cannot reach a JSON-RPC node at {rpc_url}: {type(exc).__name__}", EXIT_BAD_INPUT)
     try:
-        project_root = Settings().project_root
-        artifacts = compile_contracts(project_root=project_root, cache_dir=out.parent / "build")
+        artifacts = compile_contracts(project_root=PROJECT_ROOT, cache_dir=out.parent / "build")
         deployment = deploy_ledger(
             w3, artifacts=artifacts, admin=admin, grants=grants, reversal_window_s=reversal_window_s
         )
@@ -209,10 +209,12 @@ def node(
     """Run only the local anvil node (development), with its state kept in STATE_DIR."""
     from ledger.node import AnvilConfig, AnvilNode
 
-    settings = _settings()
     anvil = AnvilNode(
         AnvilConfig(
-            state_dir=state_dir, port=port, chain_id=chain_id, project_root=settings.project_root
+            state_dir=state_dir.resolve(),
+            port=port,
+            chain_id=chain_id,
+            project_root=PROJECT_ROOT,
         )
     )
     try:
@@ -221,6 +223,9 @@ def node(
         _fail(str(exc).splitlines()[0])
     console.print(f"anvil on [bold]{anvil.rpc_url}[/] (chain {chain_id}, state in {state_dir})")
     console.print("Press Ctrl-C to stop.")
+    # explicit: a background job may inherit SIGINT ignored; SIGTERM stops it the same way
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while anvil.is_running():
             time.sleep(0.5)

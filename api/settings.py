@@ -15,16 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEV_MERCHANT_COUNT", "ENV_PREFIX", "Settings"]
+__all__ = ["DEV_MERCHANT_COUNT", "ENV_PREFIX", "PROJECT_ROOT", "Settings"]
 
 ENV_PREFIX = "STADJERSPAS_"
 #: How many merchant keys development takes from the dev mnemonic (accounts 3, 4, 5).
 DEV_MERCHANT_COUNT = 3
 
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _env(name: str) -> str:
@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     # -- where things live ----------------------------------------------------------------------
     var_dir: Path = Field(default=Path("var"), description="State: anvil, deployment, database.")
     project_root: Path = Field(
-        default=_PROJECT_ROOT, description="Checkout with contracts/, node_modules/ and tools/."
+        default=PROJECT_ROOT, description="Checkout with contracts/, node_modules/ and tools/."
     )
     build_dir: Path | None = Field(
         default=None, description="Compiler artifact cache (default: <var_dir>/build)."
@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     token_lifetime_s: int = Field(default=120, ge=10, le=900, description="Pass token lifetime.")
     receipt_timeout_s: float = Field(default=30.0, gt=0)
     relayer_linger_ms: float = Field(default=2.0, ge=0)
+
+    @field_validator("var_dir", "project_root", "build_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # absolute, because the embedded anvil runs with its state directory as working directory
+        return value.expanduser().resolve() if value is not None else None
 
     @model_validator(mode="after")
     def _defaults_and_secrets(self) -> Self:

@@ -424,14 +424,17 @@ class SlotLabels:
         return self._base[name]
 
     def struct_slots(self, name: str) -> dict[int, str]:
-        """Slot offset -> member names of the struct that mapping ``name`` holds (per the layout)."""
+        """Slot offset -> member names of the struct that mapping ``name`` holds (by layout)."""
         value_type = _type_of(self._layout, name).rsplit(",", 1)[-1].rstrip(")")
         types: Mapping[str, Any] = self._layout.get("types") or {}
         members = (types.get(value_type) or {}).get("members") or []
         slots: dict[int, list[str]] = {}
         for member in members:
             slots.setdefault(int(member["slot"]), []).append(str(member["label"]))
-        return {slot: ", ".join(names) for slot, names in sorted(slots.items())}
+        return {
+            slot: ", ".join(names if len(names) <= 3 else [names[0], "...", names[-1]])
+            for slot, names in sorted(slots.items())
+        }
 
     def add_erc20(self, holders: Mapping[str, str]) -> None:
         """Label ``BenchToken._balances[account]`` (OpenZeppelin ERC20: slot 0) for ``holders``."""

@@ -42,7 +42,7 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
     }
 
     struct SchemeRecord {
-        // slot 0: everything a Budget redemption reads
+        // slot 0: everything a Budget or Uses redemption reads
         SchemeKind kind;
         uint40 validFrom;
         uint40 validUntil;
@@ -50,12 +50,12 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
         uint16 discountBps;
         uint16 reimburseBps;
         uint64 perRedemptionCap;
-        // slot 1
         uint64 unitValue;
-        uint64 discountFixed;
-        // slot 2
+        // slot 1: the budget, read and written together
         uint128 budgetCap;
         uint128 committed;
+        // slot 2
+        uint64 discountFixed;
     }
 
     struct MerchantAccount {
@@ -206,9 +206,9 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
             if (amount == 0) revert IssuanceAmountZero(passIds[i]);
             total += amount;
             _credit(schemeId, passIds[i], amount);
-            emit EntitlementIssued(schemeId, passIds[i], amount);
         }
         _commitBudget(schemeId, scheme, _issuedValue(scheme, total));
+        emit EntitlementsIssued(schemeId, passIds, amounts);
     }
 
     /// @inheritdoc IStadjerspasLedger

@@ -12,8 +12,8 @@ Settings (pinned, part of the cache key):
   every issuance and redemption for years, so per-call gas matters far more than deployment size
   (the gas bars in DESIGN.md are per call). Lower it through :class:`CompilerSettings` if a
   contract ever nears the 24 KiB code-size limit;
-- ``viaIR`` off: the legacy pipeline compiles in seconds under solc-js and the contracts do not
-  need it (no stack-too-deep); switch it on in :class:`CompilerSettings` only if they ever do.
+- ``viaIR`` on: the IR pipeline saves about 2,000 gas per redemption (measured by ``bench.gas``,
+  see docs/gas.md) at the price of a slower compile (seconds under solc-js, cached).
 
 Artifacts are cached under ``cache_dir/<key>/`` where ``key`` is a SHA-256 over the compiler
 version, the settings, the versions of the npm packages that provide imports, and every source
@@ -94,7 +94,7 @@ class CompilerSettings:
     version: str = COMPILER_VERSION
     evm_version: str = EVM_VERSION
     optimizer_runs: int = 10_000
-    via_ir: bool = False
+    via_ir: bool = True
     remappings: tuple[str, ...] = (OPENZEPPELIN_REMAPPING,)
 
     def standard_json_settings(self) -> dict[str, Any]:

@@ -53,6 +53,12 @@ Invariants
    :meth:`Relayer.close` drains (waits for receipts) and then fails what is left with
    :class:`RelayerClosed`, saying whether each transaction was never sent or may still be mined.
 
+Known limitation (anvil 1.7.1, automine): under many small concurrent batches anvil sometimes
+parks a transaction in its *queued* pool behind a nonce that is already mined, and never mines it
+(it answers "transaction already imported" to a resend; ``evm_mine`` does not help; foundry issue
+#10122). The relayer then waits (``ReceiptTimeout`` for callers with a timeout). A replacement with
+the same call and a slightly higher fee unsticks it; that is not implemented yet.
+
 Fees: with no ``gas_price`` configured, the relayer reads the next base fee
 (``eth_feeHistory``). Zero (a gas-price-zero Besu, or anvil with ``--base-fee 0``) gives legacy
 transactions with ``gasPrice`` 0; a positive base fee gives EIP-1559 transactions with

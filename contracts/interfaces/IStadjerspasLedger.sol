@@ -94,6 +94,8 @@ interface IStadjerspasLedger {
 
     /// @notice `amount` (cents or uses) was added to the entitlement of `passId` in `schemeId`.
     event EntitlementIssued(uint256 indexed schemeId, bytes32 indexed passId, uint64 amount);
+    /// @notice `amounts[i]` was added to the entitlement of `passIds[i]` in `schemeId` (one batch).
+    event EntitlementsIssued(uint256 indexed schemeId, bytes32[] passIds, uint64[] amounts);
     /// @notice A cohort was issued by Merkle root, committing `totalValue` cents of the scheme budget.
     event CohortIssued(uint256 indexed schemeId, bytes32 indexed root, uint64 holderCount, uint128 totalAmount);
     /// @notice Leaf `index` of cohort `root` was claimed into the entitlement of `passId`.

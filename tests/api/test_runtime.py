@@ -19,8 +19,12 @@ def _balances(client: TestClient, pass_number: str) -> dict[int, int]:
     return {b["scheme_id"]: b["balance"] for b in body["balances"]}
 
 
-def test_restart_keeps_contract_balances_and_redemptions(tmp_path: Path) -> None:
-    settings = dev_settings(tmp_path / "var")
+def test_restart_keeps_contract_balances_and_redemptions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative var dir, as `make run` uses
+    settings = dev_settings(Path("var"))
+    assert settings.var_dir == tmp_path / "var"
     with Runtime.start(settings) as first:
         assert first.deployed_now
         assert first.demo_seeded_now

@@ -59,7 +59,7 @@ def test_solidity_type_string_equals_wallet_type_string(project_root: Path) -> N
     declared = re.search(
         r"PASS_TOKEN_TYPEHASH\s*=\s*keccak256\(\s*\"([^\"]+)\"\s*\)", source, re.MULTILINE
     )
-    assert declared is not None, "PASS_TOKEN_TYPEHASH = keccak256(\"...\") not found"
+    assert declared is not None, 'PASS_TOKEN_TYPEHASH = keccak256("...") not found'
     assert declared.group(1) == PASS_TOKEN_TYPE
     # The doc comment above it quotes the same string.
     documented = re.search(r"///\s*@dev\s*keccak256\(\"([^\"]+)\"\)", source)

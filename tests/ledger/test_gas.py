@@ -23,16 +23,16 @@ LARGE_COHORT = 1_000
 MARGIN = 0.01
 
 PINNED: dict[str, int] = {
-    "redeem_single": 86_693,
-    "redeem_batched_per_item_100": 25_055,
-    "issue_single": 61_724,
-    "issue_batched_per_holder_100": 26_067,
-    "cohort_root_100": 61_890,
-    "cohort_root_1000": 61_902,
-    "first_use_claim_redeem": 125_384,
-    "reverse": 64_923,
-    "settle": 58_995,
-    "erc20_transfer": 34_371,
+    "redeem_single": 84_644,
+    "redeem_batched_per_item_100": 22_707,
+    "issue_single": 59_083,
+    "issue_batched_per_holder_100": 24_652,
+    "cohort_root_100": 59_954,
+    "cohort_root_1000": 59_966,
+    "first_use_claim_redeem": 122_880,
+    "reverse": 63_063,
+    "settle": 58_413,
+    "erc20_transfer": 34_104,
 }
 
 
