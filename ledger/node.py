@@ -128,7 +128,8 @@ class AnvilNode:
 
     def __init__(self, config: AnvilConfig) -> None:
         self.config = config
-        self.state_dir = config.state_dir
+        # anvil runs with the state dir as its working directory, so every path it gets is absolute
+        self.state_dir = config.state_dir.resolve()
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._port: int | None = None

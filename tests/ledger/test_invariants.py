@@ -37,6 +37,7 @@ DAY = 24 * 3600
 UNIT_VALUE = 250
 DISCOUNT_BPS, REIMBURSE_BPS, DISCOUNT_CAP = 2_000, 5_000, 300
 PASSES = 4
+STATS: dict[str, int] = defaultdict(int)
 
 
 @dataclass
@@ -138,6 +139,7 @@ class LedgerMachine(RuleBasedStateMachine):
         try:
             result = self.env.client.transact(account, function, *args)
         except allowed as refused:
+            STATS[type(refused).__name__] += 1
             return refused
         self._apply(result.events)
         return result
@@ -145,9 +147,12 @@ class LedgerMachine(RuleBasedStateMachine):
     def _apply(self, events: list[DecodedEvent]) -> None:
         kinds = self.base.kinds
         for event in events:
+            STATS[event.name] += 1
             a = event.args
             if event.name == "EntitlementIssued":
                 self.issued[a["schemeId"]] += a["amount"]
+            elif event.name == "EntitlementsIssued":  # one event for a whole issueBatch
+                self.issued[a["schemeId"]] += sum(a["amounts"])
             elif event.name == "Redeemed":
                 scheme = a["schemeId"]
                 self.debited[scheme] += a["debited"]
@@ -228,7 +233,11 @@ class LedgerMachine(RuleBasedStateMachine):
             allowed=(errors.SchemeBudgetExceeded, errors.SchemeEnded),
         )
         if isinstance(result, TxResult):
-            assert len(result.named("EntitlementIssued")) == len(items)
+            logged = [e.args["amount"] for e in result.named("EntitlementIssued")]
+            for event in result.named("EntitlementsIssued"):
+                assert list(event.args["passIds"]) == pids
+                logged += event.args["amounts"]
+            assert sorted(logged) == sorted(amounts)
 
     @rule(
         scheme=schemes_st,
@@ -483,4 +492,5 @@ def test_ledger_accounting_invariants(deployed: LedgerEnv) -> None:
             ),
         )
     finally:
+        print(sorted(STATS.items()))
         assert _rpc(deployed, "evm_revert", [outer])
