@@ -1,4 +1,4 @@
-"""The thin end-to-end slice on a real anvil: issue, redeem, balance drops, replay refused, reverse."""
+"""The thin end-to-end slice on anvil: issue, redeem, balance drops, replay refused, reverse."""
 
 from __future__ import annotations
 
