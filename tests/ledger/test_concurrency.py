@@ -16,6 +16,7 @@ import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
+from hexbytes import HexBytes
 from web3 import HTTPProvider, Web3
 from web3.types import RPCEndpoint
 
@@ -98,7 +99,8 @@ def _send_together(ledger: LedgerEnv, raw_txs: list[bytes]) -> list[bytes]:
 
 def _receipts(ledger: LedgerEnv, hashes: list[bytes]) -> list[Any]:
     return [
-        ledger.w3.eth.wait_for_transaction_receipt(h, timeout=60, poll_latency=0.02) for h in hashes
+        ledger.w3.eth.wait_for_transaction_receipt(HexBytes(h), timeout=60, poll_latency=0.02)
+        for h in hashes
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -91,6 +92,18 @@ def test_codes_and_names_are_unique_and_stable() -> None:
         assert cls.rule != errors.ContractRevert.rule
     assert classes["RedemptionIdUsed"].code == "redemption_id_used"
     assert classes["AccessControlUnauthorizedAccount"].code == "access_control_unauthorized_account"
+
+
+def test_every_error_class_is_raised_by_a_contract_test() -> None:
+    """Each rule is exercised on the real contract through its typed exception somewhere."""
+    here = Path(__file__).resolve().parent
+    sources = "\n".join(
+        path.read_text("utf-8")
+        for path in sorted(here.glob("test_*.py"))
+        if path.name != Path(__file__).name
+    )
+    unexercised = [name for name in errors.error_classes() if f"errors.{name}" not in sources]
+    assert not unexercised, f"no contract test raises: {unexercised}"
 
 
 def test_every_class_belongs_to_its_family() -> None:

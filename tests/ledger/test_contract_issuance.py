@@ -388,3 +388,49 @@ def test_claim_and_redeem_refused_redemption_undoes_the_claim(ledger: LedgerEnv)
     assert refused.value.values == {"redemptionId": 4, "available": 1_000}
     assert not ledger.client.is_claimed(cohort.root, 0)
     assert ledger.client.balance_of(scheme, pid) == 0
+
+
+# ---------------------------------------------------------------- findings
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "contract bug: claims of a cohort are not bounded by its declared totalAmount (nor "
+        "holderCount), so a cohort whose tree sums to more than totalAmount credits more than "
+        "the budget committed for it and issued value exceeds SchemeTerms.budgetCap"
+    ),
+)
+def test_cohort_claims_cannot_exceed_the_committed_total(ledger: LedgerEnv) -> None:
+    scheme = ledger.new_scheme(budget_cap=1_000)
+    cohort = _cohort(ledger, [1_000, 1_000])  # the tree holds 2,000
+    ledger.client.transact(ledger.issuer, "issueCohort", scheme, cohort.root, 2, 1_000)
+    assert ledger.client.scheme_of(scheme).committed == 1_000
+    ledger.client.transact(ledger.outsider, "claim", cohort.claim(0))
+
+    with pytest.raises(errors.ContractRevert):
+        ledger.client.transact(ledger.outsider, "claim", cohort.claim(1))
+
+    credited = sum(ledger.client.balance_of(scheme, leaf.pass_id) for leaf in cohort.leaves)
+    assert credited <= ledger.client.scheme_of(scheme).terms.budget_cap
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "contract bug (edge): the UNLIMITED sentinel (2**64-1) applies to every scheme kind, so a "
+        "Budget balance that adds up to exactly 2**64-1 cents becomes unlimited and later "
+        "redemptions debit nothing while crediting the merchant"
+    ),
+)
+def test_budget_balance_that_reaches_the_sentinel_still_debits(ledger: LedgerEnv) -> None:
+    scheme = ledger.new_scheme(budget_cap=2**65)
+    pid = ledger.new_pass()
+    ledger.client.transact(ledger.issuer, "issue", scheme, pid, UNLIMITED - 1)
+    ledger.client.transact(ledger.issuer, "issue", scheme, pid, 1)
+    request = ledger.redemption(pid, scheme_id=scheme, amount=1_000, redemption_id=1)
+
+    result = ledger.client.transact(ledger.merchant, "redeem", request.as_tuple())
+
+    assert result.named("Redeemed")[0].args["debited"] == 1_000
+    assert ledger.client.balance_of(scheme, pid) == UNLIMITED - 1_000

@@ -7,12 +7,13 @@ a check that nothing changed.
 from __future__ import annotations
 
 import pytest
+from eth_utils import to_checksum_address
 
 from ledger import contract_errors as errors
 from ledger.client import PassState
 from tests.ledger.conftest import LedgerEnv
 
-ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+ZERO_ADDRESS = to_checksum_address("0x0000000000000000000000000000000000000000")
 UNKNOWN_PASS = b"\x42" * 32
 
 

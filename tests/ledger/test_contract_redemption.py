@@ -6,7 +6,7 @@ merchant's account, the scheme's committed budget and the redemption id's used b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pytest
 from web3.types import RPCEndpoint
@@ -68,6 +68,10 @@ def _funded(
     pid = ledger.new_pass(holder_key=ledger.holder.address, card_serial=1)
     ledger.client.transact(ledger.issuer, "issue", scheme, pid, amount)
     return scheme, pid
+
+
+def word(value: int) -> bytes:
+    return value.to_bytes(32, "big")
 
 
 def _selector(ledger: LedgerEnv, name: str) -> bytes:
@@ -196,9 +200,10 @@ def test_token_of_another_pass_is_refused(ledger: LedgerEnv) -> None:
 def test_token_fields_are_covered_by_the_signature(ledger: LedgerEnv, field: str) -> None:
     scheme, pid = _funded(ledger)
     request = ledger.redemption(pid, scheme_id=scheme, amount=100, redemption_id=13, amount_cap=200)
-    data = list(request.as_tuple())
+    token = request.token.token
+    data: list[object] = list(request.as_tuple())
     position = {"serial": 4, "expiry": 5, "amount_cap": 6}[field]
-    data[position] = {"serial": 1, "expiry": data[5] + 3_600, "amount_cap": 0}[field]
+    data[position] = {"serial": 1, "expiry": token.expiry + 3_600, "amount_cap": 0}[field]
     _refused(ledger, tuple(data), errors.RedemptionSignerNotAllowed, scheme=scheme, pid=pid)
 
 
@@ -356,7 +361,6 @@ def test_batch_applies_good_items_and_rejects_bad_ones(ledger: LedgerEnv) -> Non
         (e.args["redemptionId"], e.args["reason"], e.args["detail"])
         for e in result.named("RedemptionRejected")
     ]
-    word = lambda value: value.to_bytes(32, "big")  # noqa: E731
     assert rejected == [
         (2, _selector(ledger, "RedemptionTokenExpired"), word(now - 1)),
         (1, _selector(ledger, "RedemptionIdUsed"), word(1)),
@@ -619,4 +623,3 @@ def test_request_tuple_matches_the_signed_token(ledger: LedgerEnv) -> None:
     data = request.as_tuple()
     token = request.token.token
     assert data[1:7] == (pid, scheme, 1, token.serial, token.expiry, token.amount_cap)
-    assert replace(token, amount_cap=9) == token

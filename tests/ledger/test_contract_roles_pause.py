@@ -286,8 +286,8 @@ def test_roles_are_granted_as_deployed(ledger: LedgerEnv) -> None:
         assert not ledger.client.has_role(role, ledger.outsider.address)
         assert not ledger.client.has_role(role, ledger.holder.address)
     assert ledger.client.has_role("merchant", ledger.other_merchant.address)
-    for role in ROLES.values():
-        assert ledger.client.contract.functions.getRoleAdmin(role).call() == ADMIN_ROLE
+    for role_id in ROLES.values():
+        assert ledger.client.contract.functions.getRoleAdmin(role_id).call() == ADMIN_ROLE
 
 
 # ---------------------------------------------------------------- pause

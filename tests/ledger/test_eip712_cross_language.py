@@ -24,6 +24,7 @@ from wallet.eip712 import (
     pass_token_digest,
     pass_token_struct_hash,
 )
+from wallet.units import Amount
 
 # Pinned: tests/wallet/test_eip712.py pins the same values on the Python side alone.
 PINNED_PASS_TOKEN_TYPEHASH = "e8b9ec96c2209997097e22999c833ffacd33fac8b9e78bd49be6afa7d1138d4d"
@@ -31,11 +32,13 @@ PINNED_EIP712_DOMAIN_TYPEHASH = "8b73c3c69bb8fe3d512ecc4cf759cc79239f7b179b0ffac
 UINT64_MAX = 2**64 - 1
 
 TOKENS = [
-    PassToken(pass_id=bytes(32), serial=0, expiry=0, amount_cap=0),
-    PassToken(pass_id=bytes(range(32)), serial=7, expiry=1_767_225_600, amount_cap=2_500),
-    PassToken(pass_id=b"\xff" * 32, serial=UINT64_MAX, expiry=UINT64_MAX, amount_cap=UINT64_MAX),
-    PassToken(pass_id=keccak(text="P123456"), serial=0, expiry=1_800_000_000, amount_cap=0),
-    PassToken(pass_id=b"\x80" + bytes(31), serial=1, expiry=1, amount_cap=1),
+    PassToken(pass_id=bytes(32), serial=0, expiry=0, amount_cap=Amount(0)),
+    PassToken(pass_id=bytes(range(32)), serial=7, expiry=1_767_225_600, amount_cap=Amount(2_500)),
+    PassToken(
+        pass_id=b"\xff" * 32, serial=UINT64_MAX, expiry=UINT64_MAX, amount_cap=Amount(UINT64_MAX)
+    ),
+    PassToken(pass_id=keccak(text="P123456"), serial=0, expiry=1_800_000_000, amount_cap=Amount(0)),
+    PassToken(pass_id=b"\x80" + bytes(31), serial=1, expiry=1, amount_cap=Amount(1)),
 ]
 
 
@@ -129,7 +132,7 @@ uint64 = st.integers(min_value=0, max_value=UINT64_MAX)
 def test_pass_token_digest_matches_for_any_token(
     deployed: LedgerEnv, pass_id: bytes, serial: int, expiry: int, amount_cap: int
 ) -> None:
-    token = PassToken(pass_id=pass_id, serial=serial, expiry=expiry, amount_cap=amount_cap)
+    token = PassToken(pass_id=pass_id, serial=serial, expiry=expiry, amount_cap=Amount(amount_cap))
     client = deployed.client
     on_chain = client.contract.functions.passTokenDigest(pass_id, serial, expiry, amount_cap).call()
     assert bytes(on_chain) == pass_token_digest(token, domain=client.domain)

@@ -37,7 +37,6 @@ DAY = 24 * 3600
 UNIT_VALUE = 250
 DISCOUNT_BPS, REIMBURSE_BPS, DISCOUNT_CAP = 2_000, 5_000, 300
 PASSES = 4
-STATS: dict[str, int] = defaultdict(int)
 
 
 @dataclass
@@ -139,7 +138,6 @@ class LedgerMachine(RuleBasedStateMachine):
         try:
             result = self.env.client.transact(account, function, *args)
         except allowed as refused:
-            STATS[type(refused).__name__] += 1
             return refused
         self._apply(result.events)
         return result
@@ -147,7 +145,6 @@ class LedgerMachine(RuleBasedStateMachine):
     def _apply(self, events: list[DecodedEvent]) -> None:
         kinds = self.base.kinds
         for event in events:
-            STATS[event.name] += 1
             a = event.args
             if event.name == "EntitlementIssued":
                 self.issued[a["schemeId"]] += a["amount"]
@@ -182,11 +179,15 @@ class LedgerMachine(RuleBasedStateMachine):
     ) -> RedemptionRequest:
         signer = self.env.holder if holder_signs else self.env.pass_signer
         return self.env.redemption(
-            self.base.passes[pass_index], scheme_id=scheme, amount=amount, redemption_id=rid, signer=signer
+            self.base.passes[pass_index],
+            scheme_id=scheme,
+            amount=amount,
+            redemption_id=rid,
+            signer=signer,
         )
 
     def _amount(self, scheme_id: int, pass_index: int, percent: int) -> int:
-        """A price for a Discount scheme; otherwise ``percent`` of what is left (0 and > 100 too)."""
+        """A price (Discount), else ``percent`` of what is left (0 and over 100 included)."""
         if self.base.kinds[scheme_id] is SchemeKind.DISCOUNT:
             return percent * 40
         balance = self.env.client.balance_of(scheme_id, self.base.passes[pass_index])
@@ -262,7 +263,10 @@ class LedgerMachine(RuleBasedStateMachine):
         rid = self.used_ids[percent % len(self.used_ids)] if reused else self._fresh_id()
         request = self._request(scheme_id, pass_index, amount, holder_signs=holder_signs, rid=rid)
         result = self._transact(
-            self.merchants[merchant], "redeem", request.as_tuple(), allowed=(errors.RedemptionRefused,)
+            self.merchants[merchant],
+            "redeem",
+            request.as_tuple(),
+            allowed=(errors.RedemptionRefused,),
         )
         if reused:
             assert isinstance(result, errors.RedemptionIdUsed), result
@@ -325,7 +329,8 @@ class LedgerMachine(RuleBasedStateMachine):
         outcomes = [(e.name, e.args) for e in result.events if e.name != "ReceiptsRecorded"]
         assert len(outcomes) == len(requests)
         selectors = {
-            name: selector for selector, (name, _, _) in errors.error_selectors(self.env.client.abi).items()
+            name: selector
+            for selector, (name, _, _) in errors.error_selectors(self.env.client.abi).items()
         }
         accepted_ids: set[int] = set()
         for position, (name, args) in enumerate(outcomes):
@@ -467,7 +472,9 @@ def _base(env: LedgerEnv) -> Base:
         per_redemption_cap=DISCOUNT_CAP,
         budget_cap=1_500,
     )
-    passes = [env.new_pass(holder_key=env.holder.address if i == 0 else None) for i in range(PASSES)]
+    passes = [
+        env.new_pass(holder_key=env.holder.address if i == 0 else None) for i in range(PASSES)
+    ]
     kinds = {budget: SchemeKind.BUDGET, uses: SchemeKind.USES, discount: SchemeKind.DISCOUNT}
     events: list[DecodedEvent] = []
     for scheme, amount in ((budget, 5_000), (uses, 5), (discount, 3)):
@@ -492,5 +499,4 @@ def test_ledger_accounting_invariants(deployed: LedgerEnv) -> None:
             ),
         )
     finally:
-        print(sorted(STATS.items()))
         assert _rpc(deployed, "evm_revert", [outer])
