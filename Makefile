@@ -37,7 +37,7 @@ ARGS ?=
 # setuptools' editable finder maps only the packages it saw at install time.
 PKG_INITS  := $(wildcard ledger/__init__.py wallet/__init__.py api/__init__.py)
 LINT_PATHS := $(wildcard ledger wallet api scripts bench) tests
-TYPE_PATHS := $(wildcard ledger wallet api)
+TYPE_PATHS := $(wildcard ledger wallet api bench)
 
 BROWNIE    := env PATH="$(BVENV)/bin:$$PATH" $(BVENV)/bin/brownie
 

@@ -72,6 +72,8 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
 
     struct CohortRecord {
         uint64 schemeId;
+        /// @dev What claims may still credit: the declared total minus what was claimed.
+        uint128 unclaimed;
     }
 
     mapping(bytes32 passId => PassRecord) private _passes;
@@ -223,6 +225,7 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
         if (cohort.schemeId != 0) revert CohortExists(root);
         _commitBudget(schemeId, scheme, _issuedValue(scheme, totalAmount));
         cohort.schemeId = uint64(schemeId);
+        cohort.unclaimed = totalAmount;
         emit CohortIssued(schemeId, root, holderCount, totalAmount);
     }
 
@@ -326,7 +329,7 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
     }
 
     /// @inheritdoc IStadjerspasLedger
-    function setReversalWindow(uint64 window) external onlyRole(DEFAULT_ADMIN_ROLE) {
+    function setReversalWindow(uint64 window) external onlyRole(DEFAULT_ADMIN_ROLE) whenNotPaused {
         _reversalWindow = window;
         emit ReversalWindowChanged(window);
     }
@@ -522,7 +525,7 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
             if (amounts.credited > available) return (RedemptionBudgetExhausted.selector, bytes32(available), 0);
             scheme.committed += amounts.credited;
         }
-        if (remaining == UNLIMITED) amounts.debited = 0;
+        if (remaining == UNLIMITED && scheme.kind == SchemeKind.Discount) amounts.debited = 0;
         else _balances[r.schemeId][r.passId] = remaining - amounts.debited;
         return (bytes4(0), 0, _recordRedemption(r, merchant, amounts));
     }
@@ -599,12 +602,17 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
     }
 
     function _claim(CohortClaim calldata c) private {
-        uint256 schemeId = _cohorts[c.root].schemeId;
+        CohortRecord storage cohort = _cohorts[c.root];
+        uint256 schemeId = cohort.schemeId;
         if (schemeId == 0) revert CohortUnknown(c.root);
         if (!MerkleProof.verifyCalldata(c.proof, c.root, LedgerHashes.cohortLeaf(c.index, c.passId, c.amount))) {
             revert CohortProofInvalid(c.root, c.index);
         }
-        if (!_cohortClaims[c.root].trySet(c.index)) revert CohortAlreadyClaimed(c.root, c.index);
+        if (_cohortClaims[c.root].isSet(c.index)) revert CohortAlreadyClaimed(c.root, c.index);
+        uint128 unclaimed = cohort.unclaimed;
+        if (c.amount > unclaimed) revert CohortTotalExceeded(c.root, c.amount, unclaimed);
+        _cohortClaims[c.root].trySet(c.index);
+        cohort.unclaimed = unclaimed - c.amount;
         _credit(schemeId, c.passId, c.amount);
         emit CohortClaimed(c.root, c.index, c.passId, c.amount);
     }
@@ -614,10 +622,20 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
         emit ReceiptsRecorded(root, count);
     }
 
+    /// @dev Adds to an entitlement. Only a Discount entitlement can be `UNLIMITED`; any other balance
+    ///      must stay below it.
     function _credit(uint256 schemeId, bytes32 passId, uint64 amount) private {
         uint64 remaining = _balances[schemeId][passId];
-        if (remaining == UNLIMITED) return;
-        _balances[schemeId][passId] = amount == UNLIMITED ? UNLIMITED : remaining + amount;
+        if (_schemes[schemeId].kind == SchemeKind.Discount) {
+            if (remaining == UNLIMITED) return;
+            if (amount == UNLIMITED) {
+                _balances[schemeId][passId] = UNLIMITED;
+                return;
+            }
+        }
+        uint256 updated = uint256(remaining) + amount;
+        if (updated >= UNLIMITED) revert EntitlementOverflow(schemeId, passId, updated);
+        _balances[schemeId][passId] = uint64(updated);
     }
 
     function _commitBudget(uint256 schemeId, SchemeRecord storage scheme, uint256 value) private {

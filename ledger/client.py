@@ -278,17 +278,20 @@ class LedgerClient:
         )
 
     def replay_error(self, tx: Mapping[str, Any], block_number: int) -> ContractRevert:
-        """Decode why a mined transaction reverted by replaying it on the state before its block."""
+        """Decode why a mined transaction reverted by replaying it on chain state."""
         call = {
             "from": tx["from"],
             "to": tx["to"],
             "data": "0x" + bytes(tx["data"]).hex(),
             "gas": tx["gas"],
         }
-        try:
-            self.w3.eth.call(cast(Any, call), block_number - 1)
-        except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
-            return self.decode_error(exc)
+        # After the block first: a transaction that lost to an earlier one in the same block (a
+        # duplicate redemption id) fails only on that state; then the state before the block.
+        for state in (block_number, block_number - 1):
+            try:
+                self.w3.eth.call(cast(Any, call), state)
+            except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
+                return self.decode_error(exc)
         return decode_revert(b"", self.abi)
 
     # ------------------------------------------------------------ reads

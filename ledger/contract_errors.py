@@ -184,6 +184,22 @@ class CohortProofInvalid(IssuanceRefused):
     rule = "the Merkle proof does not prove this leaf under the cohort root"
 
 
+class CohortTotalExceeded(IssuanceRefused):
+    rule = "claims of a cohort may never credit more than the total it committed"
+
+
+class EntitlementOverflow(IssuanceRefused):
+    rule = "a Budget or Uses balance must stay below 2**64 - 1"
+
+
+class InvalidShortString(ContractRevert):
+    rule = "OpenZeppelin ShortStrings: invalid short string (construction only)"
+
+
+class StringTooLong(ContractRevert):
+    rule = "OpenZeppelin ShortStrings: string too long (construction only)"
+
+
 # ---------------------------------------------------------------- redemption
 
 

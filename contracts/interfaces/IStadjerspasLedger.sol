@@ -154,6 +154,8 @@ interface IStadjerspasLedger {
     error CohortUnknown(bytes32 root);
     error CohortAlreadyClaimed(bytes32 root, uint256 index);
     error CohortProofInvalid(bytes32 root, uint256 index);
+    error CohortTotalExceeded(bytes32 root, uint256 amount, uint256 unclaimed);
+    error EntitlementOverflow(uint256 schemeId, bytes32 passId, uint256 balance);
 
     // ---------------------------------------------------------------- errors: redemption
     // Each takes the redemption id and one detail word, so a batch can report them as
@@ -236,7 +238,7 @@ interface IStadjerspasLedger {
     function settle(address merchant, uint128 amount, bytes32 paymentReference) external;
     /// @notice Sets how long after a redemption it may still be reversed, in seconds.
     function setReversalWindow(uint64 window) external;
-    /// @notice Stops every state change except role management until `unpause`.
+    /// @notice Stops every state change except role management and unpausing until `unpause`.
     function pause() external;
     /// @notice Resumes after `pause`.
     function unpause() external;

@@ -1,9 +1,8 @@
-"""Fixtures for the contract and client tests: one ledger deployed per session, reverted per test."""
+"""Fixtures for the contract and client tests: one ledger per session, reverted per test."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +81,7 @@ class LedgerEnv:
         expiry: int | None = None,
         amount_cap: int = 0,
     ) -> RedemptionRequest:
-        """A redemption request with a pass token signed by ``signer`` (default: the pass signer)."""
+        """A redemption with a pass token signed by ``signer`` (default: the pass signer)."""
         token = PassToken(
             pass_id=pid,
             serial=serial,
@@ -139,6 +138,6 @@ def deployed(w3: Web3, artifacts: Artifacts, dev_accounts: list[LocalAccount]) -
 
 
 @pytest.fixture
-def ledger(deployed: LedgerEnv, chain_snapshot: str) -> Iterator[LedgerEnv]:
+def ledger(deployed: LedgerEnv, chain_snapshot: str) -> LedgerEnv:
     """The session's ledger; every change the test makes is reverted afterwards."""
-    yield deployed
+    return deployed

@@ -142,8 +142,7 @@ def test_same_id_from_twenty_terminals_in_one_block(
     for tx, receipt in zip(txs, receipts, strict=True):
         if receipt["status"] == 1:
             continue
-        # Replayed on the state after the block (where the winner's id is marked used).
-        reason = ledger.client.replay_error(tx, int(receipt["blockNumber"]) + 1)
+        reason = ledger.client.replay_error(tx, int(receipt["blockNumber"]))
         assert isinstance(reason, errors.RedemptionIdUsed), reason
         assert reason.values["redemptionId"] == REDEMPTION_ID
 
@@ -163,7 +162,7 @@ def test_same_id_from_one_account_with_consecutive_nonces(
     assert winner["transactionHash"] == hashes[0]  # nonce order decides within one sender
     assert ledger.client.merchant_totals(ledger.merchant.address).redeemed == 1_000
     for tx, receipt in zip(txs[1:], receipts[1:], strict=True):
-        reason = ledger.client.replay_error(tx, int(receipt["blockNumber"]) + 1)
+        reason = ledger.client.replay_error(tx, int(receipt["blockNumber"]))
         assert isinstance(reason, errors.RedemptionIdUsed), reason
 
 
@@ -190,14 +189,6 @@ def test_same_id_racing_with_automine(
         assert reason.values == {"redemptionId": REDEMPTION_ID, "redemptionIdAgain": REDEMPTION_ID}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "ledger.client.LedgerClient.replay_error replays on the state before the transaction's "
-        "block, so a transaction refused only because an earlier one in the same block used the "
-        "id replays as accepted and decodes as UnknownRevert instead of RedemptionIdUsed"
-    ),
-)
 def test_replay_error_explains_a_loser_within_the_same_block(
     ledger: LedgerEnv, race: Race, merchants: list[LocalAccount], manual_mining: None
 ) -> None:

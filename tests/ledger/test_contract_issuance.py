@@ -393,14 +393,6 @@ def test_claim_and_redeem_refused_redemption_undoes_the_claim(ledger: LedgerEnv)
 # ---------------------------------------------------------------- findings
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "contract bug: claims of a cohort are not bounded by its declared totalAmount (nor "
-        "holderCount), so a cohort whose tree sums to more than totalAmount credits more than "
-        "the budget committed for it and issued value exceeds SchemeTerms.budgetCap"
-    ),
-)
 def test_cohort_claims_cannot_exceed_the_committed_total(ledger: LedgerEnv) -> None:
     scheme = ledger.new_scheme(budget_cap=1_000)
     cohort = _cohort(ledger, [1_000, 1_000])  # the tree holds 2,000
@@ -408,29 +400,23 @@ def test_cohort_claims_cannot_exceed_the_committed_total(ledger: LedgerEnv) -> N
     assert ledger.client.scheme_of(scheme).committed == 1_000
     ledger.client.transact(ledger.outsider, "claim", cohort.claim(0))
 
-    with pytest.raises(errors.ContractRevert):
+    with pytest.raises(errors.CohortTotalExceeded):
         ledger.client.transact(ledger.outsider, "claim", cohort.claim(1))
 
     credited = sum(ledger.client.balance_of(scheme, leaf.pass_id) for leaf in cohort.leaves)
     assert credited <= ledger.client.scheme_of(scheme).terms.budget_cap
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "contract bug (edge): the UNLIMITED sentinel (2**64-1) applies to every scheme kind, so a "
-        "Budget balance that adds up to exactly 2**64-1 cents becomes unlimited and later "
-        "redemptions debit nothing while crediting the merchant"
-    ),
-)
-def test_budget_balance_that_reaches_the_sentinel_still_debits(ledger: LedgerEnv) -> None:
+def test_budget_balance_cannot_reach_the_unlimited_sentinel(ledger: LedgerEnv) -> None:
     scheme = ledger.new_scheme(budget_cap=2**65)
     pid = ledger.new_pass()
     ledger.client.transact(ledger.issuer, "issue", scheme, pid, UNLIMITED - 1)
-    ledger.client.transact(ledger.issuer, "issue", scheme, pid, 1)
+    with pytest.raises(errors.EntitlementOverflow):
+        ledger.client.transact(ledger.issuer, "issue", scheme, pid, 1)
+    assert ledger.client.balance_of(scheme, pid) == UNLIMITED - 1
     request = ledger.redemption(pid, scheme_id=scheme, amount=1_000, redemption_id=1)
 
     result = ledger.client.transact(ledger.merchant, "redeem", request.as_tuple())
 
     assert result.named("Redeemed")[0].args["debited"] == 1_000
-    assert ledger.client.balance_of(scheme, pid) == UNLIMITED - 1_000
+    assert ledger.client.balance_of(scheme, pid) == UNLIMITED - 1_001

@@ -347,14 +347,6 @@ def test_reads_still_work_while_paused(ctx: Context) -> None:
     assert client.is_claimed(ctx.cohort_root, 0) is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "contract bug: IStadjerspasLedger.pause() documents 'Stops every state change except "
-        "role management until unpause', but setReversalWindow has no whenNotPaused and "
-        "succeeds while paused"
-    ),
-)
 def test_set_reversal_window_is_refused_while_paused(ctx: Context) -> None:
     _pause(ctx)
     with pytest.raises(errors.EnforcedPause):
