@@ -25,6 +25,7 @@ from ledger.abi import abi_type
 from ledger.contract_errors import ContractRevert, decode_revert
 from ledger.events import DecodedEvent, EventDecoder
 from ledger.merkle import MerkleTree, ReceiptLeaf, receipt_leaf_hash
+from ledger.relayer import TxReceipt
 from wallet.eip712 import Domain, SignedPassToken
 
 __all__ = [
@@ -365,6 +366,23 @@ class LedgerClient:
             if event is not None:
                 decoded.append(event)
         return decoded
+
+    def receipt_events(self, receipt: TxReceipt) -> list[DecodedEvent]:
+        """Decode the ledger events of a relayer receipt."""
+        return self.decode_logs(
+            [
+                {
+                    "address": log.address,
+                    "topics": list(log.topics),
+                    "data": log.data,
+                    "blockNumber": log.block_number,
+                    "blockHash": receipt.block_hash,
+                    "transactionHash": log.tx_hash,
+                    "logIndex": log.log_index,
+                }
+                for log in receipt.logs
+            ]
+        )
 
     def reversal_proof(
         self, events: Sequence[DecodedEvent], redemption_id: int
