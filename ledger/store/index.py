@@ -132,7 +132,7 @@ class IndexedScheme(_EventRow, table=True):
 
 
 class IndexedEntitlement(_EventRow, table=True):
-    """Value added to an entitlement: by ``issue``, ``issue_batch`` (one row per pass) or ``claim``."""
+    """Value added to an entitlement by ``issue``, ``issueBatch`` (a row per pass) or ``claim``."""
 
     __tablename__ = "index_entitlement"
     __table_args__ = (
@@ -181,7 +181,7 @@ class IndexedExpiry(_EventRow, table=True):
 
 
 class IndexedRedemption(_EventRow, table=True):
-    """An accepted redemption; ``receipt_root`` and ``receipt_position`` locate its reversal proof."""
+    """An accepted redemption; ``receipt_root`` and ``receipt_position`` locate its proof."""
 
     __tablename__ = "index_redemption"
     __table_args__ = _natural_key("index_redemption")
