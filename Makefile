@@ -1,7 +1,8 @@
 # Stadjerspas Ledger: set-up, run, test.
 #
 #   make setup         idempotent: .venv, node_modules, solc shim link, .venv-brownie, Debian
-#                      packages (as root only); stamp files in .make/ keep a second run fast
+#                      packages (as root only), the browser bundle (api/static/build/); stamp
+#                      files in .make/ keep a second run fast
 #   make run           set up, then start the service (`stadjerspas up`)
 #   make test          set up, then lint + types + the main pytest suite + the brownie tests
 #   make lint          ruff check, ruff format --check, mypy --strict
@@ -9,6 +10,7 @@
 #   make test-brownie  `brownie test tests/brownie` in .venv-brownie
 #   make brownie ARGS="compile"   any brownie command with anvil and the shim in place
 #   make bench         gas and throughput benchmarks (bench/)
+#   make web           rebuild the browser bundle (api/static/build/) after editing web/src
 #   make clean         remove build outputs (keeps var/ data and the environments)
 
 SHELL := /bin/bash
@@ -41,14 +43,18 @@ TYPE_PATHS := $(wildcard ledger wallet api bench)
 
 BROWNIE    := env PATH="$(BVENV)/bin:$$PATH" $(BVENV)/bin/brownie
 
-.PHONY: help setup solc-link run test lint fmt pytest test-brownie brownie bench clean distclean
+# Browser code (web/src) bundled by esbuild into api/static/build/ (gitignored).
+WEB_SRC    := $(shell find web/src -type f 2>/dev/null | sort) web/build.mjs
+WEB_BUNDLE := api/static/build/scanner.js
+
+.PHONY: help setup solc-link web run test lint fmt pytest test-brownie brownie bench clean distclean
 
 help:
-	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,15p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------------------------- set-up --
 
-setup: $(STAMPS)/venv $(STAMPS)/npm solc-link $(STAMPS)/brownie $(STAMPS)/apt
+setup: $(STAMPS)/venv $(STAMPS)/npm solc-link $(STAMPS)/brownie $(STAMPS)/apt $(STAMPS)/web
 
 $(STAMPS):
 	@mkdir -p $@
@@ -67,6 +73,18 @@ $(STAMPS)/npm: package.json $(wildcard package-lock.json) | $(STAMPS)
 	@test -x "$$(ls node_modules/@foundry-rs/anvil-*/bin/anvil | head -1)" \
 	  || { echo "anvil native binary missing after npm install" >&2; exit 1; }
 	@touch $@
+
+# The scanner bundle (jsQR + web/src/scanner.js as one IIFE, window.StadjerspasScanner) and the
+# test harness glue. Rebuilt when a source, the build script or the npm install changes, or when
+# the bundle is missing (e.g. after `make clean`).
+$(STAMPS)/web: $(WEB_SRC) $(STAMPS)/npm $(if $(wildcard $(WEB_BUNDLE)),,web-force) | $(STAMPS)
+	npm run --silent build:web
+	@touch $@
+
+web: $(STAMPS)/web
+
+.PHONY: web-force
+web-force:
 
 # py-solc-x and brownie look for compilers as ~/.solcx/solc-v<version>. Checked on every run
 # (cheap): the link is per user, so another checkout may have pointed it at itself.
@@ -126,7 +144,7 @@ fmt: $(STAMPS)/venv
 
 # Not `-n auto` yet: the session-wide anvil fixture and the var/ caches are per process, which
 # xdist would multiply; enable once the suite proves independent of that.
-pytest: $(STAMPS)/venv $(STAMPS)/npm
+pytest: $(STAMPS)/venv $(STAMPS)/npm $(STAMPS)/web
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-brownie: $(STAMPS)/brownie solc-link
@@ -140,7 +158,7 @@ bench: setup
 	$(PY) -m bench.throughput
 
 clean:
-	rm -rf build/ reports/ var/build/ .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf build/ reports/ var/build/ api/static/build/ .mypy_cache .ruff_cache .pytest_cache .hypothesis
 	find . -name __pycache__ -type d -not -path './.venv*' -not -path './node_modules/*' -prune -exec rm -rf {} +
 
 distclean: clean
