@@ -11,7 +11,8 @@ transaction is mined (``status`` 0 for a revert: the caller decodes the reason, 
   of them as ONE JSON-RPC batch of ``eth_sendRawTransaction``;
 - a *watcher* thread polls ``eth_getTransactionCount`` (latest and pending) and fetches, in
   batches, the receipts of exactly the in-flight transactions whose nonce the chain has passed,
-  resolves their handles, and detects lost, replaced and rolled-back transactions.
+  resolves their handles, detects lost, replaced and rolled-back transactions, and re-prices a
+  nonce the node has stalled on (invariant 8).
 
 Only standard ``eth_*`` methods are used (``debug_traceTransaction`` optionally, for revert data),
 so the same code runs against anvil and against a Besu QBFT network with gas price zero.
@@ -22,20 +23,27 @@ Invariants
 1. **Nonces are contiguous and unique.** Only the sender thread assigns nonces, one at a time
    from ``next_nonce`` (initialised from ``eth_getTransactionCount(account, "pending")`` at
    :meth:`Relayer.start`). A nonce is consumed only once its transaction is signed.
-2. **One signed transaction per nonce.** The signed bytes of every transaction are kept (in
-   ``inflight``) until a receipt for *its own hash* has been seen, and every resend sends those
-   same bytes. The relayer never signs a different transaction for a nonce that may still land.
-   The one exception is a transaction the node rejected outright on its *first* send (e.g.
-   "intrinsic gas too low", "insufficient funds"): it was never accepted by any node, so it can
-   never be mined; its handle fails with :class:`SubmissionFailed` and its nonce is filled with a
-   0-value self-transfer ("filler") so that later nonces are not stuck behind a gap.
+2. **One call per nonce.** A nonce carries exactly one call (target, calldata, value, gas
+   limit) for its whole life. Its signed bytes are kept (in ``inflight``) until a receipt for
+   one of its hashes has been seen, and every resend sends the same bytes. The only other bytes
+   ever signed for a nonce are *re-priced variants* of that same call (invariant 8): all
+   variants of a nonce make the same call and only one transaction per nonce can be mined, so
+   the call takes effect exactly once whichever variant lands. The relayer never signs a
+   different call for a nonce that may still land. The one exception is a transaction the node
+   rejected outright on its *first* send (e.g. "intrinsic gas too low", "insufficient funds"):
+   it was never accepted by any node, so it can never be mined; its handle fails with
+   :class:`SubmissionFailed` and its nonce is filled with a 0-value self-transfer ("filler") so
+   that later nonces are not stuck behind a gap. (A re-priced variant that the node rejects
+   outright is no longer sent, though its hash stays watched: the earlier variant of the same
+   call that the node did accept is sent instead, and the handle does not fail.)
 3. **Resends are idempotent.** A resend answered with the hash, "already known"/"already
    imported", or "nonce too low" changes nothing: the transaction is simply watched. A
-   transaction is confirmed only by a receipt of its own hash; "nonce too low" means "mined,
-   possibly by someone else" and is settled by the watcher: once the chain's latest nonce is past
-   ours and our hash still has no receipt (observed on two consecutive polls, the count read
-   *before* the receipts), the nonce was taken by a different transaction and the handle fails
-   with :class:`NonceConflict`.
+   transaction is confirmed only by a receipt of one of *its own* hashes (every variant signed
+   for the nonce is watched until one is mined); "nonce too low" means "mined, possibly by
+   someone else" and is settled by the watcher: once the chain's latest nonce is past ours and
+   none of our hashes has a receipt (observed on two consecutive polls, the count read *before*
+   the receipts), the nonce was taken by a different transaction and the handle fails with
+   :class:`NonceConflict`.
 4. **Lost transactions are resent.** When the node's pending nonce is below what it has already
    accepted from us (the node restarted and lost its pool, or evicted transactions), after a
    connection error, or when a transaction is older than ``resend_after`` without a receipt, the
@@ -50,14 +58,24 @@ Invariants
    nonce was taken fail with :class:`NonceConflict`.
 7. **A handle is never abandoned while its nonce may still land.** :meth:`TxHandle.result` with a
    timeout raises :class:`ReceiptTimeout` but the relayer keeps watching and resending.
-   :meth:`Relayer.close` drains (waits for receipts) and then fails what is left with
-   :class:`RelayerClosed`, saying whether each transaction was never sent or may still be mined.
-
-Known limitation (anvil 1.7.1, automine): under many small concurrent batches anvil sometimes
-parks a transaction in its *queued* pool behind a nonce that is already mined, and never mines it
-(it answers "transaction already imported" to a resend; ``evm_mine`` does not help; foundry issue
-#10122). The relayer then waits (``ReceiptTimeout`` for callers with a timeout). A replacement with
-the same call and a slightly higher fee unsticks it; that is not implemented yet.
+   :meth:`Relayer.close` drains (waits for receipts of queued, being-signed and in-flight
+   transactions alike) and then fails what is left with :class:`RelayerClosed`, saying whether
+   each transaction was never sent or may still be mined.
+8. **A stalled nonce is re-priced, never re-purposed.** When the lowest unconfirmed nonce equals
+   the account's ``latest`` nonce on chain and the chain has not moved past it for
+   ``reprice_after`` seconds, the relayer first resends the identical bytes (halfway); if that
+   does not help either, it re-signs the *same call* for that nonce with a minimally higher fee
+   (legacy: ``gasPrice + 1`` wei; EIP-1559: priority fee and max fee each ``+ 1`` wei; never
+   below the current fee policy) and sends it as a replacement. All signed variants are kept and
+   their receipts watched until one is mined; the handle resolves with the receipt of whichever
+   variant was mined (``TxHandle.tx_hash`` then names that variant). At most ``max_reprices``
+   variants are signed per nonce; ``RelayerMetrics.repriced`` counts them. Why: anvil 1.7.1 in
+   automine mode can park a transaction in its *queued* pool behind a nonce that is already
+   mined (a race between validating the nonce and pruning the pool after a block; foundry issue
+   #10122): it never mines it, answers "already imported" to a resend, and ``evm_mine`` does not
+   help; a replacement is validated afresh and frees the whole backlog behind it. On a healthy
+   network with slow blocks a replacement is harmless (same call, one wei more) and rare. Only
+   ``eth_getTransactionCount`` and receipts are used to detect the stall (no ``txpool_*``).
 
 Fees: with no ``gas_price`` configured, the relayer reads the next base fee
 (``eth_feeHistory``). Zero (a gas-price-zero Besu, or anvil with ``--base-fee 0``) gives legacy
@@ -288,12 +306,15 @@ class RelayerMetrics:
     fillers: int = 0
     resyncs: int = 0
     node_errors: int = 0
+    repriced: int = 0
 
 
 class TxHandle:
     """The pending result of :meth:`Relayer.submit`.
 
-    ``nonce`` and ``tx_hash`` are set once the relayer has signed the transaction.
+    ``nonce`` and ``tx_hash`` are set once the relayer has signed the transaction. If the nonce
+    had to be re-priced (module docstring, invariant 8), ``tx_hash`` is updated to the hash of the
+    variant that was mined when the handle resolves (the receipt's ``tx_hash``).
     """
 
     __slots__ = ("future", "nonce", "request", "tx_hash")
@@ -423,20 +444,60 @@ def _int(b: bytes) -> int:
 # -- internal tx record ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _Variant:
+    """One signed transaction for a nonce: the nonce's call at some fee."""
+
+    raw_hex: str
+    hash: HexBytes
+    fees: _Fees
+
+
 @dataclass(slots=True, eq=False)
 class _Tx:
     nonce: int
-    raw_hex: str
-    hash: HexBytes
+    call: TxRequest  # the one call this nonce carries (invariant 2)
+    current: _Variant  # what a (re)send sends
     handle: TxHandle | None  # None for fillers
+    variants: list[_Variant] = field(default_factory=list)  # every variant signed, oldest first
     last_sent: float = 0.0
     sends: int = 0
+    variant_sends: int = 0  # sends of ``current``
+    variant_sent_at: float = 0.0  # first send of ``current``
+    stall_resent_at: float = 0.0  # identical resend made because the nonce looked stalled
     maybe_accepted: bool = False  # a node accepted it, or may have (connection lost mid-send)
     missing_polls: int = 0  # consecutive polls with nonce < latest and no receipt
 
+    def __post_init__(self) -> None:
+        if not self.variants:
+            self.variants.append(self.current)
+
+    @property
+    def raw_hex(self) -> str:
+        return self.current.raw_hex
+
+    @property
+    def hash(self) -> HexBytes:
+        return self.current.hash
+
     @property
     def hash_hex(self) -> str:
-        return self.hash.to_0x_hex()
+        return self.current.hash.to_0x_hex()
+
+    @property
+    def reprices(self) -> int:
+        return len(self.variants) - 1
+
+
+def _bumped(old: _Fees, policy: _Fees) -> _Fees:
+    """The minimally higher fee of a replacement: one wei more than ``old`` (tip and max fee for
+    EIP-1559), and never below the current fee ``policy`` of the same transaction type."""
+    if old.gas_price is not None:
+        floor = policy.gas_price if policy.gas_price is not None else 0
+        return _Fees(gas_price=max(old.gas_price + 1, floor))
+    tip = old.priority_fee + 1
+    floor = policy.max_fee if policy.gas_price is None else 0
+    return _Fees(gas_price=None, max_fee=max(old.max_fee + 1, floor, tip), priority_fee=tip)
 
 
 def _hex(value: int) -> str:
@@ -508,6 +569,7 @@ class _Counters:
     fillers: int = 0
     resyncs: int = 0
     node_errors: int = 0
+    repriced: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -516,6 +578,10 @@ class Relayer:
 
     ``submit`` may be called from any thread; ``submit_async`` from any event loop. Use as a
     context manager or call :meth:`start` / :meth:`close`.
+
+    ``reprice_after`` is how long (seconds) the lowest unconfirmed nonce may sit at the chain's
+    latest nonce with nothing mined before the same call is re-signed with a minimally higher fee
+    (invariant 8; ``None`` disables it); ``max_reprices`` bounds the variants per nonce.
     """
 
     def __init__(
@@ -531,9 +597,15 @@ class Relayer:
         resend_after: float = 10.0,
         retry_delay: float = 0.5,
         history_size: int = 10_000,
+        reprice_after: float | None = 3.0,
+        max_reprices: int = 10,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if reprice_after is not None and reprice_after <= 0:
+            raise ValueError(f"reprice_after must be > 0 or None, got {reprice_after}")
+        if max_reprices < 0:
+            raise ValueError(f"max_reprices must be >= 0, got {max_reprices}")
         self.rpc = rpc
         self.account = account
         self.address: str = account.address
@@ -545,6 +617,8 @@ class Relayer:
         self.resend_after = resend_after
         self.retry_delay = retry_delay
         self.history_size = history_size
+        self.reprice_after = reprice_after
+        self.max_reprices = max_reprices
         self._key = bytes(account.key)
 
         self._lock = threading.Lock()
@@ -552,6 +626,7 @@ class Relayer:
         self._work = threading.Condition(self._lock)  # sender: new requests / resends / stop
         self._watch = threading.Condition(self._lock)  # watcher: new in-flight txs / stop
         self._queue: deque[TxHandle] = deque()
+        self._signing = 0  # taken off the queue by the sender, not yet in _inflight
         self._inflight: dict[int, _Tx] = {}
         self._resend: set[int] = set()
         self._history: OrderedDict[int, _Tx] = OrderedDict()
@@ -560,6 +635,8 @@ class Relayer:
         self._confirmed_upto = 0  # 1 + highest nonce confirmed by a receipt
         self._fees = _Fees(gas_price=0)
         self._fees_at = 0.0
+        self._seen_latest = -1  # watcher only: the latest nonce last polled ...
+        self._latest_moved_at = 0.0  # ... and when it last changed
         self._started = False
         self._closing = False
         self._stopped = threading.Event()
@@ -613,7 +690,9 @@ class Relayer:
         if drain and self._started:
             deadline = time.monotonic() + timeout
             with self._lock:
-                while (self._queue or self._inflight) and time.monotonic() < deadline:
+                while (
+                    self._queue or self._signing or self._inflight
+                ) and time.monotonic() < deadline:
                     self._work.wait(min(0.05, max(0.0, deadline - time.monotonic())))
         self._stopped.set()
         with self._lock:
@@ -702,6 +781,7 @@ class Relayer:
                 fillers=c.fillers,
                 resyncs=c.resyncs,
                 node_errors=c.node_errors,
+                repriced=c.repriced,
             )
 
     @property
@@ -711,9 +791,9 @@ class Relayer:
 
     @property
     def pending_count(self) -> int:
-        """Queued plus in-flight (signed, unconfirmed) transactions."""
+        """Queued plus in-flight (being signed, or signed and unconfirmed) transactions."""
         with self._lock:
-            return len(self._queue) + len(self._inflight)
+            return len(self._queue) + self._signing + len(self._inflight)
 
     def estimate(
         self, *, to: str | None, data: bytes = b"", value: int = 0, margin: float = 0.2
@@ -803,6 +883,8 @@ class Relayer:
                 self._resend.update(tx.nonce for tx in pending_resend[self.max_batch :])
                 room = self.max_batch - len(resend)
                 take = [self._queue.popleft() for _ in range(min(room, len(self._queue)))]
+                # close() must still see them while they are signed outside the lock
+                self._signing = len(take)
                 fees = self._fees
                 # Reserve the nonces now (invariant 1): a resync may move next_nonce forward
                 # while we sign, never backward, and never onto a reserved nonce.
@@ -814,28 +896,18 @@ class Relayer:
                 req = handle.request
                 nonce = first_nonce + offset
                 try:
-                    raw, tx_hash = sign_transaction(
-                        self._key,
-                        chain_id=self.chain_id,
-                        nonce=nonce,
-                        to=req.to,
-                        gas=req.gas,
-                        data=req.data,
-                        value=req.value,
-                        gas_price=fees.gas_price,
-                        max_fee_per_gas=fees.max_fee,
-                        max_priority_fee_per_gas=fees.priority_fee,
-                    )
+                    variant = self._sign(nonce, req, fees)
                 except Exception as exc:  # cannot happen for a validated TxRequest
                     broken.append((handle, nonce, exc))
                     fresh.append(self._filler(nonce, fees))
                     continue
                 handle.nonce = nonce
-                handle.tx_hash = HexBytes(tx_hash)
-                fresh.append(_Tx(nonce, "0x" + raw.hex(), HexBytes(tx_hash), handle))
+                handle.tx_hash = variant.hash
+                fresh.append(_Tx(nonce, req, variant, handle))
             with self._lock:
                 for tx in fresh:
                     self._inflight[tx.nonce] = tx
+                self._signing = 0
                 self._c.signed += len(fresh)
                 self._c.fillers += len(broken)
             for bad_handle, bad_nonce, error in broken:
@@ -866,6 +938,7 @@ class Relayer:
                 self._c.batches += 1
                 for tx in batch:
                     tx.sends += 1
+                    tx.variant_sends += 1
                     tx.last_sent = now
                     tx.maybe_accepted = True  # the node may have processed part of the batch
                     if tx.nonce in self._inflight:
@@ -877,11 +950,15 @@ class Relayer:
             self._c.batches += 1
             for tx, result in zip(batch, results, strict=True):
                 first = tx.sends == 0
+                first_of_variant = tx.variant_sends == 0
                 tx.sends += 1
+                tx.variant_sends += 1
                 tx.last_sent = now
+                if first_of_variant:
+                    tx.variant_sent_at = now
                 if first:
                     self._c.sent += 1
-                else:
+                elif not first_of_variant:
                     self._c.resent += 1
                 kind = "ok" if not isinstance(result, RpcError) else _classify(result)
                 if kind in ("ok", "known", "nonce_low", "replacement"):
@@ -889,6 +966,20 @@ class Relayer:
                     tx.maybe_accepted = tx.maybe_accepted or kind != "replacement"
                     if kind in ("ok", "known"):
                         self._accepted_upto = max(self._accepted_upto, tx.nonce + 1)
+                elif kind == "rejected" and first_of_variant and tx.current is not tx.variants[0]:
+                    # A re-priced variant refused outright (e.g. no funds for its one-wei fee):
+                    # it can never be mined; go back to the previous variant, which the node
+                    # accepted. Its hash stays watched (harmless); a later stall may retry.
+                    assert isinstance(result, RpcError)
+                    log.warning(
+                        "re-priced tx %s nonce %d refused: %s; keeping the earlier variant",
+                        tx.hash_hex,
+                        tx.nonce,
+                        result.message,
+                    )
+                    tx.current = tx.variants[tx.variants.index(tx.current) - 1]
+                    tx.variant_sends = 1
+                    tx.variant_sent_at = now
                 elif kind == "transient" or tx.maybe_accepted:
                     # may be accepted later, or may still land from an earlier send: keep it
                     assert isinstance(result, RpcError)
@@ -929,17 +1020,23 @@ class Relayer:
 
     def _filler(self, nonce: int, fees: _Fees) -> _Tx:
         """A 0-value self-transfer for a nonce whose own transaction can never land."""
+        call = TxRequest(to=self.address, gas=FILLER_GAS)
+        return _Tx(nonce, call, self._sign(nonce, call, fees), None)
+
+    def _sign(self, nonce: int, call: TxRequest, fees: _Fees) -> _Variant:
         raw, tx_hash = sign_transaction(
             self._key,
             chain_id=self.chain_id,
             nonce=nonce,
-            to=self.address,
-            gas=FILLER_GAS,
+            to=call.to,
+            gas=call.gas,
+            data=call.data,
+            value=call.value,
             gas_price=fees.gas_price,
             max_fee_per_gas=fees.max_fee,
             max_priority_fee_per_gas=fees.priority_fee,
         )
-        return _Tx(nonce, "0x" + raw.hex(), HexBytes(tx_hash), None)
+        return _Variant("0x" + raw.hex(), HexBytes(tx_hash), fees)
 
     # -- watcher ---------------------------------------------------------------------------
 
@@ -1022,12 +1119,24 @@ class Relayer:
             mined = sorted(
                 (tx for tx in self._inflight.values() if tx.nonce < latest), key=lambda t: t.nonce
             )
-        for start in range(0, len(mined), self.max_batch):
-            chunk = mined[start : start + self.max_batch]
+            # every variant signed for a nonce is watched until one of them is mined
+            watched = [(tx, tuple(tx.variants)) for tx in mined]
+        for start in range(0, len(watched), self.max_batch):
+            chunk = watched[start : start + self.max_batch]
             receipts = self.rpc.batch(
-                [RpcRequest("eth_getTransactionReceipt", (tx.hash_hex,)) for tx in chunk]
+                [
+                    RpcRequest("eth_getTransactionReceipt", (v.hash.to_0x_hex(),))
+                    for _, variants in chunk
+                    for v in variants
+                ]
             )
-            self._settle(chunk, receipts)
+            per_tx: list[list[Any]] = []
+            at = 0
+            for _, variants in chunk:
+                per_tx.append(receipts[at : at + len(variants)])
+                at += len(variants)
+            self._settle(chunk, per_tx)
+        self._check_stall(latest)
         now = time.monotonic()
         with self._lock:
             stale = [
@@ -1083,6 +1192,70 @@ class Relayer:
                 self._next_nonce = pending
                 self._c.resyncs += 1
 
+    def _check_stall(self, latest: int) -> None:
+        """Invariant 8: re-price the lowest unconfirmed nonce if it sits at ``latest`` and nothing
+        is mined for ``reprice_after`` seconds (an identical resend is tried halfway)."""
+        if self.reprice_after is None:
+            return
+        now = time.monotonic()
+        if latest != self._seen_latest:
+            self._seen_latest = latest
+            self._latest_moved_at = now
+        with self._lock:
+            tx = self._inflight.get(latest)
+            if (
+                tx is None
+                or not tx.maybe_accepted
+                or tx.variant_sends == 0  # the current variant is not sent yet
+                or tx.nonce in self._resend
+            ):
+                return
+            since = max(self._latest_moved_at, tx.variant_sent_at)
+            stalled = now - since
+            if stalled < self.reprice_after / 2:
+                return
+            if tx.stall_resent_at < since:
+                # first try the identical bytes (a node that lost or dropped it takes them back)
+                tx.stall_resent_at = now
+                self._resend.add(tx.nonce)
+                self._work.notify()
+                log.info(
+                    "nonce %d of %s not mined for %.1fs; resending tx %s",
+                    tx.nonce,
+                    self.address,
+                    stalled,
+                    tx.hash_hex,
+                )
+                return
+            if stalled < self.reprice_after or tx.reprices >= self.max_reprices:
+                return
+            call, old_fees, policy = tx.call, tx.current.fees, self._fees
+        # The same call, one wei more (invariant 2: never a different call for this nonce).
+        variant = self._sign(tx.nonce, call, _bumped(old_fees, policy))
+        with self._lock:
+            if self._inflight.get(tx.nonce) is not tx:
+                return  # settled meanwhile
+            known = next((v for v in tx.variants if v.hash == variant.hash), None)
+            if known is None:
+                tx.variants.append(variant)
+            tx.current = known or variant
+            tx.variant_sends = 0
+            tx.variant_sent_at = 0.0
+            self._c.repriced += 1
+            self._resend.add(tx.nonce)
+            self._work.notify()
+        log.warning(
+            "nonce %d of %s stalled for %.1fs (chain at %d) although resent; replacing tx %s by "
+            "the same call at a higher fee: %s (variant %d)",
+            tx.nonce,
+            self.address,
+            stalled,
+            latest,
+            tx.variants[0].hash.to_0x_hex(),
+            variant.hash.to_0x_hex(),
+            tx.reprices,
+        )
+
     def _resend_all_unmined(self, why: str) -> None:
         with self._lock:
             nonces = list(self._inflight)
@@ -1091,15 +1264,22 @@ class Relayer:
                 self._resend.update(nonces)
                 self._work.notify()
 
-    def _settle(self, chunk: Sequence[_Tx], receipts: Sequence[Any]) -> None:
+    def _settle(
+        self, chunk: Sequence[tuple[_Tx, Sequence[_Variant]]], receipts: Sequence[Sequence[Any]]
+    ) -> None:
         done: list[tuple[_Tx, TxReceipt]] = []
         conflicts: list[_Tx] = []
         with self._lock:
             self._c.receipt_polls += 1
-            for tx, receipt in zip(chunk, receipts, strict=True):
+            for (tx, variants), results in zip(chunk, receipts, strict=True):
                 if self._inflight.get(tx.nonce) is not tx:
                     continue
-                if isinstance(receipt, dict):
+                mined = [
+                    (v, r) for v, r in zip(variants, results, strict=True) if isinstance(r, dict)
+                ]
+                if mined:
+                    variant, receipt = mined[0]  # one tx per nonce can be mined
+                    tx.current = variant  # a resend after a rollback sends what was mined
                     parsed = _parse_receipt(receipt, tx.nonce)
                     del self._inflight[tx.nonce]
                     self._history[tx.nonce] = tx
@@ -1111,7 +1291,7 @@ class Relayer:
                         if parsed.status == 0:
                             self._c.reverted += 1
                         done.append((tx, parsed))
-                elif receipt is None:
+                elif all(r is None for r in results):
                     tx.missing_polls += 1
                     if tx.missing_polls >= 2:
                         del self._inflight[tx.nonce]
@@ -1121,6 +1301,7 @@ class Relayer:
                 self._work.notify_all()  # close() waits on this condition's lock
         for tx, parsed in done:
             assert tx.handle is not None
+            tx.handle.tx_hash = parsed.tx_hash
             self._resolve(tx.handle, parsed)
         for tx in conflicts:
             log.error("nonce %d of %s taken by another transaction", tx.nonce, self.address)
