@@ -1,11 +1,16 @@
 """Demo data for development: a municipality, three schemes, ~50 holders, three merchants.
 
 Seeded once, on the first start, single-threaded with the issuer key (before the relayers start).
-Every step checks what is already there (store rows, passes registered on chain, balances), and a
-marker records completion, so a restart never seeds twice and an interrupted seed resumes.
+Every step checks what is already there (registry rows, passes registered on chain, balances),
+and a marker records completion, so a restart never seeds twice and an interrupted seed resumes.
 
-On chain the holders appear only as pass ids (HMAC of the pass number under the holder's own
-secret); their pass numbers, secrets and first names stay in the store.
+Holders are enrolled through the registry (:class:`ledger.registry.Registry`) at postcodes of
+the shipped Groningen sample, so each has a district (wijk); every fifth holder is a parent with
+a child in the same household. Each gets pass ``GR0000001`` .. ``GR0000050`` (enrolment and pass
+in one transaction). Merchants have sample KvK numbers and valid test IBANs.
+
+On chain the holders appear only as pass ids (HMAC of the pass number under the pass's own
+secret); their pass numbers, secrets and names stay in the registry.
 """
 
 from __future__ import annotations
@@ -13,32 +18,55 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from typing import TYPE_CHECKING
 
-from api.store import Holder
 from ledger.client import UNLIMITED, SchemeKind, SchemeTerms
-from ledger.passid import new_pass_secret, pass_id
+from ledger.passid import pass_id
+from ledger.registry import Registry
 
 if TYPE_CHECKING:
     from api.runtime import Runtime
 
 __all__ = [
     "DEMO_HOLDER_COUNT",
+    "DEMO_MERCHANTS",
     "DEMO_MERCHANT_NAMES",
     "DEMO_SCHEMES",
+    "DemoMerchant",
     "DemoScheme",
+    "demo_merchant",
     "demo_pass_number",
+    "enrol_demo_holders",
     "seed_demo",
 ]
 
 log = logging.getLogger(__name__)
 
 DEMO_HOLDER_COUNT = 50
-DEMO_MERCHANT_NAMES = (
-    "Zwembad Noorderbad",
-    "Boekhandel Het Gulden Boek",
-    "Sportwinkel Stad",
+
+
+@dataclass(frozen=True, slots=True)
+class DemoMerchant:
+    name: str
+    kvk_number: str
+    category: str
+    iban: str | None
+
+
+#: Merchant ``i`` is entry ``i - 1`` (and the i-th merchant key). Sample KvK numbers; the IBANs
+#: are well-known valid test numbers (mod-97 checked), not real accounts.
+DEMO_MERCHANTS = (
+    DemoMerchant("Zwembad Noorderbad", "01234567", "sport", "NL91ABNA0417164300"),
+    DemoMerchant("Boekhandel Het Gulden Boek", "12345678", "culture", "NL20INGB0001234567"),
+    DemoMerchant("Sportwinkel Stad", "23456789", "shop", "NL39RABO0300065264"),
 )
+DEMO_MERCHANT_NAMES = tuple(merchant.name for merchant in DEMO_MERCHANTS)
+_LAST_NAMES = (
+    "de Vries", "Jansen", "Bakker", "Visser", "Smit", "Meijer", "de Boer", "Mulder",
+    "de Groot", "Bos", "Vos", "Peters", "Hendriks", "Dijkstra", "Hoekstra", "Veenstra",
+    "Kramer", "Postma", "Wiersma", "Zijlstra",
+)  # fmt: skip
 _FIRST_NAMES = (
     "Anouk", "Bram", "Daan", "Emma", "Fenna", "Gijs", "Hanna", "Ivo", "Jelle", "Julia",
     "Kees", "Lotte", "Maud", "Noah", "Olaf", "Pien", "Rens", "Sanne", "Tess", "Ties",
@@ -95,6 +123,44 @@ def demo_pass_number(index: int) -> str:
     return f"GR{index:07d}"
 
 
+def demo_merchant(merchant_id: int) -> DemoMerchant:
+    """Registry data of merchant ``merchant_id`` (a placeholder past the demo's three: KvK
+    ``00000000`` and no IBAN, which the payouts report)."""
+    if 1 <= merchant_id <= len(DEMO_MERCHANTS):
+        return DEMO_MERCHANTS[merchant_id - 1]
+    return DemoMerchant(f"Merchant {merchant_id}", "00000000", "other", None)
+
+
+def enrol_demo_holders(registry: Registry, count: int = DEMO_HOLDER_COUNT) -> int:
+    """Enrol the demo holders that are missing, each with its pass; returns how many now."""
+    if not registry.postcodes():
+        registry.load_sample_geography()
+    postcodes = sorted(registry.postcodes())
+    enrolled = 0
+    for i in range(1, count + 1):
+        number = demo_pass_number(i)
+        if registry.find_pass(number) is not None:
+            continue
+        parent = i % 5 == 4 and i < count
+        child = i % 5 == 0
+        household = f"DEMO-HH-{(i if parent else i - 1):03d}" if parent or child else None
+        with registry.transaction():
+            holder = registry.enrol_holder(
+                first_name=_FIRST_NAMES[(i - 1) % len(_FIRST_NAMES)],
+                last_name=_LAST_NAMES[((i - 2) if child else (i - 1)) % len(_LAST_NAMES)],
+                birth_date=date(2012 + i % 6, 1 + i % 12, 1 + i % 28)
+                if child
+                else date(1955 + (i * 7) % 45, 1 + (i * 5) % 12, 1 + (i * 3) % 28),
+                postcode=postcodes[((i - 2) if child else (i - 1)) % len(postcodes)],
+                household_reference=household,
+                household_role="child" if child else "parent" if parent else None,
+            )
+            assert holder.id is not None
+            registry.issue_pass(holder.id, pass_number=number, activation_code=False)
+        enrolled += 1
+    return enrolled
+
+
 def seed_demo(runtime: Runtime, *, report: Callable[[str], None] | None = None) -> bool:
     """Seed the demo data unless done before; returns True if it seeded now."""
     say = report or (lambda message: log.info("%s", message))
@@ -102,18 +168,12 @@ def seed_demo(runtime: Runtime, *, report: Callable[[str], None] | None = None) 
     if store.marker(_MARKER) is not None:
         return False
 
-    if store.holder_count() == 0:
-        store.add_holders(
-            [
-                Holder(
-                    pass_number=demo_pass_number(i),
-                    first_name=_FIRST_NAMES[(i - 1) % len(_FIRST_NAMES)],
-                    pass_secret=new_pass_secret(),
-                )
-                for i in range(1, DEMO_HOLDER_COUNT + 1)
-            ]
-        )
-    holders = store.holders()
+    enrol_demo_holders(store.registry)
+    holders = [
+        holder
+        for holder in store.holders()
+        if holder.pass_number in {demo_pass_number(i) for i in range(1, DEMO_HOLDER_COUNT + 1)}
+    ]
     pass_ids = [pass_id(pass_secret=h.pass_secret, pass_number=h.pass_number) for h in holders]
 
     labels = store.scheme_labels()

@@ -2,7 +2,8 @@
 
 :meth:`Runtime.start` does, in order:
 
-1. open the store (SQLite under ``var/`` by default);
+1. open the store (``STADJERSPAS_DATABASE_URL``; SQLite under ``var/`` by default), check that
+   it can be reached (one clear line otherwise) and run the Alembic migrations to head;
 2. attach to ``STADJERSPAS_RPC_URL``, or start the embedded anvil with its state under
    ``var/anvil`` (development only: production must name a node);
 3. compile the contracts (cached by source hash);
@@ -32,9 +33,9 @@ from eth_account.signers.local import LocalAccount
 from pydantic import SecretStr
 from web3 import HTTPProvider, Web3
 
-from api.demo import DEMO_MERCHANT_NAMES, seed_demo
+from api.demo import demo_merchant, seed_demo
 from api.settings import DEV_MERCHANT_COUNT, Settings
-from api.store import Merchant, Store
+from api.store import ApiStore
 from ledger.client import LedgerClient
 from ledger.compiler import Artifacts, compile_contracts
 from ledger.deploy import (
@@ -50,6 +51,7 @@ from ledger.errors import LedgerError
 from ledger.node import DEV_MNEMONIC, AnvilConfig, AnvilNode
 from ledger.relayer import Relayer, TxHandle
 from ledger.rpc import RpcClient
+from ledger.store.base import StoreError
 from wallet import Domain, WalletError, load_keystore
 
 __all__ = ["DEV_ACCOUNT_INDEX", "Runtime", "ServiceKeys", "StartupError", "load_service_keys"]
@@ -163,7 +165,7 @@ class Runtime:
         self,
         *,
         settings: Settings,
-        store: Store,
+        store: ApiStore,
         node: AnvilNode | None,
         rpc_url: str,
         w3: Web3,
@@ -201,7 +203,11 @@ class Runtime:
         say = report or (lambda message: log.info("%s", message))
         keys = load_service_keys(settings)
         settings.var_dir.mkdir(parents=True, exist_ok=True)
-        store = Store(settings.sqlalchemy_url)
+        try:
+            store = ApiStore.open(settings.sqlalchemy_url)
+        except StoreError as exc:
+            raise StartupError(f"{exc} (set STADJERSPAS_DATABASE_URL)") from None
+        say(f"store at {store.url} migrated")
         node: AnvilNode | None = None
         try:
             if settings.rpc_url is None:
@@ -284,17 +290,24 @@ class Runtime:
         return runtime
 
     def _register_merchants(self) -> None:
-        known = {m.id: m for m in self.store.merchants()}
+        """Merchant id ``i`` is the i-th merchant key: make the registry agree (a new key for an
+        existing merchant updates its address)."""
+        registry = self.store.registry
+        known = {m.id: m for m in registry.merchants()}
         for merchant_id, account in enumerate(self.keys.merchants, start=1):
             current = known.get(merchant_id)
-            if current is not None and current.address == account.address:
-                continue
-            name = (
-                DEMO_MERCHANT_NAMES[merchant_id - 1]
-                if merchant_id <= len(DEMO_MERCHANT_NAMES)
-                else f"Merchant {merchant_id}"
-            )
-            self.store.upsert_merchant(Merchant(id=merchant_id, name=name, address=account.address))
+            if current is None:
+                data = demo_merchant(merchant_id)
+                registry.register_merchant(
+                    name=data.name,
+                    kvk_number=data.kvk_number,
+                    address=account.address,
+                    category=data.category,
+                    iban=data.iban,
+                    merchant_id=merchant_id,
+                )
+            elif current.address != account.address:
+                registry.set_merchant_address(merchant_id, account.address)
 
     def _start_relayers(self) -> None:
         chain_id = self.client.chain_id

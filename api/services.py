@@ -32,7 +32,7 @@ from api.problems import ApiProblem, contract_status
 from api.runtime import Runtime
 from api.schemas import Balance, BalancesOut, EntitlementOut, PassTokenOut, RedemptionOut
 from api.settings import Settings
-from api.store import Holder, IdempotencyConflict, RedemptionRecord, RedemptionStatus
+from api.store import IdempotencyConflict, PassHolder, RedemptionRecord, RedemptionStatus
 from ledger import contract_errors as ce
 from ledger.client import UNLIMITED, RedemptionRequest, SchemeKind
 from ledger.events import DecodedEvent
@@ -70,14 +70,14 @@ def _gas(estimate: int) -> int:
     return estimate + estimate // 4 + 20_000
 
 
-def _holder(runtime: Runtime, pass_number: str) -> Holder:
+def _holder(runtime: Runtime, pass_number: str) -> PassHolder:
     holder = runtime.store.holder(pass_number)
     if holder is None:
         raise ApiProblem(404, "pass_number_unknown", f"no holder has pass number {pass_number!r}")
     return holder
 
 
-def _pass_id(holder: Holder) -> bytes:
+def _pass_id(holder: PassHolder) -> bytes:
     return pass_id(pass_secret=holder.pass_secret, pass_number=holder.pass_number)
 
 

@@ -18,6 +18,8 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledger.store.db import default_sqlite_url
+
 __all__ = ["DEV_MERCHANT_COUNT", "ENV_PREFIX", "PROJECT_ROOT", "Settings"]
 
 ENV_PREFIX = "STADJERSPAS_"
@@ -52,7 +54,11 @@ class Settings(BaseSettings):
         default=None, description="Compiler artifact cache (default: <var_dir>/build)."
     )
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL (default: SQLite <var_dir>/stadjerspas.db)."
+        default=None,
+        description=(
+            "Database URL: postgresql://user:password@host:port/db in production (psycopg 3), "
+            "or sqlite:///<path> (default: SQLite <var_dir>/stadjerspas.db). Migrated at start."
+        ),
     )
 
     # -- chain ----------------------------------------------------------------------------------
@@ -179,4 +185,4 @@ class Settings(BaseSettings):
     def sqlalchemy_url(self) -> str:
         if self.database_url is not None:
             return self.database_url
-        return f"sqlite:///{(self.var_dir / 'stadjerspas.db').resolve()}"
+        return default_sqlite_url(self.var_dir)

@@ -1,39 +1,49 @@
-"""A minimal off-chain store for the thin slice (SQLModel on SQLite under ``var/``).
+"""The API's store: the ledger's registry plus the few tables only the API owns.
 
-Holds only what the slice needs: holders (pass number -> pass secret and first name), merchants,
-scheme labels, redemption requests keyed by idempotency key with their result, a dense sequence
-for redemption ids, and a few markers. A later issue replaces this module with the full registry
-and Alembic migrations; nothing outside :mod:`api` depends on it, and the tables are created with
-``create_all`` on start.
+Holders, passes (pass numbers and secrets) and merchants live in the ledger's registry
+(:class:`ledger.registry.Registry`); this module adds the API's own tables, all prefixed
+``api_``: redemption requests keyed by idempotency key with their result, a dense sequence for
+redemption ids, human scheme labels, and markers. They share the ledger's metadata and database
+but are migrated by the API's own Alembic branch (``api/migrations/versions``, branch ``api``),
+so ``ledger`` never imports ``api`` (see ``docs/architecture.md``, "Store and migrations").
 
-Personal data (first names, pass numbers, pass secrets) lives here and never on chain.
+:meth:`ApiStore.open` connects (one clear line if the database cannot be reached) and migrates
+both branches to head.
 """
 
 from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Dialect, Engine, LargeBinary, String, event
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy import BigInteger, DateTime, Dialect, Enum, String, inspect
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import Column, Field, Session, SQLModel, create_engine, select
+from sqlmodel import Column, Field, Session, SQLModel, select
+
+from ledger.registry import Registry
+from ledger.store.base import StoreError
+from ledger.store.db import Store, StoreConfig, open_store, upgrade
+from ledger.store.registry import Merchant, PassStatus
 
 __all__ = [
+    "API_VERSIONS_DIR",
     "AllocatedRedemption",
-    "Holder",
+    "ApiStore",
     "IdempotencyConflict",
-    "Merchant",
+    "PassHolder",
     "RedemptionRecord",
     "RedemptionStatus",
     "SchemeLabel",
-    "Store",
 ]
+
+#: The API branch's Alembic revisions (migrated together with the ledger's).
+API_VERSIONS_DIR = Path(__file__).resolve().parent / "migrations" / "versions"
 
 
 class UInt64(TypeDecorator[int]):
@@ -58,27 +68,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class Holder(SQLModel, table=True):
-    __tablename__ = "holder"
-
-    pass_number: str = Field(primary_key=True, max_length=32)
-    first_name: str = Field(max_length=100)
-    pass_secret: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False))
-    created_at: datetime = Field(default_factory=_now)
-
-
-class Merchant(SQLModel, table=True):
-    __tablename__ = "merchant"
-
-    id: int = Field(primary_key=True)
-    name: str = Field(max_length=200)
-    address: str = Field(unique=True, max_length=42)
-
-
 class SchemeLabel(SQLModel, table=True):
     """Human names of on-chain schemes (the chain knows only numbers)."""
 
-    __tablename__ = "scheme_label"
+    __tablename__ = "api_scheme_label"
 
     scheme_id: int = Field(primary_key=True)
     name: str = Field(max_length=200)
@@ -93,18 +86,29 @@ class RedemptionStatus(enum.StrEnum):
 class RedemptionRecord(SQLModel, table=True):
     """One merchant request, keyed by (merchant, idempotency key), and what became of it."""
 
-    __tablename__ = "redemption_request"
+    __tablename__ = "api_redemption_request"
 
     merchant_id: int = Field(primary_key=True)
     idempotency_key: str = Field(primary_key=True, max_length=255)
     request_hash: str = Field(max_length=64)
-    redemption_id: int = Field(unique=True, index=True)
+    redemption_id: int = Field(sa_type=BigInteger, unique=True, index=True)
     token_uri: str
     scheme_id: int
     amount: int = Field(sa_column=Column(UInt64(), nullable=False))
-    status: RedemptionStatus = Field(default=RedemptionStatus.PENDING)
+    status: RedemptionStatus = Field(
+        default=RedemptionStatus.PENDING,
+        sa_type=Enum(
+            RedemptionStatus,
+            name="api_redemption_status",
+            native_enum=False,
+            length=16,
+            values_callable=lambda cls: [member.value for member in cls],
+            create_constraint=True,
+            validate_strings=True,
+        ),
+    )
     tx_hash: str | None = None
-    block_number: int | None = None
+    block_number: int | None = Field(default=None, sa_type=BigInteger)
     debited: int | None = _uint64()
     credited: int | None = _uint64()
     discount: int | None = _uint64()
@@ -112,19 +116,19 @@ class RedemptionRecord(SQLModel, table=True):
     problem_code: str | None = None
     problem_status: int | None = None
     problem_detail: str | None = None
-    created_at: datetime = Field(default_factory=_now)
-    updated_at: datetime = Field(default_factory=_now)
+    created_at: datetime = Field(default_factory=_now, sa_type=DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=_now, sa_type=DateTime(timezone=True))
 
 
 class Sequence_(SQLModel, table=True):
-    __tablename__ = "sequence"
+    __tablename__ = "api_sequence"
 
     name: str = Field(primary_key=True, max_length=64)
     value: int = 0
 
 
 class Marker(SQLModel, table=True):
-    __tablename__ = "marker"
+    __tablename__ = "api_marker"
 
     name: str = Field(primary_key=True, max_length=64)
     value: str = ""
@@ -142,37 +146,60 @@ class AllocatedRedemption:
     created: bool
 
 
+@dataclass(frozen=True, slots=True)
+class PassHolder:
+    """What the API needs of a pass: its number and secret, and its holder's first name."""
+
+    pass_number: str
+    pass_secret: bytes
+    first_name: str
+    holder_id: int
+    blocked: bool
+
+
 _REDEMPTION_SEQUENCE = "redemption_id"
+#: Tables of the thin slice before the registry (created with create_all, no Alembic).
+_PRE_ALEMBIC_TABLES = {"holder", "merchant", "redemption_request", "marker"}
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
+class ApiStore:
+    """Thread-safe access to the registry and the API's tables."""
 
-
-class Store:
-    """Thread-safe access to the slice's tables."""
-
-    def __init__(self, url: str) -> None:
-        connect_args: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            connect_args["check_same_thread"] = False
-        self.url = url
-        self.engine: Engine = create_engine(url, connect_args=connect_args)
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        SQLModel.metadata.create_all(self.engine)
+    def __init__(self, db: Store) -> None:
+        self.db = db
+        self.registry = Registry(db)
         self._lock = threading.Lock()
 
+    @classmethod
+    def open(cls, url: str) -> ApiStore:
+        """Open ``url``, check it can be reached and migrate it (ledger and API branches).
+
+        Raises :class:`ledger.store.base.StoreError` (one line, no password) otherwise."""
+        db = open_store(StoreConfig(url))
+        try:
+            db.check_connection()
+            tables = set(inspect(db.engine).get_table_names())
+            if tables >= _PRE_ALEMBIC_TABLES and "alembic_version" not in tables:
+                raise StoreError(
+                    f"the database at {db.url} was made by the first development slice (no "
+                    "migrations); delete it (in development: the var/ directory) to start over"
+                )
+            upgrade(db, version_dirs=[API_VERSIONS_DIR])
+        except BaseException:
+            db.close()
+            raise
+        return cls(db)
+
+    @property
+    def url(self) -> str:
+        return self.db.url
+
     def close(self) -> None:
-        self.engine.dispose()
+        self.db.close()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session:
+        with self.db.session() as session:
             yield session
 
     # -- markers --------------------------------------------------------------------------------
@@ -189,36 +216,43 @@ class Store:
             session.add(row)
             session.commit()
 
-    # -- holders, merchants, schemes ------------------------------------------------------------
+    # -- holders and merchants (the registry) ---------------------------------------------------
 
-    def holder(self, pass_number: str) -> Holder | None:
-        with self.session() as session:
-            return session.get(Holder, pass_number.strip().upper())
+    @staticmethod
+    def _view(pairs: list[Any]) -> list[PassHolder]:
+        views: list[PassHolder] = []
+        for record, holder in pairs:
+            assert holder.id is not None
+            views.append(
+                PassHolder(
+                    pass_number=record.pass_number,
+                    pass_secret=record.pass_secret,
+                    first_name=holder.first_name,
+                    holder_id=holder.id,
+                    blocked=record.status is PassStatus.BLOCKED,
+                )
+            )
+        return views
 
-    def holders(self) -> list[Holder]:
-        with self.session() as session:
-            return list(session.exec(select(Holder).order_by(Holder.pass_number)).all())
+    def holder(self, pass_number: str) -> PassHolder | None:
+        """The pass ``pass_number`` and its holder, or None."""
+        views = self._view(list(self.registry.pass_holders(pass_number)))
+        return views[0] if views else None
+
+    def holders(self) -> list[PassHolder]:
+        """Every pass with its holder, by pass number."""
+        return self._view(list(self.registry.pass_holders()))
 
     def holder_count(self) -> int:
-        return len(self.holders())
-
-    def add_holders(self, holders: Sequence[Holder]) -> None:
-        with self.session() as session:
-            session.add_all(holders)
-            session.commit()
+        return self.registry.pass_count()
 
     def merchant(self, merchant_id: int) -> Merchant | None:
-        with self.session() as session:
-            return session.get(Merchant, merchant_id)
+        return self.registry.find_merchant(merchant_id)
 
     def merchants(self) -> list[Merchant]:
-        with self.session() as session:
-            return list(session.exec(select(Merchant).order_by(Merchant.id)).all())  # type: ignore[arg-type]
+        return self.registry.merchants()
 
-    def upsert_merchant(self, merchant: Merchant) -> None:
-        with self.session() as session:
-            session.merge(merchant)
-            session.commit()
+    # -- schemes --------------------------------------------------------------------------------
 
     def scheme_labels(self) -> dict[int, str]:
         with self.session() as session:
@@ -240,7 +274,7 @@ class Store:
     def skip_redemption_ids(self, past: int) -> None:
         """Never allocate ``past`` or anything below it (ids found used on chain)."""
         with self._lock, self.session() as session:
-            row = session.get(Sequence_, _REDEMPTION_SEQUENCE) or Sequence_(
+            row = session.get(Sequence_, _REDEMPTION_SEQUENCE, with_for_update=True) or Sequence_(
                 name=_REDEMPTION_SEQUENCE
             )
             row.value = max(row.value, past)
@@ -262,14 +296,17 @@ class Store:
         amount: int,
     ) -> AllocatedRedemption:
         """Return the record of ``idempotency_key``; create it with the next dense redemption id
-        if the key is new. Raises :class:`IdempotencyConflict` if the key came with another body."""
+        if the key is new. Raises :class:`IdempotencyConflict` if the key came with another body.
+
+        The sequence row is locked (``FOR UPDATE`` on PostgreSQL; SQLite serialises writers), so
+        several API processes never hand out the same id."""
         with self._lock, self.session() as session:
             existing = session.get(RedemptionRecord, (merchant_id, idempotency_key))
             if existing is not None:
                 if existing.request_hash != request_hash:
                     raise IdempotencyConflict(idempotency_key)
                 return AllocatedRedemption(existing, created=False)
-            seq = session.get(Sequence_, _REDEMPTION_SEQUENCE) or Sequence_(
+            seq = session.get(Sequence_, _REDEMPTION_SEQUENCE, with_for_update=True) or Sequence_(
                 name=_REDEMPTION_SEQUENCE
             )
             seq.value += 1

@@ -4,6 +4,10 @@ A holder has passes; a pass has a pass number (printed on the card), a per-pass 
 pseudonym ``pass_id = HMAC(secret, pass_number)`` that is all the chain ever sees. Erasing a holder
 deletes the holder, the pass secrets and the cards; the on-chain history stays consistent but can
 no longer be linked to the person.
+
+Enumerations are stored as their lower-case values in a VARCHAR with a CHECK constraint (not as
+PostgreSQL enum types), so exports and both databases see the same text. Timestamps are
+timezone-aware (UTC).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import enum
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Column, LargeBinary, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, Enum, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -44,6 +48,27 @@ class CardStatus(enum.StrEnum):
     REVOKED = "revoked"
 
 
+def _values(cls: type[enum.StrEnum]) -> list[str]:
+    return [member.value for member in cls]
+
+
+def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
+    """A VARCHAR(16) holding the member's value, checked by a named CHECK constraint."""
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        length=16,
+        values_callable=_values,
+        create_constraint=True,
+        validate_strings=True,
+    )
+
+
+def _utc() -> DateTime:
+    return DateTime(timezone=True)
+
+
 class District(SQLModel, table=True):
     """A wijk (CBS "wijk- en buurtindeling"): the unit reports are broken down by."""
 
@@ -74,6 +99,7 @@ class Holder(SQLModel, table=True):
     """A pass holder. Duplicates (same name, birth date and postcode) are flagged, not merged."""
 
     __tablename__ = "registry_holder"
+    __table_args__ = (Index("ix_registry_holder_identity", "birth_date", "postcode"),)
 
     id: int | None = Field(default=None, primary_key=True)
     first_name: str = Field(max_length=120)
@@ -84,9 +110,13 @@ class Holder(SQLModel, table=True):
         default=None, foreign_key="registry_district.code", index=True, max_length=16
     )
     household_id: int | None = Field(default=None, foreign_key="registry_household.id", index=True)
-    household_role: HouseholdRole = Field(default=HouseholdRole.OTHER, max_length=16)
-    possible_duplicate_of: int | None = Field(default=None, index=True)
-    created_at: datetime
+    household_role: HouseholdRole = Field(
+        default=HouseholdRole.OTHER, sa_type=_enum(HouseholdRole, "household_role")
+    )
+    possible_duplicate_of: int | None = Field(
+        default=None, foreign_key="registry_holder.id", index=True, ondelete="SET NULL"
+    )
+    created_at: datetime = Field(sa_type=_utc())
 
 
 class PassRecord(SQLModel, table=True):
@@ -100,9 +130,9 @@ class PassRecord(SQLModel, table=True):
     pass_secret: bytes = Field(sa_column=Column(LargeBinary(32), nullable=False))
     pass_id: str = Field(unique=True, max_length=66, description="0x-hex bytes32 pseudonym")
     holder_key: str | None = Field(default=None, max_length=42)
-    status: PassStatus = Field(default=PassStatus.ACTIVE, max_length=16)
+    status: PassStatus = Field(default=PassStatus.ACTIVE, sa_type=_enum(PassStatus, "pass_status"))
     activation_code_hash: str | None = Field(default=None, max_length=128)
-    created_at: datetime
+    created_at: datetime = Field(sa_type=_utc())
 
 
 class PrintedCard(SQLModel, table=True):
@@ -114,8 +144,8 @@ class PrintedCard(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     pass_record_id: int = Field(foreign_key="registry_pass.id", index=True)
     serial: int = Field(sa_column=Column(BigInteger, nullable=False))
-    status: CardStatus = Field(default=CardStatus.ACTIVE, max_length=16)
-    issued_at: datetime
+    status: CardStatus = Field(default=CardStatus.ACTIVE, sa_type=_enum(CardStatus, "card_status"))
+    issued_at: datetime = Field(sa_type=_utc())
 
 
 class Merchant(SQLModel, table=True):

@@ -1,0 +1,1 @@
+"""Alembic revisions of the API's own tables (branch ``api``, run by ``ApiStore.open``)."""

@@ -1,0 +1,1 @@
+"""Revisions of the ``api`` branch (Alembic skips this file)."""

@@ -1,0 +1,1 @@
+"""Revisions of the ``ledger`` branch (Alembic skips this file)."""
