@@ -34,6 +34,10 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
     /// @notice An entitlement holding this many uses never runs out (an unlimited discount offer).
     uint64 public constant UNLIMITED = type(uint64).max;
 
+    /// @notice The largest amount, balance or card serial the ledger accepts (2**63 - 1), so that every
+    ///         off-chain store (signed 64-bit integers) keeps them exactly. `UNLIMITED` is the exception.
+    uint64 public constant MAX_AMOUNT = uint64(type(int64).max);
+
     struct PassRecord {
         address holderKey;
         uint64 cardSerial;
@@ -107,6 +111,7 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
     {
         PassRecord storage pass = _passes[passId];
         if (pass.registered) revert PassAlreadyRegistered(passId);
+        if (cardSerial > MAX_AMOUNT) revert CardSerialInvalid(passId, cardSerial);
         pass.registered = true;
         pass.holderKey = holderKey;
         pass.cardSerial = cardSerial;
@@ -134,7 +139,9 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
     function replaceCard(bytes32 passId, uint64 newSerial) external onlyRole(ISSUER_ROLE) whenNotPaused {
         PassRecord storage pass = _registeredPass(passId);
         uint64 oldSerial = pass.cardSerial;
-        if (newSerial != 0 && newSerial == oldSerial) revert CardSerialInvalid(passId, newSerial);
+        if ((newSerial != 0 && newSerial == oldSerial) || newSerial > MAX_AMOUNT) {
+            revert CardSerialInvalid(passId, newSerial);
+        }
         pass.cardSerial = newSerial;
         emit CardReplaced(passId, oldSerial, newSerial);
     }
@@ -505,6 +512,7 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
             return (RedemptionCardRevoked.selector, bytes32(uint256(r.serial)), 0);
         }
         if (r.amount == 0) return (RedemptionAmountZero.selector, 0, 0);
+        if (r.amount > MAX_AMOUNT) return (RedemptionAmountOverSchemeCap.selector, bytes32(uint256(MAX_AMOUNT)), 0);
         if (r.amountCap != 0 && r.amount > r.amountCap) {
             return (RedemptionAmountOverTokenCap.selector, bytes32(uint256(r.amountCap)), 0);
         }
@@ -594,9 +602,7 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
             return (bytes4(0), 0, amounts);
         }
         uint256 value = uint256(r.amount) * scheme.unitValue;
-        if (value > type(uint64).max) {
-            return (RedemptionAmountOverSchemeCap.selector, bytes32(uint256(type(uint64).max)), amounts);
-        }
+        if (value > MAX_AMOUNT) return (RedemptionAmountOverSchemeCap.selector, bytes32(uint256(MAX_AMOUNT)), amounts);
         amounts.credited = uint64(value);
         return (bytes4(0), 0, amounts);
     }
@@ -634,7 +640,7 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
             }
         }
         uint256 updated = uint256(remaining) + amount;
-        if (updated >= UNLIMITED) revert EntitlementOverflow(schemeId, passId, updated);
+        if (updated > MAX_AMOUNT) revert EntitlementOverflow(schemeId, passId, updated);
         _balances[schemeId][passId] = uint64(updated);
     }
 

@@ -134,7 +134,7 @@ class PassBlockStatusUnchanged(PassRefused):
 
 
 class CardSerialInvalid(PassRefused):
-    rule = "a replacement card needs a serial other than the current one"
+    rule = "a card serial must differ from the current one and not exceed 2**63 - 1"
 
 
 # ---------------------------------------------------------------- schemes and issuance
@@ -189,7 +189,7 @@ class CohortTotalExceeded(IssuanceRefused):
 
 
 class EntitlementOverflow(IssuanceRefused):
-    rule = "a Budget or Uses balance must stay below 2**64 - 1"
+    rule = "a Budget or Uses balance may not exceed MAX_AMOUNT (2**63 - 1)"
 
 
 class InvalidShortString(ContractRevert):

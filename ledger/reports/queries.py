@@ -9,7 +9,7 @@ integer ``CASE`` trees from :mod:`ledger.reports.periods`), conditional aggregat
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ from typing import Any
 from eth_utils import to_checksum_address
 from sqlalchemy import (
     ColumnElement,
+    CompoundSelect,
     Connection,
     Engine,
     Integer,
@@ -30,7 +31,9 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
+    text,
     true,
+    union_all,
 )
 
 from ledger.reports.models import (
@@ -56,6 +59,7 @@ from ledger.reports.suppression import DEFAULT_K, Equation
 from ledger.reports.suppression import suppress as suppress_cells
 from ledger.store import index as _index_tables  # noqa: F401 - registers the tables
 from ledger.store import registry as _registry_tables  # noqa: F401 - registers the tables
+from ledger.store import report_indexes as _report_indexes  # noqa: F401 - declares indexes
 from ledger.store.base import metadata
 
 __all__ = [
@@ -79,6 +83,11 @@ def _connect(bind: Bind) -> Iterator[Connection]:
         yield bind
     else:
         with bind.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                # The aggregates over a million rows cost enough for PostgreSQL to JIT-compile
+                # them, which takes longer (~100-200 ms per statement) than it saves here. Only
+                # for this transaction of our own connection (it rolls back on return).
+                conn.execute(text("SET LOCAL jit = off"))
             yield conn
 
 
@@ -117,6 +126,103 @@ def _default_period(bind: Bind, period: Period | None) -> Period:
         return found
     now = int(datetime.now(UTC).timestamp())
     return Period(now - 86_400, now)
+
+
+# ================================================================ redemptions per bucket
+
+#: Range aggregates per statement (SQLite allows at most 500 terms in a compound SELECT).
+_RANGES_PER_STATEMENT = 200
+#: A bucket index ``i`` travels as the character ``chr(_CODE_BASE + i)`` (``BEFORE`` is ``/``).
+_CODE_BASE = 48
+
+
+def _scheme_ids(conn: Connection, table: Table) -> list[int]:
+    """The distinct ``scheme_id`` of ``table``: a loose index scan (one seek per scheme) by a
+    recursive CTE, so neither database reads every row of a big table for a handful of ids."""
+    col = table.c.scheme_id
+    ids = select(func.min(col).label("id")).cte("scheme_ids", recursive=True)
+    following = select(func.min(col)).where(col > ids.c.id).scalar_subquery()
+    ids = ids.union_all(select(following).where(ids.c.id.is_not(None)))
+    return [int(sid) for (sid,) in conn.execute(select(ids.c.id).where(ids.c.id.is_not(None)))]
+
+
+def _redemption_ranges(
+    conn: Connection,
+    red: Table,
+    edges: Sequence[int],
+    scheme_ids: Sequence[int] | None,
+) -> Iterator[tuple[int, int, int, int, int]]:
+    """``(scheme_id, bucket, count, debited, credited)`` of the non-empty buckets.
+
+    One range aggregate per scheme and bucket (``scheme_id = s AND block_time`` in the bucket),
+    answered from the covering index ``(scheme_id, block_time, debited, credited)``: neither
+    database computes a bucket per row or sorts a million rows for a ``GROUP BY``. The rows
+    before the first bucket come back as :data:`BEFORE` (the opening balance). Rows from the
+    period's end on are not asked for: with a period they are excluded, and without one the
+    period ends after the last redemption.
+    """
+    ranges: list[tuple[int, int | None, int]] = [(BEFORE, None, edges[0])]
+    ranges.extend((i, edges[i], edges[i + 1]) for i in range(len(edges) - 1))
+    schemes = sorted(set(scheme_ids)) if scheme_ids is not None else _scheme_ids(conn, red)
+    for sid in schemes:
+        for first in range(0, len(ranges), _RANGES_PER_STATEMENT):
+            parts = []
+            for bi, low, high in ranges[first : first + _RANGES_PER_STATEMENT]:
+                cond = and_(red.c.scheme_id == _lit(sid), red.c.block_time < _lit(high))
+                if low is not None:
+                    cond = and_(cond, red.c.block_time >= _lit(low))
+                parts.append(
+                    select(
+                        _lit(bi).label("bucket"),
+                        func.count().label("n"),
+                        func.sum(red.c.debited).label("debited"),
+                        func.sum(red.c.credited).label("credited"),
+                    ).where(cond)
+                )
+            statement = parts[0] if len(parts) == 1 else union_all(*parts)
+            for bi, count, debited, credited in conn.execute(statement):
+                if count:
+                    yield sid, int(bi), int(count), _i(debited), _i(credited)
+
+
+def _redeeming_passes(
+    conn: Connection,
+    red: Table,
+    edges: Sequence[int],
+    cond: ColumnElement[bool],
+    bounded: bool,
+) -> tuple[dict[tuple[int, int], int], dict[int, int]]:
+    """Distinct passes that redeemed, per ``(scheme_id, bucket)`` and per scheme in the period.
+
+    ``COUNT(DISTINCT pass_id)`` per bucket makes both databases sort (or hash) every row. The
+    passes are instead grouped by ``(scheme_id, pass_id)``, which streams in the order of the
+    covering index ``(scheme_id, pass_id, block_time, ...)`` without a sort; each group returns
+    the buckets of its rows as a string of one character per row (``chr(48 + bucket)``), and
+    counting a pass once per distinct character gives exactly the distinct passes per bucket.
+    A pass counts for the period when it has a character other than :data:`BEFORE`'s.
+    """
+    code = _lit(_CODE_BASE) + bucket_index(red.c.block_time, edges)
+    if conn.dialect.name == "postgresql":
+        marks: ColumnElement[str] = func.string_agg(func.chr(code), literal_column("''"))
+    else:
+        marks = func.group_concat(func.char(code), literal_column("''"))
+    where = cond
+    if bounded:
+        where = and_(where, red.c.block_time >= _lit(edges[0]))
+    before = chr(_CODE_BASE + BEFORE)
+    inside: dict[int, list[str]] = defaultdict(list)
+    for sid, buckets_of_pass in conn.execute(
+        select(red.c.scheme_id, marks).where(where).group_by(red.c.scheme_id, red.c.pass_id)
+    ):
+        seen = set(str(buckets_of_pass))
+        seen.discard(before)
+        if seen:
+            inside[int(sid)].append("".join(seen))
+    per_bucket: dict[tuple[int, int], int] = {}
+    for sid, pieces in inside.items():
+        for char, count in Counter("".join(pieces)).items():
+            per_bucket[(sid, ord(char) - _CODE_BASE)] = count
+    return per_bucket, {sid: len(pieces) for sid, pieces in inside.items()}
 
 
 # ================================================================ per scheme
@@ -189,24 +295,16 @@ def scheme_report(
         ):
             rows[(sid, bi)]["new_entitled"] += _i(count)
 
-        b = bucket_index(red.c.block_time, edges)
-        for sid, bi, count, debited, credited, used in conn.execute(
-            select(
-                red.c.scheme_id,
-                b,
-                func.count(),
-                func.sum(red.c.debited),
-                func.sum(red.c.credited),
-                func.count(red.c.pass_id.distinct()),
-            )
-            .where(only(red))
-            .group_by(red.c.scheme_id, b)
-        ):
+        # redemptions: amounts per bucket by range aggregates (no per-row bucketing, no sort)...
+        for sid, bi, count, debited, credited in _redemption_ranges(conn, red, edges, scheme_ids):
             row = rows[(sid, bi)]
-            row["redemptions"] += _i(count)
-            row["redeemed"] += _i(debited)
-            row["credited"] += _i(credited)
-            row["holders_used"] += _i(used)
+            row["redemptions"] += count
+            row["redeemed"] += debited
+            row["credited"] += credited
+        # ... and the passes that redeemed, per bucket and in the whole period
+        used_per_bucket, used_total = _redeeming_passes(conn, red, edges, only(red), bounded)
+        for (sid, bi), used in used_per_bucket.items():
+            rows[(sid, bi)]["holders_used"] += used
 
         b = bucket_index(rev.c.block_time, edges)
         for sid, bi, count, debited, credited in conn.execute(
@@ -233,18 +331,6 @@ def scheme_report(
         ):
             rows[(sid, bi)]["expired"] += _i(amount)
 
-        # distinct passes per scheme as a grouped subquery: (scheme_id, pass_id) streams in
-        # index order instead of a COUNT(DISTINCT) sort
-        users = select(red.c.scheme_id.label("scheme_id")).where(only(red))
-        if bounded:
-            users = users.where(red.c.block_time >= period.start)
-        per_pass = users.group_by(red.c.scheme_id, red.c.pass_id).subquery()
-        used_total = {
-            int(sid): _i(used)
-            for sid, used in conn.execute(
-                select(per_pass.c.scheme_id, func.count()).group_by(per_pass.c.scheme_id)
-            )
-        }
         kinds = {
             int(sid): str(kind)
             for sid, kind in conn.execute(select(sch.c.scheme_id, sch.c.kind).distinct())
@@ -317,11 +403,17 @@ def merchant_report(bind: Bind, *, period: Period | None = None) -> MerchantRepo
         _t("registry_merchant"),
     )
 
-    def window(table: Table) -> tuple[ColumnElement[int], ColumnElement[bool]]:
+    # One group per merchant, figures inside the period as conditional sums next to the totals
+    # up to its end: grouping by merchant alone streams in the order of the covering index
+    # (merchant, block_time, amount, discount, credited); grouping by (merchant, in period) would
+    # sort every row.
+    def cond(table: Table) -> ColumnElement[bool]:
+        return true() if period is None else table.c.block_time < _lit(period.end)
+
+    def inside(table: Table, value: ColumnElement[int]) -> ColumnElement[int]:
         if period is None:
-            return _lit(1), true()
-        flag = case((table.c.block_time >= period.start, _lit(1)), else_=_lit(0))
-        return flag, table.c.block_time < period.end
+            return func.sum(value)
+        return func.sum(case((table.c.block_time >= _lit(period.start), value), else_=_lit(0)))
 
     data: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     shown: dict[str, str] = {}
@@ -331,48 +423,48 @@ def merchant_report(bind: Bind, *, period: Period | None = None) -> MerchantRepo
         shown.setdefault(lowered, address)
         return lowered
 
+    one = _lit(1)
     with _connect(bind) as conn:
-        flag, cond = window(red)
-        for merchant, inside, count, amount, discount, credited in conn.execute(
+        for merchant, count, amount, discount, credited, credited_total in conn.execute(
             select(
                 red.c.merchant,
-                flag,
-                func.count(),
-                func.sum(red.c.amount),
-                func.sum(red.c.discount),
+                inside(red, one),
+                inside(red, red.c.amount),
+                inside(red, red.c.discount),
+                inside(red, red.c.credited),
                 func.sum(red.c.credited),
             )
-            .where(cond)
-            .group_by(red.c.merchant, flag)
+            .where(cond(red))
+            .group_by(red.c.merchant)
         ):
             row = data[key(merchant)]
-            row["credited_total"] += _i(credited)
-            if inside:
-                row["redemptions"] += _i(count)
-                row["amount"] += _i(amount)
-                row["discount"] += _i(discount)
-                row["credited"] += _i(credited)
-        flag, cond = window(rev)
-        for merchant, inside, count, credited in conn.execute(
-            select(rev.c.merchant, flag, func.count(), func.sum(rev.c.credited))
-            .where(cond)
-            .group_by(rev.c.merchant, flag)
+            row["credited_total"] += _i(credited_total)
+            row["redemptions"] += _i(count)
+            row["amount"] += _i(amount)
+            row["discount"] += _i(discount)
+            row["credited"] += _i(credited)
+        for merchant, count, credited, credited_total in conn.execute(
+            select(
+                rev.c.merchant,
+                inside(rev, one),
+                inside(rev, rev.c.credited),
+                func.sum(rev.c.credited),
+            )
+            .where(cond(rev))
+            .group_by(rev.c.merchant)
         ):
             row = data[key(merchant)]
-            row["reversed_total"] += _i(credited)
-            if inside:
-                row["reversals"] += _i(count)
-                row["reversed"] += _i(credited)
-        flag, cond = window(sett)
-        for merchant, inside, amount in conn.execute(
-            select(sett.c.merchant, flag, func.sum(sett.c.amount))
-            .where(cond)
-            .group_by(sett.c.merchant, flag)
+            row["reversed_total"] += _i(credited_total)
+            row["reversals"] += _i(count)
+            row["reversed"] += _i(credited)
+        for merchant, amount, amount_total in conn.execute(
+            select(sett.c.merchant, inside(sett, sett.c.amount), func.sum(sett.c.amount))
+            .where(cond(sett))
+            .group_by(sett.c.merchant)
         ):
             row = data[key(merchant)]
-            row["settled_total"] += _i(amount)
-            if inside:
-                row["settled"] += _i(amount)
+            row["settled_total"] += _i(amount_total)
+            row["settled"] += _i(amount)
         registry = {
             str(address).lower(): (str(name), str(kvk))
             for address, name, kvk in conn.execute(
@@ -479,7 +571,9 @@ def district_report(
         columns: list[Any] = [table.c.scheme_id.label("scheme_id"), table.c.pass_id]
         columns.append(func.max(flag).label("in_period"))
         for name, value in sums:
-            columns.append(func.sum(case((flag == _lit(1), value), else_=_lit(0))).label(name))
+            # without a period start, the same expression twice: computed once per row
+            within = value if start is None else case((flag == _lit(1), value), else_=_lit(0))
+            columns.append(func.sum(within).label(name))
             columns.append(func.sum(value).label(f"{name}_all"))
         return (
             select(*columns)
@@ -488,24 +582,58 @@ def district_report(
             .subquery()
         )
 
+    def two_levels(
+        name: str, sub: Any, sums: Sequence[str], *, all_in_period: bool
+    ) -> CompoundSelect[Any]:
+        """One statement, two levels of rows ``(level, scheme_id, district, *sums, holders,
+        holders in period)``: level 0 per scheme and district; level 1 per district over all
+        schemes, with only the holders (in the period if ``all_in_period``; in the last column
+        then, else in the one before). Both read the per-pass rows joined to the registry as one
+        CTE, which the databases compute once: the big table is scanned once, not twice."""
+        joined, district, holder = located(sub)
+        loc = (
+            select(
+                sub.c.scheme_id,
+                district.label("district"),
+                holder.label("holder"),
+                sub.c.in_period,
+                *(sub.c[column] for column in sums),
+            )
+            .select_from(joined)
+            .cte(f"located_{name}")
+        )
+        used = case((loc.c.in_period == one, loc.c.holder))
+        per_scheme = select(
+            zero.label("level"),
+            loc.c.scheme_id,
+            loc.c.district,
+            *(func.sum(loc.c[column]) for column in sums),
+            func.count(loc.c.holder.distinct()),
+            func.count(used.distinct()),
+        ).group_by(loc.c.scheme_id, loc.c.district)
+        counted = func.count((used if all_in_period else loc.c.holder).distinct())
+        all_schemes = select(
+            one,
+            zero,
+            loc.c.district,
+            *(zero for _ in sums),
+            zero if all_in_period else counted,
+            counted if all_in_period else zero,
+        ).group_by(loc.c.district)
+        return union_all(per_scheme, all_schemes)
+
     one = _lit(1)
     zero = _lit(0)
     with _connect(bind) as conn:
-        # entitlements: issued in the period, issued up to its end, holders entitled
+        # entitlements: issued in the period, issued up to its end, holders entitled; and the
+        # holders entitled to any scheme per district
         sub = per_pass(ent, ("issued", case((ent.c.unlimited, zero), else_=ent.c.amount)))
-        joined, district, holder = located(sub)
-        for sid, dist, issued, issued_all, entitled, issuing in conn.execute(
-            select(
-                sub.c.scheme_id,
-                district,
-                func.sum(sub.c.issued),
-                func.sum(sub.c.issued_all),
-                func.count(holder.distinct()),
-                func.count(case((sub.c.in_period == one, holder)).distinct()),
-            )
-            .select_from(joined)
-            .group_by(sub.c.scheme_id, district)
+        for level, sid, dist, issued, issued_all, entitled, issuing in conn.execute(
+            two_levels("entitled", sub, ("issued", "issued_all"), all_in_period=False)
         ):
+            if level:
+                rows_all[dist]["holders_entitled"] = _i(entitled)
+                continue
             cell = cells[(dist, sid)]
             cell.values["issued"] = _i(issued)
             cell.values["remaining"] += _i(issued_all)
@@ -514,27 +642,24 @@ def district_report(
             cell.holders["remaining"] = _i(entitled)
             cell.holders["holders_entitled"] = _i(entitled)
 
-        # redemptions
+        # redemptions; and the holders who redeemed from any scheme in the period per district
         sub = per_pass(
             red,
             ("redemptions", one),
             ("redeemed", red.c.debited),
             ("credited", red.c.credited),
         )
-        joined, district, holder = located(sub)
-        for sid, dist, count, redeemed, redeemed_all, credited, used in conn.execute(
-            select(
-                sub.c.scheme_id,
-                district,
-                func.sum(sub.c.redemptions),
-                func.sum(sub.c.redeemed),
-                func.sum(sub.c.redeemed_all),
-                func.sum(sub.c.credited),
-                func.count(case((sub.c.in_period == one, holder)).distinct()),
+        for level, sid, dist, count, redeemed, redeemed_all, credited, _all, used in conn.execute(
+            two_levels(
+                "redeemed",
+                sub,
+                ("redemptions", "redeemed", "redeemed_all", "credited"),
+                all_in_period=True,
             )
-            .select_from(joined)
-            .group_by(sub.c.scheme_id, district)
         ):
+            if level:
+                rows_all[dist]["holders_used"] = _i(used)
+                continue
             cell = cells[(dist, sid)]
             cell.values["redemptions"] = _i(count)
             cell.values["redeemed"] = _i(redeemed)
@@ -566,27 +691,6 @@ def district_report(
                 cell.values[metric] = _i(value)
                 cell.values["remaining"] += sign * _i(value_all)
                 cell.holders[metric] = _i(basis)
-
-        # all schemes per district: distinct holders entitled (to any) and who used (any)
-        for table, metric, in_period_only in (
-            (ent, "holders_entitled", False),
-            (red, "holders_used", True),
-        ):
-            flag = inside(table)
-            pass_sub = (
-                select(table.c.pass_id, func.max(flag).label("in_period"))
-                .where(cond(table))
-                .group_by(table.c.pass_id)
-                .subquery()
-            )
-            joined, district, holder = located(pass_sub)
-            counted = case((pass_sub.c.in_period == one, holder)) if in_period_only else holder
-            for dist, count in conn.execute(
-                select(district, func.count(counted.distinct()))
-                .select_from(joined)
-                .group_by(district)
-            ):
-                rows_all[dist][metric] = _i(count)
 
         names = {
             str(code): str(name)

@@ -25,7 +25,15 @@ from ledger.store.db import (
 from ledger.store.tables import ledger_metadata, ledger_table_names
 from tests.api.conftest import dev_settings
 
-API_TABLES = {"api_marker", "api_redemption_request", "api_scheme_label", "api_sequence"}
+API_TABLES = {
+    "api_holder_pin",
+    "api_marker",
+    "api_redemption_request",
+    "api_scheme_label",
+    "api_sequence",
+    "api_staff_user",
+    "api_terminal",
+}
 
 
 def _ledger_and_api_metadata() -> MetaData:

@@ -407,16 +407,29 @@ def test_cohort_claims_cannot_exceed_the_committed_total(ledger: LedgerEnv) -> N
     assert credited <= ledger.client.scheme_of(scheme).terms.budget_cap
 
 
-def test_budget_balance_cannot_reach_the_unlimited_sentinel(ledger: LedgerEnv) -> None:
+def test_budget_balance_cannot_exceed_max_amount(ledger: LedgerEnv) -> None:
+    max_amount = 2**63 - 1
     scheme = ledger.new_scheme(budget_cap=2**65)
     pid = ledger.new_pass()
-    ledger.client.transact(ledger.issuer, "issue", scheme, pid, UNLIMITED - 1)
+    ledger.client.transact(ledger.issuer, "issue", scheme, pid, max_amount)
     with pytest.raises(errors.EntitlementOverflow):
         ledger.client.transact(ledger.issuer, "issue", scheme, pid, 1)
-    assert ledger.client.balance_of(scheme, pid) == UNLIMITED - 1
+    assert ledger.client.balance_of(scheme, pid) == max_amount
     request = ledger.redemption(pid, scheme_id=scheme, amount=1_000, redemption_id=1)
 
     result = ledger.client.transact(ledger.merchant, "redeem", request.as_tuple())
 
     assert result.named("Redeemed")[0].args["debited"] == 1_000
-    assert ledger.client.balance_of(scheme, pid) == UNLIMITED - 1_001
+    assert ledger.client.balance_of(scheme, pid) == max_amount - 1_000
+
+
+def test_redemption_amount_and_card_serial_above_max_amount_are_refused(ledger: LedgerEnv) -> None:
+    scheme = ledger.new_scheme(kind=SchemeKind.DISCOUNT)
+    pid = ledger.new_pass()
+    ledger.client.transact(ledger.issuer, "issue", scheme, pid, 5)
+    request = ledger.redemption(pid, scheme_id=scheme, amount=2**63, redemption_id=1)
+    with pytest.raises(errors.RedemptionAmountOverSchemeCap):
+        ledger.client.transact(ledger.merchant, "redeem", request.as_tuple())
+    with pytest.raises(errors.CardSerialInvalid):
+        ledger.client.transact(ledger.issuer, "replaceCard", pid, 2**63)
+    assert ledger.client.balance_of(scheme, pid) == 5
