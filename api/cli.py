@@ -6,6 +6,10 @@
 - ``stadjerspas deploy``: deploy the ledger to a JSON-RPC endpoint with a keystore.
 - ``stadjerspas node``: run only the local anvil node (state under ``var/anvil``).
 - ``stadjerspas qr``: render a pass token URI as a QR code (terminal, PNG or SVG).
+- ``stadjerspas index``: backfill the index from the node and follow the head.
+- ``stadjerspas report scheme|merchant|district|chart``: reports as CSV/JSON, charts as PNG/SVG.
+- ``stadjerspas audit``: recompute everything from the node; compare with contract, index, reports.
+- ``stadjerspas export`` / ``verify-export``: the whole ledger and registry in open formats.
 
 Errors print one line (``error: ...``) and exit with 2 for bad input, 1 for anything else.
 """
@@ -27,7 +31,10 @@ from rich.console import Console
 from rich.table import Table
 
 from api.settings import PROJECT_ROOT, Settings
+from ledger import audit_cli
 from ledger.errors import LedgerError
+from ledger.indexer import cli as index_cli
+from ledger.reports import cli as reports_cli
 from wallet import WalletError
 
 app = typer.Typer(
@@ -279,6 +286,15 @@ def qr(
         f"chain {signed.domain.chain_id}, contract {signed.domain.verifying_contract}, "
         f"pass 0x{token_.pass_id.hex()[:16]}…, serial {token_.serial}, expiry {token_.expiry}"
     )
+
+
+# ---------------------------------------------------------------- ledger commands
+# The off-chain side lives in `ledger` (no API needed): mirror, report, audit and export.
+app.command("index")(index_cli.index)
+app.add_typer(reports_cli.app, name="report")
+app.command("audit")(audit_cli.audit_command)
+app.command("export")(audit_cli.export_command)
+app.command("verify-export")(audit_cli.verify_export_command)
 
 
 if __name__ == "__main__":  # pragma: no cover
