@@ -1,33 +1,48 @@
 """FastAPI dependencies, exposed as ``Annotated`` aliases for the routes.
 
-The settings and the runtime are built once, outside the app, and reached through
-``app.state``; routes declare what they need (``SettingsDep``, ``RuntimeDep``) and which role
-they serve (``AdminAuth``, ``HolderAuth``, ``MerchantId``).
+The settings, the runtime and the :class:`api.auth.Auth` service are built once, outside the
+routes, and reached through ``app.state``; routes declare what they need (``SettingsDep``,
+``RuntimeDep``, ``AuthDep``) and who may call them:
 
-Auth in this slice is one bearer token per role (per merchant for merchants) from the settings;
-the real authentication comes with the API issue and replaces only this module's checks.
+- ``require_scopes(*scopes, kind=...)``: a ``Security`` dependency that authenticates the bearer
+  token (401 ``unauthorized`` / ``auth_token_invalid`` / ``auth_token_expired`` /
+  ``auth_token_revoked`` with ``WWW-Authenticate``) and checks the principal's kind and scopes
+  (403 ``insufficient_scope`` / ``wrong_principal_kind``); it returns the :class:`Principal`.
+  The scopes appear in the OpenAPI document (OAuth2 password flow at ``/auth/token``).
+- ``CurrentStaff``, ``CurrentTerminal``, ``CurrentHolder``: any authenticated principal of that
+  kind; ``MerchantId``: the merchant of the calling terminal (``merchant:redeem``).
+- ``AdminAuth`` (scope ``issue``) and ``HolderAuth`` (scope ``holder:read`` and object-level:
+  the ``{pass_number}`` of the path must be the holder's own, else 404 ``pass_number_unknown``,
+  exactly as for a pass that does not exist) guard the admin and holder routers.
 """
 
 from __future__ import annotations
 
-import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import SecretStr
+from fastapi import Depends, Header, Path, Request, Security
+from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 
+from api.auth import ALL_SCOPES, Auth, Kind, Principal, Scope
 from api.problems import ApiProblem
 from api.runtime import Runtime
 from api.settings import Settings
 
 __all__ = [
     "AdminAuth",
+    "AuthDep",
+    "CurrentHolder",
+    "CurrentPrincipal",
+    "CurrentStaff",
+    "CurrentTerminal",
     "HolderAuth",
     "IdempotencyKey",
     "MerchantId",
+    "ReadingTerminal",
+    "RedeemingTerminal",
     "RuntimeDep",
     "SettingsDep",
+    "require_scopes",
 ]
 
 
@@ -41,67 +56,100 @@ def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
+def get_auth(request: Request) -> Auth:
+    auth: Auth = request.app.state.auth
+    return auth
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+AuthDep = Annotated[Auth, Depends(get_auth)]
 
-_admin_bearer = HTTPBearer(
-    scheme_name="AdminToken", description="Municipality admin token.", auto_error=False
+oauth2_scheme = OAuth2PasswordBearer(
+    tokenUrl="/auth/token",
+    scheme_name="BearerToken",
+    scopes=ALL_SCOPES,
+    description="Log in at POST /auth/token (kind staff, terminal or holder) for a bearer token.",
+    auto_error=False,
 )
-_holder_bearer = HTTPBearer(
-    scheme_name="HolderToken", description="Holder-facing token.", auto_error=False
-)
-_merchant_bearer = HTTPBearer(
-    scheme_name="MerchantToken", description="A merchant's own token.", auto_error=False
-)
-
-Credentials = HTTPAuthorizationCredentials | None
 
 
-def _unauthorized(role: str) -> ApiProblem:
-    return ApiProblem(
-        401,
-        "unauthorized",
-        f"this endpoint needs the {role} bearer token (Authorization: Bearer <token>)",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+def current_principal(
+    auth: AuthDep, token: Annotated[str | None, Depends(oauth2_scheme)]
+) -> Principal:
+    return auth.authenticate(token)
 
 
-def _matches(credentials: Credentials, expected: SecretStr | None) -> bool:
-    if credentials is None or expected is None:
-        return False
-    return hmac.compare_digest(
-        credentials.credentials.encode(), expected.get_secret_value().encode()
-    )
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
-def require_admin(
-    settings: SettingsDep, credentials: Annotated[Credentials, Depends(_admin_bearer)]
-) -> None:
-    if not _matches(credentials, settings.admin_token):
-        raise _unauthorized("admin")
+def _check(principal: Principal, scopes: list[str], kind: Kind | None) -> Principal:
+    if kind is not None and principal.kind != kind:
+        raise ApiProblem(
+            403,
+            "wrong_principal_kind",
+            f"this endpoint is for {kind} logins, not {principal.kind} logins",
+        )
+    missing = sorted(set(scopes) - principal.scopes)
+    if missing:
+        raise ApiProblem(
+            403,
+            "insufficient_scope",
+            f"this endpoint needs the scopes {missing}",
+            headers={
+                "WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{" ".join(scopes)}"'
+            },
+            required_scopes=list(scopes),
+        )
+    return principal
 
 
-def require_holder(
-    settings: SettingsDep, credentials: Annotated[Credentials, Depends(_holder_bearer)]
-) -> None:
-    if not _matches(credentials, settings.holder_token):
-        raise _unauthorized("holder")
+def require_scopes(*scopes: str, kind: Kind | None = None) -> Any:
+    """A ``Security`` dependency returning the principal if it has ``scopes`` (and ``kind``)."""
+
+    def checker(security_scopes: SecurityScopes, principal: CurrentPrincipal) -> Principal:
+        return _check(principal, security_scopes.scopes, kind)
+
+    checker.__name__ = f"require_{'_'.join(s.replace(':', '_') for s in scopes) or 'login'}"
+    return Security(checker, scopes=list(scopes))
 
 
-def current_merchant(
-    settings: SettingsDep,
-    runtime: RuntimeDep,
-    credentials: Annotated[Credentials, Depends(_merchant_bearer)],
-) -> int:
-    """The id of the merchant whose bearer token this is."""
-    for merchant_id, token in settings.merchant_tokens.items():
-        if _matches(credentials, token):
-            if runtime.keys.merchant(merchant_id) is None:
-                raise ApiProblem(
-                    403, "merchant_unknown", f"merchant {merchant_id} has no signing key"
-                )
-            return merchant_id
-    raise _unauthorized("merchant")
+def _kind(kind: Kind) -> Any:
+    def checker(principal: CurrentPrincipal) -> Principal:
+        return _check(principal, [], kind)
+
+    checker.__name__ = f"current_{kind}"
+    return Depends(checker)
+
+
+CurrentStaff = Annotated[Principal, _kind("staff")]
+CurrentTerminal = Annotated[Principal, _kind("terminal")]
+CurrentHolder = Annotated[Principal, _kind("holder")]
+RedeemingTerminal = Annotated[Principal, require_scopes(Scope.MERCHANT_REDEEM, kind="terminal")]
+ReadingTerminal = Annotated[Principal, require_scopes(Scope.MERCHANT_READ, kind="terminal")]
+
+
+def _merchant_id(runtime: RuntimeDep, terminal: RedeemingTerminal) -> int:
+    merchant_id = terminal.merchant_id
+    assert merchant_id is not None  # a terminal token always names its merchant
+    if runtime.keys.merchant(merchant_id) is None:
+        raise ApiProblem(403, "merchant_unknown", f"merchant {merchant_id} has no signing key")
+    return merchant_id
+
+
+MerchantId = Annotated[int, Depends(_merchant_id)]
+
+_holder_read = require_scopes(Scope.HOLDER_READ, kind="holder")
+
+
+def _own_pass(
+    pass_number: Annotated[str, Path()],
+    holder: Annotated[Principal, _holder_read],
+) -> Principal:
+    """Object-level access: a holder reaches only their own pass (others look unknown)."""
+    if not holder.any_pass and (holder.pass_number or "") != pass_number.strip().upper():
+        raise ApiProblem(404, "pass_number_unknown", f"no holder has pass number {pass_number!r}")
+    return holder
 
 
 def idempotency_key(
@@ -109,8 +157,8 @@ def idempotency_key(
         str | None,
         Header(
             alias="Idempotency-Key",
-            description="Unique per redemption; a retry with the same key and body returns "
-            "the first result and never redeems twice.",
+            description="Required. Unique per redemption; a retry with the same key and body "
+            "returns the first result and never redeems twice.",
             examples=["0f8fad5b-d9cb-469f-a165-70867728950e"],
         ),
     ] = None,
@@ -127,7 +175,6 @@ def idempotency_key(
     return key
 
 
-AdminAuth = Depends(require_admin)
-HolderAuth = Depends(require_holder)
-MerchantId = Annotated[int, Depends(current_merchant)]
+AdminAuth = require_scopes(Scope.ISSUE, kind="staff")
+HolderAuth = Depends(_own_pass)
 IdempotencyKey = Annotated[str, Depends(idempotency_key)]

@@ -11,8 +11,9 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 from api import __version__
+from api.auth import Auth
 from api.problems import install_problem_handlers
-from api.routes import admin, health, holder, merchant
+from api.routes import admin, auth, health, holder, merchant
 from api.runtime import Runtime
 from api.settings import Settings
 
@@ -22,15 +23,20 @@ DESCRIPTION = """\
 Stadjerspas Ledger: entitlements and redemptions of the city pass on a permissioned Ethereum
 chain; personal data stays in the municipality's own database.
 
-This is the thin end-to-end slice: an admin issues an entitlement to a pass, the holder's QR
-token is produced, a merchant redeems against it and the balance drops. Amounts are integers:
-euro cents or a number of uses. Errors are RFC 9457 problem details with a stable `code`.
+Log in at `POST /auth/token` (staff: username and password; merchant terminals: terminal id and
+secret; holders: pass number and activation code or PIN) for a short-lived bearer token with
+scopes; every route checks its scopes and whose objects it touches. Amounts are integers: euro
+cents or a number of uses. Errors are RFC 9457 problem details with a stable `code`.
 
-Development bearer tokens (development only): `development-only-admin-token`,
-`development-only-holder-token`, `development-only-merchant-<id>-token`.
+Development only: staff `admin`/`issuer`/`finance`/`auditor` with password
+`development-only-<role>-password`, terminals `dev-terminal-<merchant id>` with secret
+`development-only-terminal-<merchant id>-secret`, demo passes with PIN `development-only-pin`,
+and the static tokens `development-only-admin-token`, `development-only-holder-token`,
+`development-only-merchant-<id>-token`.
 """
 
 TAGS = [
+    {"name": "auth", "description": "Log in; staff users and merchant terminals (admins)."},
     {"name": "health", "description": "Liveness and which chain and contract are in use."},
     {"name": "admin", "description": "The municipality: issue entitlements."},
     {"name": "holder", "description": "Pass holders: QR token and balances."},
@@ -48,8 +54,11 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     )
     app.state.settings = settings
     app.state.runtime = runtime
+    app.state.auth = Auth(settings, runtime.store)
+    app.state.auth.bootstrap(range(1, len(runtime.keys.merchants) + 1))
     install_problem_handlers(app)
     app.include_router(health.router)
+    app.include_router(auth.router)
     app.include_router(admin.router)
     app.include_router(holder.router)
     app.include_router(merchant.router)

@@ -11,10 +11,12 @@
    against the node (same chain, code present, same ABI) and refuse to run otherwise;
 5. seed the demo data once (development), single-threaded with the issuer key;
 6. start one relayer per sending key (issuer, each merchant): from then on every
-   state-changing call goes through a relayer.
+   state-changing call goes through a relayer; and one
+   :class:`~ledger.batcher.RedemptionBatcher` per merchant relayer, so concurrent redemptions
+   of a merchant become few ``redeemBatch`` transactions.
 
-:meth:`Runtime.close` drains the relayers, closes the store and stops anvil (which dumps its
-state), so the next start finds every balance and redemption.
+:meth:`Runtime.close` sends what the batchers hold, drains the relayers, closes the store and
+stops anvil (which dumps its state), so the next start finds every balance and redemption.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +39,8 @@ from web3 import HTTPProvider, Web3
 from api.demo import demo_merchant, seed_demo
 from api.settings import DEV_MERCHANT_COUNT, Settings
 from api.store import ApiStore
+from ledger.batcher import RedemptionBatcher
+from ledger.batcher import RedemptionOutcome as BatchOutcome
 from ledger.client import LedgerClient
 from ledger.compiler import Artifacts, compile_contracts
 from ledger.deploy import (
@@ -49,7 +54,7 @@ from ledger.deploy import (
 )
 from ledger.errors import LedgerError
 from ledger.node import DEV_MNEMONIC, AnvilConfig, AnvilNode
-from ledger.relayer import Relayer, TxHandle
+from ledger.relayer import Relayer
 from ledger.rpc import RpcClient
 from ledger.store.base import StoreError
 from wallet import Domain, WalletError, load_keystore
@@ -190,8 +195,9 @@ class Runtime:
         self.demo_seeded_now = False
         self.issuer_relayer: Relayer | None = None
         self.merchant_relayers: dict[int, Relayer] = {}
+        self.merchant_batchers: dict[int, RedemptionBatcher] = {}
         self.key_locks = KeyedLocks()
-        self.inflight: dict[tuple[int, str], TxHandle] = {}
+        self.inflight: dict[tuple[int, str], Future[BatchOutcome]] = {}
         self.inflight_lock = threading.Lock()
         self._closed = False
 
@@ -316,15 +322,25 @@ class Runtime:
             self.rpc, account=self.keys.issuer, chain_id=chain_id, linger_ms=linger
         ).start()
         for merchant_id, account in enumerate(self.keys.merchants, start=1):
-            self.merchant_relayers[merchant_id] = Relayer(
+            relayer = Relayer(
                 self.rpc, account=account, chain_id=chain_id, linger_ms=linger
             ).start()
+            self.merchant_relayers[merchant_id] = relayer
+            self.merchant_batchers[merchant_id] = RedemptionBatcher(
+                client=self.client,
+                relayer=relayer,
+                max_items=self.settings.batch_max_items,
+                linger_s=self.settings.batch_linger_ms / 1000,
+            )
 
     def close(self) -> None:
         """Drain the relayers, close the store, stop anvil. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
+        for batcher in self.merchant_batchers.values():
+            with contextlib.suppress(Exception):
+                batcher.close(timeout=10.0)
         relayers = [r for r in (self.issuer_relayer, *self.merchant_relayers.values()) if r]
         for relayer in relayers:
             with contextlib.suppress(Exception):
@@ -361,6 +377,12 @@ class Runtime:
         if relayer is None:
             raise KeyError(f"no relayer for merchant {merchant_id}")
         return relayer
+
+    def merchant_batcher(self, merchant_id: int) -> RedemptionBatcher:
+        batcher = self.merchant_batchers.get(merchant_id)
+        if batcher is None:
+            raise KeyError(f"no redemption batcher for merchant {merchant_id}")
+        return batcher
 
     def issuer(self) -> Relayer:
         if self.issuer_relayer is None:

@@ -6,6 +6,7 @@ Amounts are integers in the unit of their scheme: euro cents (budget schemes), a
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,9 +19,26 @@ __all__ = [
     "EntitlementIn",
     "EntitlementOut",
     "HealthOut",
+    "MeOut",
+    "OfferOut",
     "PassTokenOut",
+    "Redeemable",
     "RedemptionIn",
+    "RedemptionItem",
     "RedemptionOut",
+    "RedemptionPage",
+    "ReversalOut",
+    "ScanIn",
+    "ScanOut",
+    "StaffIn",
+    "StaffOut",
+    "StatementLineOut",
+    "StatementOut",
+    "TerminalIn",
+    "TerminalIssuedOut",
+    "TerminalOut",
+    "TokenIn",
+    "TokenOut",
 ]
 
 _PASS_NUMBER = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9]+$", examples=["GR0000001"])
@@ -170,3 +188,235 @@ class RedemptionOut(BaseModel):
             ]
         }
     )
+
+
+# -- auth -------------------------------------------------------------------------------------
+
+
+class TokenIn(BaseModel):
+    """Log in. ``kind`` says what ``username``/``password`` are: a staff username and password,
+    a terminal id and secret, or a pass number and its activation code or PIN."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"kind": "terminal", "username": "dev-terminal-2", "password": "…"},
+                {"kind": "holder", "username": "GR0000001", "password": "ABCD-EFGH-JKLM"},
+                {"kind": "staff", "username": "admin", "password": "…", "scope": "issue"},
+            ]
+        },
+    )
+
+    kind: Literal["staff", "terminal", "holder"] = "staff"
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+    scope: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Space-separated scopes to narrow the token to (default: all of the login's).",
+    )
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the OAuth2 token type
+    expires_in: int = Field(description="Seconds until the token expires.")
+    scope: str = Field(description="Space-separated scopes of the token.")
+    kind: Literal["staff", "terminal", "holder"]
+    merchant_id: int | None = None
+    pass_number: str | None = None
+
+
+class MeOut(BaseModel):
+    kind: Literal["staff", "terminal", "holder"]
+    subject: str
+    scopes: list[str]
+    role: str | None = None
+    merchant_id: int | None = None
+    pass_number: str | None = None
+    expires_at: int | None = None
+
+
+class StaffIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"username": "j.devries", "password": "a long passphrase", "role": "issuer"}
+            ]
+        },
+    )
+
+    username: str = Field(min_length=2, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
+    password: str = Field(min_length=12, max_length=256)
+    role: Literal["admin", "issuer", "finance", "auditor"]
+
+
+class StaffOut(BaseModel):
+    username: str
+    role: str
+    active: bool
+
+
+class TerminalIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"merchant_id": 2, "label": "Kassa 1"}]}
+    )
+
+    merchant_id: int = Field(ge=1, le=2**31 - 1)
+    label: str = Field(default="", max_length=120)
+
+
+class TerminalOut(BaseModel):
+    terminal_id: str
+    merchant_id: int
+    label: str
+    active: bool
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class TerminalIssuedOut(TerminalOut):
+    secret: str = Field(description="Shown only here: the terminal logs in with it.")
+
+
+# -- merchant ---------------------------------------------------------------------------------
+
+
+class ScanIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"token": "stadjerspas:1:AAAAAAAAelnvpc…"}]}
+    )
+
+    token: str = Field(min_length=1, max_length=512, description="The scanned token URI.")
+
+
+class Redeemable(BaseModel):
+    """A scheme the pass may redeem at this merchant, with what is left of it."""
+
+    scheme_id: int
+    name: str
+    kind: Literal["budget", "uses", "discount"]
+    unit: Literal["cents", "uses"]
+    balance: int = Field(description="What is left: cents (budget) or uses.")
+    unlimited: bool
+    valid_from: int = Field(description="Unix seconds.")
+    valid_until: int = Field(description="Unix seconds.")
+    valid_now: bool
+    per_redemption_cap: int | None = Field(description="Cents per redemption, if capped.")
+    discount_bps: int = Field(description="Discount in basis points (discount schemes).")
+
+
+class ScanOut(BaseModel):
+    """What a merchant may know about a scanned pass: nothing personal but the first name."""
+
+    status: Literal["active", "blocked", "unregistered"]
+    first_name: str | None
+    token_expires_at: int
+    token_kind: Literal["app", "card"]
+    amount_cap: int | None = Field(description="The token's cap per redemption, if any.")
+    redeemable: list[Redeemable]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "active",
+                    "first_name": "Anouk",
+                    "token_expires_at": 1767225600,
+                    "token_kind": "app",
+                    "amount_cap": None,
+                    "redeemable": [
+                        {
+                            "scheme_id": 1,
+                            "name": "Kindpakket (budget €150)",
+                            "kind": "budget",
+                            "unit": "cents",
+                            "balance": 13750,
+                            "unlimited": False,
+                            "valid_from": 1764547200,
+                            "valid_until": 1796083200,
+                            "valid_now": True,
+                            "per_redemption_cap": None,
+                            "discount_bps": 0,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+
+class OfferOut(BaseModel):
+    scheme_id: int
+    name: str
+    kind: Literal["budget", "uses", "discount"]
+    valid_from: int
+    valid_until: int
+    valid_now: bool
+    discount_bps: int
+    discount_fixed: int
+    per_redemption_cap: int | None
+    unit_value: int = Field(description="Cents credited per use (uses schemes).")
+    open_to_all_merchants: bool
+
+
+class RedemptionItem(BaseModel):
+    redemption_id: int
+    scheme_id: int
+    amount: int
+    status: Literal["pending", "succeeded", "failed"]
+    debited: int | None
+    credited: int | None
+    discount: int | None
+    tx_hash: str | None
+    block_number: int | None
+    problem_code: str | None
+    created_at: datetime
+    reversed: bool
+    reversal_tx_hash: str | None
+    reversed_at: datetime | None
+
+
+class RedemptionPage(BaseModel):
+    items: list[RedemptionItem]
+    next_before: int | None = Field(
+        description="Pass as ?before= for the next (older) page; null on the last page."
+    )
+
+
+class ReversalOut(BaseModel):
+    redemption_id: int
+    scheme_id: int
+    restored: int = Field(description="Returned to the entitlement (cents or uses).")
+    credited_reversed: int = Field(description="No longer owed to the merchant, in cents.")
+    balance: int = Field(description="The pass's balance of the scheme after the reversal.")
+    tx_hash: str
+    block_number: int
+
+
+class StatementLineOut(BaseModel):
+    kind: Literal["redemption", "reversal", "settlement"]
+    at: int = Field(description="Unix seconds (block time, or request time for API records).")
+    reference: str
+    scheme_id: int | None
+    amount: int = Field(description="Cents: + credited, - reversed or settled.")
+    tx_hash: str | None
+
+
+class StatementOut(BaseModel):
+    merchant_id: int
+    name: str
+    period_start: int
+    period_end: int
+    source: Literal["index", "api_records"] = Field(
+        description="index: the chain index (with settlements); api_records: this service's own "
+        "redemption records (no settlements)."
+    )
+    opening: int | None
+    redeemed: int
+    reversed: int
+    settled: int | None
+    lines: list[StatementLineOut]
+    owed_now: int = Field(description="Read from the chain: redeemed - reversed - settled.")

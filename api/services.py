@@ -22,7 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from eth_utils.crypto import keccak
@@ -30,14 +33,33 @@ from hexbytes import HexBytes
 
 from api.problems import ApiProblem, contract_status
 from api.runtime import Runtime
-from api.schemas import Balance, BalancesOut, EntitlementOut, PassTokenOut, RedemptionOut
+from api.schemas import (
+    Balance,
+    BalancesOut,
+    EntitlementOut,
+    OfferOut,
+    PassTokenOut,
+    Redeemable,
+    RedemptionItem,
+    RedemptionOut,
+    RedemptionPage,
+    ReversalOut,
+    ScanOut,
+    StatementLineOut,
+    StatementOut,
+)
 from api.settings import Settings
 from api.store import IdempotencyConflict, PassHolder, RedemptionRecord, RedemptionStatus
 from ledger import contract_errors as ce
-from ledger.client import UNLIMITED, RedemptionRequest, SchemeKind
+from ledger.batcher import RedemptionAccepted
+from ledger.batcher import RedemptionOutcome as BatchOutcome
+from ledger.client import UNLIMITED, RedemptionRequest, SchemeKind, SchemeTerms
 from ledger.events import DecodedEvent
 from ledger.passid import pass_id
 from ledger.relayer import Relayer, TxReceipt, TxRequest
+from ledger.reports.periods import Period, PeriodError
+from ledger.settlement.statements import statement as ledger_statement
+from ledger.store.index import IndexCheckpoint
 from wallet import (
     PassToken,
     SignedPassToken,
@@ -51,8 +73,13 @@ __all__ = [
     "RedemptionOutcome",
     "balances",
     "issue_entitlement",
+    "list_redemptions",
     "make_pass_token",
+    "offers",
     "redeem",
+    "reverse",
+    "scan",
+    "statement",
 ]
 
 _ZERO_ADDRESS = "0x" + "00" * 20
@@ -282,67 +309,76 @@ def _redeemed_event(
     return None
 
 
-def _complete(
-    runtime: Runtime,
-    record: RedemptionRecord,
-    relayer: Relayer,
-    request: TxRequest,
-    receipt: TxReceipt,
-) -> RedemptionOut:
-    if receipt.ok:
-        for event in _receipt_events(runtime, receipt):
-            if event.name == "Redeemed" and event.args["redemptionId"] == record.redemption_id:
-                return _succeed(runtime, record, event)
-        raise ApiProblem(502, "chain_error", "the redemption was mined without a Redeemed event")
-    error = runtime.client.revert_of(bytes(relayer.revert_data(request, receipt) or b""))
+def _apply(runtime: Runtime, record: RedemptionRecord, outcome: BatchOutcome) -> RedemptionOut:
+    """Store the batcher's outcome of ``record`` and return it (or raise the refusal)."""
+    if isinstance(outcome, RedemptionAccepted):
+        record.status = RedemptionStatus.SUCCEEDED
+        record.tx_hash = HexBytes(outcome.transaction_hash).to_0x_hex()
+        record.block_number = outcome.block_number
+        record.debited = int(outcome.debited)
+        record.credited = int(outcome.credited)
+        record.discount = int(outcome.discount)
+        record.balance_after = _balance_at(
+            runtime, record.scheme_id, bytes(outcome.pass_id), outcome.block_number
+        )
+        return _result(runtime.store.save_redemption(record))
+    error = outcome.error
     if isinstance(error, ce.RedemptionIdUsed):  # an earlier submission of this very record?
-        earlier = _redeemed_event(runtime, record, relayer.address)
+        address = runtime.merchant_relayer(record.merchant_id).address
+        earlier = _redeemed_event(runtime, record, address)
         if earlier is not None:
             return _succeed(runtime, record, earlier)
     raise _fail(runtime, record, error)
 
 
+def _wait(runtime: Runtime, future: Future[BatchOutcome]) -> BatchOutcome:
+    try:
+        return future.result(timeout=runtime.settings.receipt_timeout_s)
+    except FutureTimeout:
+        raise ApiProblem(
+            504,
+            "receipt_timeout",
+            "the redemption was sent but not yet mined; retry with the same Idempotency-Key",
+        ) from None
+
+
 def _submit(runtime: Runtime, record: RedemptionRecord, signed: SignedPassToken) -> RedemptionOut:
-    """Send ``record``'s redemption and wait for its outcome (bounded by the receipt timeout)."""
-    relayer = runtime.merchant_relayer(record.merchant_id)
+    """Queue ``record``'s redemption on the merchant's batcher and wait for its outcome (bounded
+    by the receipt timeout); concurrent redemptions of a merchant share ``redeemBatch`` txs."""
     call = RedemptionRequest(
         redemption_id=record.redemption_id,
         scheme_id=record.scheme_id,
         amount=record.amount,
         token=signed,
     )
-    data = runtime.client.redeem_data(call)
-    try:
-        estimate = runtime.client.preflight(sender=relayer.address, data=data)
-    except ce.RedemptionIdUsed:
-        event = _redeemed_event(runtime, record, relayer.address)
-        if event is not None:
-            return _succeed(runtime, record, event)
-        raise
-    except ce.ContractRevert as exc:
-        raise _fail(runtime, record, exc) from None
-    request = TxRequest(to=runtime.client.address, data=data, gas=_gas(estimate))
-    handle = relayer.submit(request)
+    future = runtime.merchant_batcher(record.merchant_id).submit(call)
     slot = (record.merchant_id, record.idempotency_key)
     with runtime.inflight_lock:
-        runtime.inflight[slot] = handle
-    receipt = handle.result(timeout=runtime.settings.receipt_timeout_s)  # ReceiptTimeout -> 504
-    with runtime.inflight_lock:
-        runtime.inflight.pop(slot, None)
-    return _complete(runtime, record, relayer, request, receipt)
+        runtime.inflight[slot] = future
+    try:
+        outcome = _wait(runtime, future)
+    finally:
+        if future.done():
+            with runtime.inflight_lock:
+                runtime.inflight.pop(slot, None)
+    return _apply(runtime, record, outcome)
 
 
 def _resume(runtime: Runtime, record: RedemptionRecord) -> RedemptionOut:
-    """Finish a pending record: wait for its in-flight transaction, or resubmit the same id."""
+    """Finish a pending record: wait for its queued redemption, or resubmit the same id (which
+    the contract accepts at most once)."""
     slot = (record.merchant_id, record.idempotency_key)
     with runtime.inflight_lock:
-        handle = runtime.inflight.get(slot)
-    if handle is not None:
-        receipt = handle.result(timeout=runtime.settings.receipt_timeout_s)
+        future = runtime.inflight.get(slot)
+    if future is not None:
+        outcome = _wait(runtime, future)
         with runtime.inflight_lock:
             runtime.inflight.pop(slot, None)
-        relayer = runtime.merchant_relayer(record.merchant_id)
-        return _complete(runtime, record, relayer, handle.request, receipt)
+        return _apply(runtime, record, outcome)
+    relayer = runtime.merchant_relayer(record.merchant_id)
+    event = _redeemed_event(runtime, record, relayer.address)
+    if event is not None:
+        return _succeed(runtime, record, event)
     return _submit(runtime, record, decode_token_uri(record.token_uri))
 
 
@@ -405,3 +441,299 @@ def _key_reused(key: str) -> ApiProblem:
         f"the Idempotency-Key {key!r} was used before with a different request body; "
         "use a new key for a new redemption",
     )
+
+
+# -- merchant: scan, offers, list, reverse, statement -----------------------------------------
+
+
+def _merchant_address(runtime: Runtime, merchant_id: int) -> str:
+    relayer = runtime.merchant_relayers.get(merchant_id)
+    if relayer is None:
+        raise ApiProblem(403, "merchant_unknown", f"merchant {merchant_id} has no signing key")
+    return relayer.address
+
+
+def _allowed_schemes(runtime: Runtime, merchant_id: int) -> list[tuple[int, SchemeTerms]]:
+    """The schemes ``merchant_id`` may redeem: open to all merchants, or allowed for it."""
+    client = runtime.client
+    address = _merchant_address(runtime, merchant_id)
+    allowed: list[tuple[int, SchemeTerms]] = []
+    for scheme_id in range(1, client.scheme_count() + 1):
+        terms = client.scheme_of(scheme_id).terms
+        if terms.open_to_all_merchants or bool(
+            client.contract.functions.isMerchantAllowed(scheme_id, address).call()
+        ):
+            allowed.append((scheme_id, terms))
+    return allowed
+
+
+def scan(runtime: Runtime, *, merchant_id: int, token: str) -> ScanOut:
+    """Verify a scanned token offline, then read the pass's state and balances at this merchant.
+
+    Returns the holder's first name and nothing else personal (no pass number, no last name)."""
+    signed = decode_token_uri(token.strip())
+    _verify(runtime, signed)
+    pid = signed.token.pass_id
+    state = runtime.client.pass_of(pid)
+    if signed.token.serial != 0 and signed.token.serial != state.card_serial:
+        raise ApiProblem(422, "token_revoked", "this card was replaced; its serial is revoked")
+    record = runtime.store.registry.find_pass_by_id(pid)
+    first_name: str | None = None
+    registry_blocked = False
+    if record is not None:
+        holder = runtime.store.holder(record.pass_number)
+        if holder is not None:
+            first_name = holder.first_name
+            registry_blocked = holder.blocked
+    if not state.registered:
+        status: Literal["active", "blocked", "unregistered"] = "unregistered"
+    elif state.blocked or registry_blocked:
+        status = "blocked"
+    else:
+        status = "active"
+    labels = runtime.store.scheme_labels()
+    now = int(time.time())
+    redeemable: list[Redeemable] = []
+    if status == "active":
+        for scheme_id, terms in _allowed_schemes(runtime, merchant_id):
+            balance = runtime.client.balance_of(scheme_id, pid)
+            if balance == 0:
+                continue
+            redeemable.append(
+                Redeemable(
+                    scheme_id=scheme_id,
+                    name=labels.get(scheme_id, f"Scheme {scheme_id}"),
+                    kind=_KIND_NAMES[terms.kind],
+                    unit="cents" if terms.kind is SchemeKind.BUDGET else "uses",
+                    balance=balance,
+                    unlimited=balance == UNLIMITED,
+                    valid_from=terms.valid_from,
+                    valid_until=terms.valid_until,
+                    valid_now=terms.valid_from <= now <= terms.valid_until,
+                    per_redemption_cap=terms.per_redemption_cap or None,
+                    discount_bps=terms.discount_bps,
+                )
+            )
+    return ScanOut(
+        status=status,
+        first_name=first_name,
+        token_expires_at=signed.token.expiry,
+        token_kind="card" if signed.token.serial != 0 else "app",
+        amount_cap=signed.token.amount_cap or None,
+        redeemable=redeemable,
+    )
+
+
+def offers(runtime: Runtime, *, merchant_id: int) -> list[OfferOut]:
+    """The discount schemes this merchant may redeem (what it offers pass holders)."""
+    labels = runtime.store.scheme_labels()
+    now = int(time.time())
+    return [
+        OfferOut(
+            scheme_id=scheme_id,
+            name=labels.get(scheme_id, f"Scheme {scheme_id}"),
+            kind=_KIND_NAMES[terms.kind],
+            valid_from=terms.valid_from,
+            valid_until=terms.valid_until,
+            valid_now=terms.valid_from <= now <= terms.valid_until,
+            discount_bps=terms.discount_bps,
+            discount_fixed=terms.discount_fixed,
+            per_redemption_cap=terms.per_redemption_cap or None,
+            unit_value=terms.unit_value,
+            open_to_all_merchants=terms.open_to_all_merchants,
+        )
+        for scheme_id, terms in _allowed_schemes(runtime, merchant_id)
+        if terms.kind is SchemeKind.DISCOUNT
+    ]
+
+
+def _item(record: RedemptionRecord) -> RedemptionItem:
+    return RedemptionItem(
+        redemption_id=record.redemption_id,
+        scheme_id=record.scheme_id,
+        amount=record.amount,
+        status=record.status.value,
+        debited=record.debited,
+        credited=record.credited,
+        discount=record.discount,
+        tx_hash=record.tx_hash,
+        block_number=record.block_number,
+        problem_code=record.problem_code,
+        created_at=record.created_at,
+        reversed=record.reversal_tx_hash is not None,
+        reversal_tx_hash=record.reversal_tx_hash,
+        reversed_at=record.reversed_at,
+    )
+
+
+def list_redemptions(
+    runtime: Runtime,
+    *,
+    merchant_id: int,
+    limit: int,
+    before: int | None,
+    status: RedemptionStatus | None,
+) -> RedemptionPage:
+    """``merchant_id``'s own redemption requests, newest first, ``limit`` per page."""
+    rows = runtime.store.merchant_redemptions(
+        merchant_id, limit=limit + 1, before=before, status=status
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return RedemptionPage(
+        items=[_item(r) for r in rows],
+        next_before=rows[-1].redemption_id if more and rows else None,
+    )
+
+
+def _unknown_redemption(redemption_id: int) -> ApiProblem:
+    # the contract's code; another merchant's redemption is answered exactly like an unknown one
+    return ApiProblem(
+        404,
+        ce.ReversalUnknownRedemption.code,
+        f"this merchant has no redemption {redemption_id}",
+        redemption_id=redemption_id,
+    )
+
+
+def reverse(runtime: Runtime, *, merchant_id: int, redemption_id: int) -> ReversalOut:
+    """Reverse ``merchant_id``'s own redemption within the window: the receipt and its proof
+    come from the ``Redeemed`` events of the transaction that redeemed it."""
+    with runtime.key_locks.hold(("reversal", redemption_id)):
+        record = runtime.store.redemption_by_id(redemption_id)
+        if (
+            record is None
+            or record.merchant_id != merchant_id
+            or record.status is not RedemptionStatus.SUCCEEDED
+            or record.tx_hash is None
+        ):
+            raise _unknown_redemption(redemption_id)
+        if record.reversal_tx_hash is not None:
+            raise ApiProblem(
+                409,
+                ce.ReversalAlreadyDone.code,
+                f"redemption {redemption_id} was reversed before "
+                f"(transaction {record.reversal_tx_hash})",
+                redemption_id=redemption_id,
+                reversal_tx_hash=record.reversal_tx_hash,
+            )
+        receipt = runtime.w3.eth.get_transaction_receipt(HexBytes(record.tx_hash))
+        events = runtime.client.decode_logs([dict(item) for item in receipt["logs"]])
+        try:
+            leaf, root, proof = runtime.client.reversal_proof(events, redemption_id)
+        except LookupError:
+            raise _unknown_redemption(redemption_id) from None
+        relayer = runtime.merchant_relayer(merchant_id)
+        data = runtime.client.call_data("reverse", leaf.as_tuple(), root, proof)
+        estimate = runtime.client.preflight(sender=relayer.address, data=data)  # typed refusals
+        mined = _send(
+            runtime, relayer, TxRequest(to=runtime.client.address, data=data, gas=_gas(estimate))
+        )
+        record.reversal_tx_hash = mined.tx_hash.to_0x_hex()
+        record.reversal_block_number = mined.block_number
+        record.reversed_at = datetime.now(UTC)
+        runtime.store.save_redemption(record)
+        return ReversalOut(
+            redemption_id=redemption_id,
+            scheme_id=leaf.scheme_id,
+            restored=leaf.debited,
+            credited_reversed=leaf.credited,
+            balance=_balance_at(runtime, leaf.scheme_id, leaf.pass_id, mined.block_number),
+            tx_hash=mined.tx_hash.to_0x_hex(),
+            block_number=mined.block_number,
+        )
+
+
+def _index_is_live(runtime: Runtime) -> bool:
+    with runtime.store.session() as session:
+        row = session.get(
+            IndexCheckpoint, (runtime.client.chain_id, runtime.client.address)
+        ) or session.get(IndexCheckpoint, (runtime.client.chain_id, runtime.client.address.lower()))
+        return row is not None
+
+
+def statement(runtime: Runtime, *, merchant_id: int, first: date, last: date) -> StatementOut:
+    """``merchant_id``'s statement over the local days ``first`` .. ``last`` (both included):
+    from the chain index when the indexer runs, else from this service's own records."""
+    try:
+        period = Period.of_dates(first, last)
+    except PeriodError as exc:
+        raise ApiProblem(422, "period_invalid", str(exc)) from None
+    merchant = runtime.store.merchant(merchant_id)
+    name = merchant.name if merchant is not None else f"Merchant {merchant_id}"
+    address = _merchant_address(runtime, merchant_id)
+    owed_now = runtime.client.merchant_totals(address).owed
+    if _index_is_live(runtime):
+        found = ledger_statement(runtime.store.db.engine, address, period)
+        return StatementOut(
+            merchant_id=merchant_id,
+            name=name,
+            period_start=period.start,
+            period_end=period.end,
+            source="index",
+            opening=found.opening,
+            redeemed=found.redeemed,
+            reversed=found.reversed,
+            settled=found.settled,
+            lines=[
+                StatementLineOut(
+                    kind=line.kind,
+                    at=line.block_time,
+                    reference=line.reference,
+                    scheme_id=line.scheme_id,
+                    amount=line.amount,
+                    tx_hash=line.transaction_hash,
+                )
+                for line in found.lines
+            ],
+            owed_now=owed_now,
+        )
+    start = datetime.fromtimestamp(period.start, UTC)
+    end = datetime.fromtimestamp(period.end, UTC)
+    lines: list[StatementLineOut] = []
+    redeemed = reversed_ = 0
+    for record in runtime.store.merchant_records_between(merchant_id, start, end):
+        created = _utc(record.created_at)
+        credited = record.credited or 0
+        if start <= created < end:
+            redeemed += credited
+            lines.append(
+                StatementLineOut(
+                    kind="redemption",
+                    at=int(created.timestamp()),
+                    reference=str(record.redemption_id),
+                    scheme_id=record.scheme_id,
+                    amount=credited,
+                    tx_hash=record.tx_hash,
+                )
+            )
+        if record.reversed_at is not None and start <= _utc(record.reversed_at) < end:
+            reversed_ += credited
+            lines.append(
+                StatementLineOut(
+                    kind="reversal",
+                    at=int(_utc(record.reversed_at).timestamp()),
+                    reference=str(record.redemption_id),
+                    scheme_id=record.scheme_id,
+                    amount=-credited,
+                    tx_hash=record.reversal_tx_hash,
+                )
+            )
+    lines.sort(key=lambda line: (line.at, line.reference))
+    return StatementOut(
+        merchant_id=merchant_id,
+        name=name,
+        period_start=period.start,
+        period_end=period.end,
+        source="api_records",
+        opening=None,
+        redeemed=redeemed,
+        reversed=reversed_,
+        settled=None,
+        lines=lines,
+        owed_now=owed_now,
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -4,10 +4,12 @@ Built once (by the CLI or a test) and passed to :func:`api.runtime.Runtime.start
 :func:`api.main.create_app`; nothing else reads the environment.
 
 Development (``STADJERSPAS_ENV=development``, the default) runs with no set-up: an embedded anvil
-under ``var/``, the well-known anvil dev-mnemonic accounts as keys and fixed bearer tokens. Those
-defaults exist **only** in development. In production every key comes from an encrypted keystore
-(path + password) and every bearer token must be set; a missing one fails validation with a
-message naming the environment variables to set.
+under ``var/``, the well-known anvil dev-mnemonic accounts as keys, a fixed token-signing secret,
+development logins (see :mod:`api.auth`) and fixed bearer tokens. Those defaults exist **only**
+in development. In production every key comes from an encrypted keystore (path + password) and
+``STADJERSPAS_AUTH_SECRET`` (at least 32 bytes) must be set; a missing one fails validation with
+a message naming the environment variables to set. The slice's static bearer tokens
+(``STADJERSPAS_ADMIN_TOKEN`` ...) are development-only and refused in production.
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledger.store.db import default_sqlite_url
 
-__all__ = ["DEV_MERCHANT_COUNT", "ENV_PREFIX", "PROJECT_ROOT", "Settings"]
+__all__ = ["DEV_AUTH_SECRET", "DEV_MERCHANT_COUNT", "ENV_PREFIX", "PROJECT_ROOT", "Settings"]
 
 ENV_PREFIX = "STADJERSPAS_"
 #: How many merchant keys development takes from the dev mnemonic (accounts 3, 4, 5).
 DEV_MERCHANT_COUNT = 3
+#: Development only: the secret bearer tokens are signed with.
+DEV_AUTH_SECRET = "development-only-auth-secret-never-use-in-production"  # noqa: S105
+#: The shortest production token-signing secret, in bytes (HMAC-SHA256 key).
+MIN_AUTH_SECRET_BYTES = 32
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,17 +100,55 @@ class Settings(BaseSettings):
     )
     merchant_keystore_password: SecretStr | None = None
 
-    # -- bearer tokens per role (the slice's stand-in for real auth) ----------------------------
+    # -- auth (api.auth) ---------------------------------------------------------------------
+    auth_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC-SHA256 key bearer tokens are signed with (>= 32 bytes; required in "
+        "production, a fixed development-only value otherwise).",
+    )
+    auth_token_ttl_s: int = Field(
+        default=15 * 60, ge=30, le=24 * 3600, description="Terminal and holder token lifetime."
+    )
+    auth_staff_token_ttl_s: int = Field(
+        default=30 * 60, ge=30, le=24 * 3600, description="Staff token lifetime."
+    )
+    auth_max_failures: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Failed logins per client and account before a lockout.",
+    )
+    auth_max_client_failures: int = Field(
+        default=20,
+        ge=1,
+        le=10_000,
+        description="Failed logins per client, any account.",
+    )
+    auth_failure_window_s: int = Field(default=15 * 60, ge=1, description="Failures counted over.")
+    auth_lockout_s: int = Field(default=15 * 60, ge=1, description="How long a lockout lasts.")
+    bootstrap_admin_username: str | None = Field(
+        default=None, description="Creates this admin user at start if no staff user exists."
+    )
+    bootstrap_admin_password: SecretStr | None = None
+
+    # -- static bearer tokens of the slice: development only ---------------------------------
     admin_token: SecretStr | None = None
     holder_token: SecretStr | None = None
     merchant_tokens: dict[int, SecretStr] = Field(
-        default_factory=dict, description="Merchant id -> bearer token of that merchant."
+        default_factory=dict, description="Development only: merchant id -> static bearer token."
     )
 
     # -- behaviour ------------------------------------------------------------------------------
     token_lifetime_s: int = Field(default=120, ge=10, le=900, description="Pass token lifetime.")
     receipt_timeout_s: float = Field(default=30.0, gt=0)
     relayer_linger_ms: float = Field(default=2.0, ge=0)
+    batch_linger_ms: float = Field(
+        default=20.0,
+        ge=0,
+        le=1000,
+        description="How long a merchant's batcher gathers items.",
+    )
+    batch_max_items: int = Field(default=100, ge=1, le=500)
 
     @field_validator("var_dir", "project_root", "build_dir")
     @classmethod
@@ -116,6 +160,8 @@ class Settings(BaseSettings):
     def _defaults_and_secrets(self) -> Self:
         if self.env == "development":
             dev = "development-only"
+            if self.auth_secret is None:
+                object.__setattr__(self, "auth_secret", SecretStr(DEV_AUTH_SECRET))
             if self.admin_token is None:
                 object.__setattr__(self, "admin_token", SecretStr(f"{dev}-admin-token"))
             if self.holder_token is None:
@@ -130,6 +176,28 @@ class Settings(BaseSettings):
             raise ValueError(
                 "production settings are incomplete (secrets are never defaulted outside "
                 "development); set: " + ", ".join(missing)
+            )
+        secret = self.auth_secret.get_secret_value() if self.auth_secret is not None else ""
+        if len(secret.encode()) < MIN_AUTH_SECRET_BYTES or secret == DEV_AUTH_SECRET:
+            raise ValueError(
+                f"{_env('auth_secret')} must be a random secret of at least "
+                f"{MIN_AUTH_SECRET_BYTES} bytes in production"
+            )
+        static = [
+            _env(name)
+            for name in ("admin_token", "holder_token", "merchant_tokens")
+            if getattr(self, name)
+        ]
+        if static:
+            raise ValueError(
+                "static bearer tokens are development-only; unset "
+                + ", ".join(static)
+                + " (staff, terminals and holders log in at POST /auth/token)"
+            )
+        if (self.bootstrap_admin_username is None) != (self.bootstrap_admin_password is None):
+            raise ValueError(
+                f"set both {_env('bootstrap_admin_username')} and "
+                f"{_env('bootstrap_admin_password')}, or neither"
             )
         return self
 
@@ -147,12 +215,8 @@ class Settings(BaseSettings):
             missing.append(_env("merchant_keystores"))
         if self.merchant_keystore_password is None:
             missing.append(_env("merchant_keystore_password"))
-        if self.admin_token is None:
-            missing.append(_env("admin_token"))
-        if self.holder_token is None:
-            missing.append(_env("holder_token"))
-        if not self.merchant_tokens:
-            missing.append(_env("merchant_tokens"))
+        if self.auth_secret is None:
+            missing.append(_env("auth_secret"))
         return missing
 
     # -- derived --------------------------------------------------------------------------------

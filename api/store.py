@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Dialect, Enum, String, inspect
+from sqlalchemy import BigInteger, DateTime, Dialect, Enum, String, func, inspect
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import Column, Field, Session, SQLModel, select
+from sqlmodel import Column, Field, Session, SQLModel, col, select
 
 from ledger.registry import Registry
 from ledger.store.base import StoreError
@@ -35,11 +35,14 @@ __all__ = [
     "API_VERSIONS_DIR",
     "AllocatedRedemption",
     "ApiStore",
+    "HolderPin",
     "IdempotencyConflict",
     "PassHolder",
     "RedemptionRecord",
     "RedemptionStatus",
     "SchemeLabel",
+    "StaffUser",
+    "Terminal",
 ]
 
 #: The API branch's Alembic revisions (migrated together with the ledger's).
@@ -66,6 +69,11 @@ def _uint64(*, nullable: bool = True) -> Any:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes: they were stored in UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class SchemeLabel(SQLModel, table=True):
@@ -117,6 +125,45 @@ class RedemptionRecord(SQLModel, table=True):
     problem_status: int | None = None
     problem_detail: str | None = None
     created_at: datetime = Field(default_factory=_now, sa_type=DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=_now, sa_type=DateTime(timezone=True))
+    reversal_tx_hash: str | None = None
+    reversal_block_number: int | None = Field(default=None, sa_type=BigInteger)
+    reversed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class StaffUser(SQLModel, table=True):
+    """A municipal staff login (role admin, issuer, finance or auditor); scrypt password hash."""
+
+    __tablename__ = "api_staff_user"
+
+    username: str = Field(primary_key=True, max_length=64)
+    password_hash: str = Field(max_length=200)
+    role: str = Field(max_length=16)
+    active: bool = True
+    created_at: datetime = Field(default_factory=_now, sa_type=DateTime(timezone=True))
+
+
+class Terminal(SQLModel, table=True):
+    """A merchant terminal's credentials: an id and a secret (scrypt hash) issued by an admin."""
+
+    __tablename__ = "api_terminal"
+
+    terminal_id: str = Field(primary_key=True, max_length=64)
+    merchant_id: int = Field(index=True)
+    secret_hash: str = Field(max_length=200)
+    label: str = Field(default="", max_length=120)
+    active: bool = True
+    created_at: datetime = Field(default_factory=_now, sa_type=DateTime(timezone=True))
+    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class HolderPin(SQLModel, table=True):
+    """A holder's PIN (scrypt hash), an alternative to the registry's activation code."""
+
+    __tablename__ = "api_holder_pin"
+
+    pass_number: str = Field(primary_key=True, max_length=32)
+    pin_hash: str = Field(max_length=200)
     updated_at: datetime = Field(default_factory=_now, sa_type=DateTime(timezone=True))
 
 
@@ -330,6 +377,115 @@ class ApiStore:
             merged = session.merge(record)
             session.commit()
             return merged
+
+    def redemption_by_id(self, redemption_id: int) -> RedemptionRecord | None:
+        with self.session() as session:
+            return session.exec(
+                select(RedemptionRecord).where(RedemptionRecord.redemption_id == redemption_id)
+            ).first()
+
+    def merchant_redemptions(
+        self,
+        merchant_id: int,
+        *,
+        limit: int,
+        before: int | None = None,
+        status: RedemptionStatus | None = None,
+    ) -> list[RedemptionRecord]:
+        """``merchant_id``'s own records, newest (highest redemption id) first."""
+        with self.session() as session:
+            query = select(RedemptionRecord).where(RedemptionRecord.merchant_id == merchant_id)
+            if before is not None:
+                query = query.where(RedemptionRecord.redemption_id < before)
+            if status is not None:
+                query = query.where(RedemptionRecord.status == status)
+            query = query.order_by(col(RedemptionRecord.redemption_id).desc()).limit(limit)
+            return list(session.exec(query).all())
+
+    def merchant_records_between(
+        self, merchant_id: int, start: datetime, end: datetime
+    ) -> list[RedemptionRecord]:
+        """Succeeded records of ``merchant_id`` created or reversed in ``[start, end)``."""
+        with self.session() as session:
+            query = (
+                select(RedemptionRecord)
+                .where(RedemptionRecord.merchant_id == merchant_id)
+                .where(RedemptionRecord.status == RedemptionStatus.SUCCEEDED)
+                .order_by(col(RedemptionRecord.redemption_id))
+            )
+            rows = session.exec(query).all()
+        return [
+            r
+            for r in rows
+            if start <= _aware(r.created_at) < end
+            or (r.reversed_at is not None and start <= _aware(r.reversed_at) < end)
+        ]
+
+    # -- auth -----------------------------------------------------------------------------------
+
+    def staff_user(self, username: str) -> StaffUser | None:
+        with self.session() as session:
+            return session.get(StaffUser, username)
+
+    def staff_count(self) -> int:
+        with self.session() as session:
+            return int(session.exec(select(func.count()).select_from(StaffUser)).one())
+
+    def add_staff_user(self, user: StaffUser) -> StaffUser | None:
+        """Insert ``user``; None if the username is taken."""
+        with self._lock, self.session() as session:
+            if session.get(StaffUser, user.username) is not None:
+                return None
+            session.add(user)
+            session.commit()
+            session.refresh(user)
+            return user
+
+    def terminal(self, terminal_id: str) -> Terminal | None:
+        with self.session() as session:
+            return session.get(Terminal, terminal_id)
+
+    def terminals(self, merchant_id: int | None = None) -> list[Terminal]:
+        with self.session() as session:
+            query = select(Terminal)
+            if merchant_id is not None:
+                query = query.where(Terminal.merchant_id == merchant_id)
+            return list(session.exec(query.order_by(col(Terminal.terminal_id))).all())
+
+    def add_terminal(self, terminal: Terminal) -> Terminal | None:
+        """Insert ``terminal``; None if the id is taken."""
+        with self._lock, self.session() as session:
+            if session.get(Terminal, terminal.terminal_id) is not None:
+                return None
+            session.add(terminal)
+            session.commit()
+            session.refresh(terminal)
+            return terminal
+
+    def revoke_terminal(self, terminal_id: str) -> Terminal | None:
+        with self.session() as session:
+            row = session.get(Terminal, terminal_id)
+            if row is None:
+                return None
+            if row.active:
+                row.active = False
+                row.revoked_at = _now()
+                session.add(row)
+                session.commit()
+                session.refresh(row)
+            return row
+
+    def holder_pin(self, pass_number: str) -> str | None:
+        with self.session() as session:
+            row = session.get(HolderPin, pass_number.strip().upper())
+            return row.pin_hash if row is not None else None
+
+    def set_holder_pins(self, pins: dict[str, str]) -> None:
+        """Set the PIN hash of each pass number (insert or replace)."""
+        with self.session() as session:
+            for number, pin_hash in pins.items():
+                session.merge(HolderPin(pass_number=number, pin_hash=pin_hash, updated_at=_now()))
+            session.commit()
 
     def redemption_count(self) -> int:
         with self.session() as session:

@@ -15,6 +15,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
+from api.auth import DEV_HOLDER_PIN, DEV_STAFF, dev_terminal_id, dev_terminal_secret
 from api.main import create_app
 from api.runtime import Runtime
 from api.settings import Settings
@@ -22,15 +23,62 @@ from wallet import Domain, PassToken, encode_token_uri, sign_pass_token
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
-ADMIN = {"Authorization": "Bearer development-only-admin-token"}
-HOLDER = {"Authorization": "Bearer development-only-holder-token"}
+
+class Logins:
+    """Real logins at ``POST /auth/token`` with the development credentials, cached per app."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+        self._cache: dict[tuple[str, str, str], str] = {}
+
+    def token(self, kind: str, username: str, password: str, scope: str = "") -> str:
+        key = (kind, username, scope)
+        if key not in self._cache:
+            body = {"kind": kind, "username": username, "password": password}
+            if scope:
+                body["scope"] = scope
+            response = self.client.post("/auth/token", json=body)
+            assert response.status_code == 200, response.text
+            self._cache[key] = str(response.json()["access_token"])
+        return self._cache[key]
+
+    def staff(self, role: str = "admin", scope: str = "") -> dict[str, str]:
+        password = DEV_STAFF[role][1]
+        return {"Authorization": "Bearer " + self.token("staff", role, password, scope)}
+
+    def terminal(self, merchant_id: int, key: str | None = None) -> dict[str, str]:
+        token = self.token(
+            "terminal", dev_terminal_id(merchant_id), dev_terminal_secret(merchant_id)
+        )
+        headers = {"Authorization": "Bearer " + token}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        return headers
+
+    def holder(self, pass_number: str) -> dict[str, str]:
+        return {"Authorization": "Bearer " + self.token("holder", pass_number, DEV_HOLDER_PIN)}
 
 
-def merchant(merchant_id: int, key: str | None = None) -> dict[str, str]:
-    headers = {"Authorization": f"Bearer development-only-merchant-{merchant_id}-token"}
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    return headers
+_LOGINS: dict[int, Logins] = {}
+
+
+def logins(client: TestClient) -> Logins:
+    found = _LOGINS.get(id(client))
+    if found is None or found.client is not client:
+        found = _LOGINS[id(client)] = Logins(client)
+    return found
+
+
+def admin(client: TestClient) -> dict[str, str]:
+    return logins(client).staff("admin")
+
+
+def holder(client: TestClient, pass_number: str) -> dict[str, str]:
+    return logins(client).holder(pass_number)
+
+
+def merchant(client: TestClient, merchant_id: int, key: str | None = None) -> dict[str, str]:
+    return logins(client).terminal(merchant_id, key)
 
 
 def dev_settings(var_dir: Path, **overrides: object) -> Settings:

@@ -11,11 +11,13 @@ from api.main import create_app
 from api.runtime import Runtime, StartupError
 from api.settings import Settings
 from ledger.passid import pass_id
-from tests.api.conftest import HOLDER, TestClient, dev_settings, merchant  # type: ignore[attr-defined]
+from tests.api.conftest import TestClient, dev_settings, holder, merchant  # type: ignore[attr-defined]
 
 
 def _balances(client: TestClient, pass_number: str) -> dict[int, int]:
-    body = client.get(f"/holder/passes/{pass_number}/balances", headers=HOLDER).json()
+    body = client.get(
+        f"/holder/passes/{pass_number}/balances", headers=holder(client, pass_number)
+    ).json()
     return {b["scheme_id"]: b["balance"] for b in body["balances"]}
 
 
@@ -32,9 +34,13 @@ def test_restart_keeps_contract_balances_and_redemptions(
         secret = first.store.holder("GR0000001")
         assert secret is not None
         with TestClient(create_app(settings, first)) as client:
-            token = client.get("/holder/passes/GR0000001/token", headers=HOLDER).json()
+            token = client.get(
+                "/holder/passes/GR0000001/token", headers=holder(client, "GR0000001")
+            ).json()
             body = {"token": token["token_uri"], "scheme_id": 1, "amount": 700}
-            redeemed = client.post("/merchant/redemptions", json=body, headers=merchant(2, "r1"))
+            redeemed = client.post(
+                "/merchant/redemptions", json=body, headers=merchant(client, 2, "r1")
+            )
             assert redeemed.status_code == 201, redeemed.text
             balances = _balances(client, "GR0000001")
     assert balances[1] == 15_000 - 700
@@ -53,7 +59,9 @@ def test_restart_keeps_contract_balances_and_redemptions(
         assert second.client.scheme_count() == 3  # schemes not created twice
         with TestClient(create_app(settings, second)) as client:
             assert _balances(client, "GR0000001") == balances
-            retry = client.post("/merchant/redemptions", json=body, headers=merchant(2, "r1"))
+            retry = client.post(
+                "/merchant/redemptions", json=body, headers=merchant(client, 2, "r1")
+            )
             assert retry.status_code == 201
             assert retry.json() == redeemed.json()
             assert retry.headers["Idempotent-Replayed"] == "true"
@@ -81,8 +89,7 @@ def test_production_without_keys_fails_clearly() -> None:
         "STADJERSPAS_ADMIN_KEYSTORE_PASSWORD",
         "STADJERSPAS_PASS_SIGNER_KEYSTORE",
         "STADJERSPAS_MERCHANT_KEYSTORES",
-        "STADJERSPAS_ADMIN_TOKEN",
-        "STADJERSPAS_MERCHANT_TOKENS",
+        "STADJERSPAS_AUTH_SECRET",
     ):
         assert name in message
 
@@ -95,13 +102,20 @@ def test_production_reads_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_p
         monkeypatch.setenv(f"STADJERSPAS_{role}_KEYSTORE_PASSWORD", "pw")
     monkeypatch.setenv("STADJERSPAS_MERCHANT_KEYSTORES", f'["{tmp_path / "m1.json"}"]')
     monkeypatch.setenv("STADJERSPAS_MERCHANT_KEYSTORE_PASSWORD", "pw")
-    monkeypatch.setenv("STADJERSPAS_ADMIN_TOKEN", "a")
-    monkeypatch.setenv("STADJERSPAS_HOLDER_TOKEN", "h")
-    with pytest.raises(ValidationError, match="STADJERSPAS_MERCHANT_TOKENS"):
+    with pytest.raises(ValidationError, match="STADJERSPAS_AUTH_SECRET"):
         Settings()
-    monkeypatch.setenv("STADJERSPAS_MERCHANT_TOKENS", '{"1": "m"}')
+    monkeypatch.setenv("STADJERSPAS_AUTH_SECRET", "too-short")
+    with pytest.raises(ValidationError, match="at least 32 bytes"):
+        Settings()
+    monkeypatch.setenv("STADJERSPAS_AUTH_SECRET", "x" * 40)
+    monkeypatch.setenv("STADJERSPAS_ADMIN_TOKEN", "a")  # the slice's static tokens: dev only
+    with pytest.raises(ValidationError, match="development-only; unset STADJERSPAS_ADMIN_TOKEN"):
+        Settings()
+    monkeypatch.delenv("STADJERSPAS_ADMIN_TOKEN")
     settings = Settings()
-    assert settings.merchant_tokens[1].get_secret_value() == "m"
+    assert settings.auth_secret is not None
+    assert settings.admin_token is None
+    assert not settings.merchant_tokens
     assert not settings.seeds_demo
     assert not settings.deploys_automatically
     # the keystore files do not exist: startup says which one
