@@ -53,6 +53,8 @@ from ledger.deploy import (
     save_deployment,
 )
 from ledger.errors import LedgerError
+from ledger.indexer.checkpoint import index_status
+from ledger.indexer.follow import Indexer, IndexerConfig
 from ledger.node import DEV_MNEMONIC, AnvilConfig, AnvilNode
 from ledger.relayer import Relayer
 from ledger.rpc import RpcClient
@@ -200,6 +202,9 @@ class Runtime:
         self.inflight: dict[tuple[int, str], Future[BatchOutcome]] = {}
         self.inflight_lock = threading.Lock()
         self._closed = False
+        self.indexer: Indexer | None = None
+        self._indexer_thread: threading.Thread | None = None
+        self._indexer_rpc: RpcClient | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -290,6 +295,8 @@ class Runtime:
             if settings.seeds_demo:
                 runtime.demo_seeded_now = seed_demo(runtime, report=say)
             runtime._start_relayers()
+            if settings.run_indexer:
+                runtime._start_indexer()
         except BaseException:
             runtime.close()
             raise
@@ -333,11 +340,55 @@ class Runtime:
                 linger_s=self.settings.batch_linger_ms / 1000,
             )
 
+    def _start_indexer(self) -> None:
+        """Follow the chain into the index tables in a background thread (stopped by close)."""
+        self._indexer_rpc = RpcClient(self.rpc_url)
+        self.indexer = Indexer(
+            self.store.db,
+            self._indexer_rpc,
+            self.client.abi,
+            IndexerConfig(
+                contract=self.deployment.ledger_address,
+                start_block=self.deployment.deployed_block,
+                confirmations=self.settings.index_confirmations,
+                poll_interval_s=0.5,
+            ),
+        )
+        self._indexer_thread = threading.Thread(
+            target=self._follow_index, name="indexer", daemon=True
+        )
+        self._indexer_thread.start()
+
+    def _follow_index(self) -> None:
+        assert self.indexer is not None
+        try:
+            self.indexer.follow()
+        except Exception:  # the API keeps serving; /health shows the index falling behind
+            log.exception("the indexer stopped")
+
+    def index_lag(self) -> int | None:
+        """Blocks the index is behind the head, or None when it cannot be told."""
+        try:
+            return index_status(
+                self.store.db,
+                self.w3,
+                contract=self.deployment.ledger_address,
+                start_block=self.deployment.deployed_block,
+            )
+        except Exception:
+            return None
+
     def close(self) -> None:
-        """Drain the relayers, close the store, stop anvil. Safe to call twice."""
+        """Stop the indexer, drain the relayers, close the store, stop anvil. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
+        if self.indexer is not None:
+            self.indexer.stop.set()
+            if self._indexer_thread is not None:
+                self._indexer_thread.join(timeout=10.0)
+        if self._indexer_rpc is not None:
+            self._indexer_rpc.close()
         for batcher in self.merchant_batchers.values():
             with contextlib.suppress(Exception):
                 batcher.close(timeout=10.0)

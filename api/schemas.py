@@ -53,6 +53,7 @@ class HealthOut(BaseModel):
     deployment_block: int
     rpc: Literal["embedded-anvil", "external"]
     env: Literal["development", "production"]
+    index_lag_blocks: int | None = None
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -65,6 +66,7 @@ class HealthOut(BaseModel):
                     "deployment_block": 1,
                     "rpc": "embedded-anvil",
                     "env": "development",
+                    "index_lag_blocks": 0,
                 }
             ]
         }

@@ -149,6 +149,12 @@ class Settings(BaseSettings):
         description="How long a merchant's batcher gathers items.",
     )
     batch_max_items: int = Field(default=100, ge=1, le=500)
+    run_indexer: bool = Field(
+        default=True, description="Mirror the chain into the index tables inside this process."
+    )
+    index_confirmations: int = Field(
+        default=0, ge=0, le=1000, description="Blocks the index stays behind the head."
+    )
 
     @field_validator("var_dir", "project_root", "build_dir")
     @classmethod

@@ -12,7 +12,10 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", summary="Chain id, head block and the ledger contract")
 def health(runtime: RuntimeDep, settings: SettingsDep) -> HealthOut:
-    """``status`` is ``degraded`` (still HTTP 200) when the node does not answer."""
+    """``status`` is ``degraded`` (still HTTP 200) when the node does not answer.
+
+    ``index_lag_blocks`` is how far the off-chain index is behind the head (None if unknown).
+    """
     try:
         head: int | None = int(runtime.w3.eth.block_number)
     except Exception:
@@ -25,4 +28,5 @@ def health(runtime: RuntimeDep, settings: SettingsDep) -> HealthOut:
         deployment_block=runtime.deployment.deployed_block,
         rpc="embedded-anvil" if runtime.node is not None else "external",
         env=settings.env,
+        index_lag_blocks=runtime.index_lag(),
     )

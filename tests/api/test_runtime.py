@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from sqlmodel import func, select
 
 from api.main import create_app
 from api.runtime import Runtime, StartupError
 from api.settings import Settings
 from ledger.passid import pass_id
+from ledger.store.index import IndexedPass
 from tests.api.conftest import TestClient, dev_settings, holder, merchant  # type: ignore[attr-defined]
 
 
@@ -129,3 +132,22 @@ def test_development_defaults_are_development_only() -> None:
     assert dev.admin_token is not None
     assert dev.admin_token.get_secret_value().startswith("development-only")
     assert sorted(dev.merchant_tokens) == [1, 2, 3]
+
+
+def test_the_embedded_indexer_mirrors_the_chain_and_health_reports_its_lag(
+    tmp_path: Path,
+) -> None:
+    settings = dev_settings(tmp_path / "var")
+    with Runtime.start(settings, report=lambda _: None) as runtime:
+        assert runtime.indexer is not None
+        deadline = time.monotonic() + 30
+        lag = runtime.index_lag()
+        while (lag is None or lag > 0) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            lag = runtime.index_lag()
+        assert lag == 0
+        with runtime.store.db.session() as session:
+            passes = session.exec(select(func.count()).select_from(IndexedPass)).one()
+        assert passes >= 50  # the demo's passes, registered on chain and mirrored
+        health = TestClient(create_app(settings, runtime)).get("/health").json()
+        assert health["index_lag_blocks"] == 0
