@@ -244,7 +244,10 @@ def test_reversal_and_refusals(client: TestClient, runtime: Runtime) -> None:
     theirs = client.get("/merchant/redemptions?limit=200", headers=merchant(client, 3)).json()
     assert rid not in {item["redemption_id"] for item in theirs["items"]}
 
-    # the statement has the redemption and its reversal
+    # the statement has the redemption and its reversal (once the index has caught up)
+    deadline = time.monotonic() + 30
+    while runtime.index_lag() != 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
     stmt = client.get("/merchant/statement", headers=merchant(client, 2)).json()
     assert stmt["source"] in ("api_records", "index")
     refs = {(line["kind"], line["reference"]) for line in stmt["lines"]}
