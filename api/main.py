@@ -13,7 +13,7 @@ from fastapi.responses import RedirectResponse
 from api import __version__
 from api.auth import Auth
 from api.problems import install_problem_handlers
-from api.routes import admin, auth, health, holder, merchant
+from api.routes import admin, auth, health, holder, merchant, reports
 from api.runtime import Runtime
 from api.settings import Settings
 
@@ -62,6 +62,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(holder.router)
     app.include_router(merchant.router)
+    app.include_router(reports.router)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
