@@ -5,7 +5,8 @@
 For SQLite (a temporary file) and PostgreSQL (a temporary database on the server of
 ``$STADJERSPAS_TEST_POSTGRES_URL``, default ``postgresql://postgres@127.0.0.1:5432/test``):
 
-1. migrate an empty database to head (tables and the report indexes of revision 0002);
+1. migrate an empty database to head (tables and the report indexes of revisions 0002 and
+   0003);
 2. bulk-load 20,000 holders (one pass each) in 30 districts, 200 merchants, 4 schemes with
    40,000 entitlements, N redemptions over 2025, 1 % of them reversed, settlements and expiries
    (PostgreSQL: ``COPY`` through psycopg; SQLite: ``executemany`` in one transaction). The

@@ -1,10 +1,18 @@
 """The standard reports as SQL over the index tables, joined to the registry for districts.
 
 Every figure is computed by the database (aggregates grouped by scheme, merchant, district and
-time bucket); Python only assembles the grouped rows into typed results and runs the small-cell
+time bucket); Python only assembles the grouped rows into typed results, counts the distinct
+buckets of each pass's redemptions (see :func:`_redeeming_passes`) and runs the small-cell
 suppression. The same statements run on SQLite and PostgreSQL: no date functions (time buckets are
 integer ``CASE`` trees from :mod:`ledger.reports.periods`), conditional aggregates instead of
 ``FILTER``, no ``GROUPING SETS``.
+
+Written for a million redemptions (``bench/reports.py``): no statement sorts every row of
+``index_redemption``. Groups follow the order of a covering index (per merchant; per scheme and
+pass), sums per time bucket are range aggregates on ``(scheme_id, block_time, ...)``
+(:mod:`ledger.store.report_indexes`), and distinct passes per bucket come from the per-pass
+groups instead of ``COUNT(DISTINCT)``. ``tests/ledger/reports/test_report_oracle.py`` checks the
+figures against a plain-Python recomputation.
 """
 
 from __future__ import annotations
@@ -130,10 +138,13 @@ def _default_period(bind: Bind, period: Period | None) -> Period:
 
 # ================================================================ redemptions per bucket
 
-#: Range aggregates per statement (SQLite allows at most 500 terms in a compound SELECT).
-_RANGES_PER_STATEMENT = 200
-#: A bucket index ``i`` travels as the character ``chr(_CODE_BASE + i)`` (``BEFORE`` is ``/``).
+#: Up to this many buckets, redemptions are summed by one range aggregate per bucket and scheme
+#: (a compound SELECT per scheme: SQLite allows at most 500 terms).
+_RANGE_BUCKETS = 100
+#: A bucket index ``i`` travels as the character ``chr(_CODE_BASE + i)`` (``BEFORE`` is ``/``)...
 _CODE_BASE = 48
+#: ... while that stays ASCII (PostgreSQL's ``chr`` takes only ASCII in non-UTF8 databases).
+_NARROW_BUCKETS = 127 - _CODE_BASE
 
 
 def _scheme_ids(conn: Connection, table: Table) -> list[int]:
@@ -146,50 +157,66 @@ def _scheme_ids(conn: Connection, table: Table) -> list[int]:
     return [int(sid) for (sid,) in conn.execute(select(ids.c.id).where(ids.c.id.is_not(None)))]
 
 
-def _redemption_ranges(
+def _redemption_flows(
     conn: Connection,
     red: Table,
     edges: Sequence[int],
+    cond: ColumnElement[bool],
     scheme_ids: Sequence[int] | None,
 ) -> Iterator[tuple[int, int, int, int, int]]:
     """``(scheme_id, bucket, count, debited, credited)`` of the non-empty buckets.
 
-    One range aggregate per scheme and bucket (``scheme_id = s AND block_time`` in the bucket),
-    answered from the covering index ``(scheme_id, block_time, debited, credited)``: neither
-    database computes a bucket per row or sorts a million rows for a ``GROUP BY``. The rows
-    before the first bucket come back as :data:`BEFORE` (the opening balance). Rows from the
-    period's end on are not asked for: with a period they are excluded, and without one the
-    period ends after the last redemption.
+    Up to :data:`_RANGE_BUCKETS` buckets: one range aggregate per scheme and bucket
+    (``scheme_id = s AND block_time`` in the bucket), answered from the covering index
+    ``(scheme_id, block_time, debited, credited)``, so neither database computes a bucket per
+    row or sorts a million rows for a ``GROUP BY``. The rows before the first bucket come back
+    as :data:`BEFORE` (the opening balance). Rows from the period's end on are not asked for:
+    with a period ``cond`` excludes them, and without one the period ends after the last
+    redemption. With more buckets (days over months), the statements and their branches would
+    cost more than they save: one ``GROUP BY (scheme_id, bucket)`` over ``cond`` instead.
     """
+    if len(edges) - 1 > _RANGE_BUCKETS:
+        b = bucket_index(red.c.block_time, edges)
+        for sid, bi, count, debited, credited in conn.execute(
+            select(
+                red.c.scheme_id,
+                b,
+                func.count(),
+                func.sum(red.c.debited),
+                func.sum(red.c.credited),
+            )
+            .where(cond)
+            .group_by(red.c.scheme_id, b)
+        ):
+            yield int(sid), int(bi), int(count), _i(debited), _i(credited)
+        return
     ranges: list[tuple[int, int | None, int]] = [(BEFORE, None, edges[0])]
     ranges.extend((i, edges[i], edges[i + 1]) for i in range(len(edges) - 1))
     schemes = sorted(set(scheme_ids)) if scheme_ids is not None else _scheme_ids(conn, red)
     for sid in schemes:
-        for first in range(0, len(ranges), _RANGES_PER_STATEMENT):
-            parts = []
-            for bi, low, high in ranges[first : first + _RANGES_PER_STATEMENT]:
-                cond = and_(red.c.scheme_id == _lit(sid), red.c.block_time < _lit(high))
-                if low is not None:
-                    cond = and_(cond, red.c.block_time >= _lit(low))
-                parts.append(
-                    select(
-                        _lit(bi).label("bucket"),
-                        func.count().label("n"),
-                        func.sum(red.c.debited).label("debited"),
-                        func.sum(red.c.credited).label("credited"),
-                    ).where(cond)
-                )
-            statement = parts[0] if len(parts) == 1 else union_all(*parts)
-            for bi, count, debited, credited in conn.execute(statement):
-                if count:
-                    yield sid, int(bi), int(count), _i(debited), _i(credited)
+        parts = []
+        for bi, low, high in ranges:
+            where = and_(red.c.scheme_id == _lit(sid), red.c.block_time < _lit(high))
+            if low is not None:
+                where = and_(where, red.c.block_time >= _lit(low))
+            parts.append(
+                select(
+                    _lit(bi).label("bucket"),
+                    func.count().label("n"),
+                    func.sum(red.c.debited).label("debited"),
+                    func.sum(red.c.credited).label("credited"),
+                ).where(where)
+            )
+        for bi, count, debited, credited in conn.execute(union_all(*parts)):
+            if count:
+                yield sid, int(bi), int(count), _i(debited), _i(credited)
 
 
 def _redeeming_passes(
     conn: Connection,
     red: Table,
     edges: Sequence[int],
-    cond: ColumnElement[bool],
+    scheme_ids: Sequence[int] | None,
     bounded: bool,
 ) -> tuple[dict[tuple[int, int], int], dict[int, int]]:
     """Distinct passes that redeemed, per ``(scheme_id, bucket)`` and per scheme in the period.
@@ -197,31 +224,57 @@ def _redeeming_passes(
     ``COUNT(DISTINCT pass_id)`` per bucket makes both databases sort (or hash) every row. The
     passes are instead grouped by ``(scheme_id, pass_id)``, which streams in the order of the
     covering index ``(scheme_id, pass_id, block_time, ...)`` without a sort; each group returns
-    the buckets of its rows as a string of one character per row (``chr(48 + bucket)``), and
-    counting a pass once per distinct character gives exactly the distinct passes per bucket.
-    A pass counts for the period when it has a character other than :data:`BEFORE`'s.
+    the buckets of its rows as a string, and counting a pass once per distinct bucket in it
+    gives exactly the distinct passes per bucket. A pass counts for the period when it has a
+    bucket of the period (not :data:`BEFORE`, nor after the last bucket).
+
+    Up to :data:`_NARROW_BUCKETS` buckets, a bucket ``i`` is the one ASCII character
+    ``chr(48 + i)`` (the cheapest string to build and to take apart); beyond, the decimal
+    numbers separated by commas.
     """
-    code = _lit(_CODE_BASE) + bucket_index(red.c.block_time, edges)
-    if conn.dialect.name == "postgresql":
-        marks: ColumnElement[str] = func.string_agg(func.chr(code), literal_column("''"))
+    bucket = bucket_index(red.c.block_time, edges)
+    count = len(edges) - 1
+    narrow = count <= _NARROW_BUCKETS
+    postgres = conn.dialect.name == "postgresql"
+    if narrow:
+        code = _lit(_CODE_BASE) + bucket
+        piece: ColumnElement[str] = func.chr(code) if postgres else func.char(code)
+        separator: ColumnElement[str] = literal_column("''")
     else:
-        marks = func.group_concat(func.char(code), literal_column("''"))
-    where = cond
+        piece = cast(bucket, String)
+        separator = literal_column("','")
+    marks = func.string_agg(piece, separator) if postgres else func.group_concat(piece, separator)
+    where: ColumnElement[bool] = true()
+    if scheme_ids is not None:
+        where = red.c.scheme_id.in_(list(scheme_ids))
     if bounded:
-        where = and_(where, red.c.block_time >= _lit(edges[0]))
-    before = chr(_CODE_BASE + BEFORE)
+        # On SQLite ``block_time + 0``: a filter, not an index range. Over a range of
+        # block_time, SQLite reads the rows in time order and sorts them for the GROUP BY; the
+        # (scheme_id, pass_id, block_time) index streams them in groups. PostgreSQL's planner
+        # weighs both plans itself.
+        time: ColumnElement[int] = red.c.block_time
+        if not postgres:
+            time = time + _lit(0)
+        where = and_(where, time >= _lit(edges[0]), time < _lit(edges[-1]))
+    valid: set[str] = (
+        {chr(_CODE_BASE + i) for i in range(count)} if narrow else {str(i) for i in range(count)}
+    )
     inside: dict[int, list[str]] = defaultdict(list)
     for sid, buckets_of_pass in conn.execute(
         select(red.c.scheme_id, marks).where(where).group_by(red.c.scheme_id, red.c.pass_id)
     ):
-        seen = set(str(buckets_of_pass))
-        seen.discard(before)
+        found = str(buckets_of_pass)
+        seen = (set(found) if narrow else set(found.split(","))) & valid
         if seen:
-            inside[int(sid)].append("".join(seen))
+            inside[int(sid)].append(("" if narrow else ",").join(seen))
     per_bucket: dict[tuple[int, int], int] = {}
     for sid, pieces in inside.items():
-        for char, count in Counter("".join(pieces)).items():
-            per_bucket[(sid, ord(char) - _CODE_BASE)] = count
+        if narrow:
+            counted = Counter("".join(pieces))
+            per_bucket.update(((sid, ord(c) - _CODE_BASE), n) for c, n in counted.items())
+        else:
+            counted = Counter(",".join(pieces).split(","))
+            per_bucket.update(((sid, int(c)), n) for c, n in counted.items())
     return per_bucket, {sid: len(pieces) for sid, pieces in inside.items()}
 
 
@@ -295,14 +348,16 @@ def scheme_report(
         ):
             rows[(sid, bi)]["new_entitled"] += _i(count)
 
-        # redemptions: amounts per bucket by range aggregates (no per-row bucketing, no sort)...
-        for sid, bi, count, debited, credited in _redemption_ranges(conn, red, edges, scheme_ids):
+        # redemptions: amounts per bucket...
+        for sid, bi, count, debited, credited in _redemption_flows(
+            conn, red, edges, only(red), scheme_ids
+        ):
             row = rows[(sid, bi)]
             row["redemptions"] += count
             row["redeemed"] += debited
             row["credited"] += credited
         # ... and the passes that redeemed, per bucket and in the whole period
-        used_per_bucket, used_total = _redeeming_passes(conn, red, edges, only(red), bounded)
+        used_per_bucket, used_total = _redeeming_passes(conn, red, edges, scheme_ids, bounded)
         for (sid, bi), used in used_per_bucket.items():
             rows[(sid, bi)]["holders_used"] += used
 

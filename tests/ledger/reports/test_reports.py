@@ -154,7 +154,7 @@ def test_district_report_suppresses_small_cells_and_their_complements(
     }
     hidden = {key for key, value in published.items() if value is None}
     codes = ["A", "B", "C", "unknown"]
-    equations = [
+    equations: list[Equation[tuple[str | None, int | None, str]]] = [
         Equation((*tuple(((code, 1, m), 1) for code in codes), ((None, 1, m), -1)))
         for m in a.figures
     ]
