@@ -12,8 +12,9 @@ from fastapi.responses import RedirectResponse
 
 from api import __version__
 from api.auth import Auth
+from api.middleware import install_middleware
 from api.problems import install_problem_handlers
-from api.routes import admin, auth, health, holder, merchant, reports
+from api.routes import admin, admin_registry, auth, health, holder, merchant, pages, reports
 from api.runtime import Runtime
 from api.settings import Settings
 
@@ -57,12 +58,15 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     app.state.auth = Auth(settings, runtime.store)
     app.state.auth.bootstrap(range(1, len(runtime.keys.merchants) + 1))
     install_problem_handlers(app)
+    install_middleware(app, settings)
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(admin.router)
     app.include_router(holder.router)
     app.include_router(merchant.router)
     app.include_router(reports.router)
+    app.include_router(admin_registry.router)
+    app.include_router(pages.router)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
