@@ -156,6 +156,23 @@ class Settings(BaseSettings):
         default=0, ge=0, le=1000, description="Blocks the index stays behind the head."
     )
 
+    # -- HTTP hardening (api.middleware): CORS, request size, rate limits ------------------------
+    cors_allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed cross-origin requests (exact, e.g. https://pas.example.nl); "
+        "none by default.",
+    )
+    max_request_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="Larger bodies get 413."
+    )
+    rate_limit_per_s: float = Field(
+        default=50.0,
+        ge=0,
+        description="Requests per second per client (bearer subject, else IP); 0 disables. "
+        "In-process: each worker counts on its own.",
+    )
+    rate_limit_burst: int = Field(default=200, ge=1, description="Token-bucket size per client.")
+
     @field_validator("var_dir", "project_root", "build_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:

@@ -1,13 +1,20 @@
-"""Holder routes: the pass token (as text or a QR image) and the balances."""
+"""Holder routes: the pass token (JSON, raw text or a QR image), balances with validity dates,
+history, and the catalogue of offers with where to use them.
+
+Every route has ``{pass_number}`` in its path and the router's ``HolderAuth`` dependency: a
+holder reaches only their own pass; another pass answers exactly like an unknown one (404
+``pass_number_unknown``)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import PlainTextResponse
 
-from api import services
+from api import holder_services, services
 from api.deps import HolderAuth, RuntimeDep, SettingsDep
+from api.holder_services import HistoryOut, HolderBalancesOut, OfferCatalogueOut
 from api.problems import problem_responses
 from api.schemas import BalancesOut, PassTokenOut
 from wallet import render_png, render_svg
@@ -28,8 +35,13 @@ _UNAUTHORIZED = (401, "unauthorized", "this endpoint needs the holder bearer tok
     response_model=PassTokenOut,
     responses={
         200: {
-            "content": {"image/png": {}, "image/svg+xml": {}},
-            "description": "The token as JSON, or its QR code with `?format=png|svg`.",
+            "content": {
+                "image/png": {},
+                "image/svg+xml": {},
+                "text/plain": {"example": "stadjerspas:1:AAAAAAAAelnvpc..."},
+            },
+            "description": "The token as JSON, its QR code with `?format=png|svg`, or the raw "
+            "token URI with `?format=text`.",
         },
         **problem_responses(_UNAUTHORIZED, _UNKNOWN),
     },
@@ -38,7 +50,7 @@ def pass_token(
     pass_number: PassNumber,
     runtime: RuntimeDep,
     settings: SettingsDep,
-    format: Annotated[Literal["json", "png", "svg"], Query()] = "json",
+    format: Annotated[Literal["json", "png", "svg", "text"], Query()] = "json",
 ) -> PassTokenOut | Response:
     """Signed by the municipality's pass-signer key for this chain and ledger contract; valid
     for ``STADJERSPAS_TOKEN_LIFETIME_S`` seconds (``expires_at``)."""
@@ -48,6 +60,8 @@ def pass_token(
         return Response(render_png(token.token_uri), media_type="image/png", headers=headers)
     if format == "svg":
         return Response(render_svg(token.token_uri), media_type="image/svg+xml", headers=headers)
+    if format == "text":
+        return PlainTextResponse(token.token_uri, headers=headers)
     return token
 
 
@@ -59,3 +73,40 @@ def pass_token(
 def pass_balances(pass_number: PassNumber, runtime: RuntimeDep) -> BalancesOut:
     """Balances read from the chain: cents for budgets, uses otherwise (``unlimited`` offers)."""
     return services.balances(runtime, pass_number)
+
+
+@router.get(
+    "/passes/{pass_number}/entitlements",
+    summary="Balances with their validity and expiry dates",
+    responses=problem_responses(_UNAUTHORIZED, _UNKNOWN),
+)
+def pass_entitlements(pass_number: PassNumber, runtime: RuntimeDep) -> HolderBalancesOut:
+    """Schemes the pass has something left in, read from the chain, with the scheme's validity
+    window (``valid_from`` .. ``valid_until``, and ``expires_on`` as a date)."""
+    return holder_services.balances_with_validity(runtime, pass_number)
+
+
+@router.get(
+    "/passes/{pass_number}/history",
+    summary="The pass's redemptions and reversals, newest first",
+    responses=problem_responses(_UNAUTHORIZED, _UNKNOWN),
+)
+def pass_history(
+    pass_number: PassNumber,
+    runtime: RuntimeDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> HistoryOut:
+    """From the chain index when the indexer runs (``source: index``), else from this
+    service's own redemption records (``source: api_records``)."""
+    return holder_services.history(runtime, pass_number, limit=limit)
+
+
+@router.get(
+    "/passes/{pass_number}/offers",
+    summary="Offers for this pass and where to use them",
+    responses=problem_responses(_UNAUTHORIZED, _UNKNOWN),
+)
+def pass_offers(pass_number: PassNumber, runtime: RuntimeDep) -> OfferCatalogueOut:
+    """Discount schemes and the schemes the pass holds, not yet expired, each with the active
+    merchants that accept it (open to all merchants, or on the scheme's allow-list)."""
+    return holder_services.offer_catalogue(runtime, pass_number)

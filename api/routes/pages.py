@@ -1,7 +1,413 @@
-"""Routes under construction (see the module's owner); registered in api/main.py."""
+"""Server-rendered web pages (Dutch and English): holder pass, merchant scanner, admin links.
+
+Session: logging in on a page calls the same :meth:`api.auth.Auth.login` as ``POST
+/auth/token`` and keeps the bearer token in the ``sp_session`` cookie (HttpOnly,
+SameSite=Strict, Secure outside development); page scripts never see it. Every POST (forms and
+the merchant page's JSON calls under ``/merchant/web/``) must carry the CSRF token: the
+``sp_csrf`` cookie's value, echoed in the form field ``csrf`` or the ``X-CSRF-Token`` header
+(double submit; SameSite=Strict already stops cross-site requests carrying cookies).
+
+Pages carry a strict Content-Security-Policy (scripts only from this origin, no inline
+scripts); ``/static/`` serves ``api/static/`` (styles, page scripts, the bundled scanner).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hmac
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
-router = APIRouter()
+import jinja2
+from fastapi import APIRouter, Request, Response
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
+
+from api import services
+from api.auth import Auth, Kind, Principal, Scope
+from api.deps import RuntimeDep, SettingsDep, idempotency_key
+from api.i18n import LANG_COOKIE, LANGUAGES, MESSAGES, pick_language, translate
+from api.problems import ApiProblem
+from api.schemas import RedemptionIn, RedemptionOut, ReversalOut, ScanIn, ScanOut
+from api.settings import Settings
+from wallet import render_png
+
+__all__ = ["router"]
+
+router = APIRouter(include_in_schema=False)
+
+HERE = Path(__file__).resolve().parents[1]
+STATIC_DIR = HERE / "static"
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=jinja2.select_autoescape(("html",)),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+SESSION_COOKIE = "sp_session"
+CSRF_COOKIE = "sp_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob: mediastream:; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+_PAGE_HEADERS = {
+    "Content-Security-Policy": _CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Permissions-Policy": "camera=(self), microphone=(), geolocation=()",
+    "Cache-Control": "no-store",
+}
+_MAX_FORM = 4096
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _auth(request: Request) -> Auth:
+    auth: Auth = request.app.state.auth
+    return auth
+
+
+def _secure(settings: Settings) -> bool:
+    return not settings.is_development
+
+
+def _csrf(request: Request) -> tuple[str, bool]:
+    """The CSRF token of this browser, and whether it is new (so it must be set)."""
+    value = request.cookies.get(CSRF_COOKIE, "")
+    if len(value) >= 32 and value.isalnum():
+        return value, False
+    return secrets.token_hex(24), True
+
+
+def _check_csrf(request: Request, sent: str | None) -> bool:
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    return bool(cookie) and sent is not None and hmac.compare_digest(cookie, sent)
+
+
+def _money(lang: str, cents: int) -> str:
+    whole, part = divmod(abs(cents), 100)
+    sign = "-" if cents < 0 else ""
+    if lang == "nl":
+        return f"{sign}€ {whole:,}".replace(",", ".") + f",{part:02d}"
+    return f"{sign}€{whole:,}.{part:02d}"
+
+
+def _date(lang: str, unix: int) -> str:
+    day = datetime.fromtimestamp(unix, UTC).date()
+    return day.strftime("%d-%m-%Y") if lang == "nl" else day.isoformat()
+
+
+def _lang_links(request: Request) -> list[dict[str, str]]:
+    links = []
+    for code in LANGUAGES:
+        query = dict(request.query_params)
+        query["lang"] = code
+        links.append({"code": code, "href": f"{request.url.path}?{urlencode(query)}"})
+    return links
+
+
+def _render(
+    request: Request,
+    settings: Settings,
+    template: str,
+    *,
+    status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    lang = pick_language(request)
+    csrf, new_csrf = _csrf(request)
+
+    def t(key: str, **values: object) -> str:
+        return translate(lang, key, **values)
+
+    html = TEMPLATES.get_template(template).render(
+        t=t,
+        lang=lang,
+        lang_links=_lang_links(request),
+        csrf=csrf,
+        money=lambda cents: _money(lang, cents),
+        date=lambda unix: _date(lang, unix),
+        **context,
+    )
+    response = HTMLResponse(html, status_code=status_code, headers=_PAGE_HEADERS)
+    secure = _secure(settings)
+    if new_csrf:
+        response.set_cookie(
+            CSRF_COOKIE, csrf, httponly=True, samesite="strict", secure=secure, path="/"
+        )
+    chosen = request.query_params.get("lang", "").lower()
+    if chosen in LANGUAGES and request.cookies.get(LANG_COOKIE) != chosen:
+        response.set_cookie(
+            LANG_COOKIE, chosen, max_age=365 * 86400, samesite="lax", secure=secure, path="/"
+        )
+    return response
+
+
+def _principal(request: Request, kind: Kind) -> Principal | None:
+    """The session's principal if it is a valid login of ``kind``, else None."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        return None
+    try:
+        principal = _auth(request).authenticate(token)
+    except ApiProblem:
+        return None
+    return principal if principal.kind == kind else None
+
+
+def _session_or_problem(request: Request, kind: Kind) -> Principal:
+    """For the page scripts' JSON calls: CSRF header plus a session of ``kind``, else a problem."""
+    if not _check_csrf(request, request.headers.get(CSRF_HEADER)):
+        raise ApiProblem(403, "csrf_failed", f"send the {CSRF_HEADER} header of the page")
+    principal = _auth(request).authenticate(request.cookies.get(SESSION_COOKIE))
+    if principal.kind != kind:
+        raise ApiProblem(403, "wrong_principal_kind", f"this endpoint is for {kind} logins")
+    return principal
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
+
+
+async def _form(request: Request) -> dict[str, str]:
+    if int(request.headers.get("content-length") or 0) > _MAX_FORM:
+        raise ApiProblem(413, "body_too_large", f"a form may be at most {_MAX_FORM} bytes")
+    form = await request.form()
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+async def _login(
+    request: Request, settings: Settings, kind: Kind, template: str, home: str
+) -> Response:
+    form = await _form(request)
+    username = form.get("username", "").strip()
+    if not _check_csrf(request, form.get("csrf")):
+        return _render(
+            request, settings, template, status_code=400, error="csrf.failed", username=username
+        )
+    client = request.client.host if request.client is not None else "unknown"
+    try:
+        issued = await run_in_threadpool(
+            _auth(request).login,
+            kind=kind,
+            username=username,
+            password=form.get("password", ""),
+            scopes=[],
+            client=client,
+        )
+    except ApiProblem as problem:
+        error = "login.locked" if problem.code == "login_locked" else "login.failed"
+        status = problem.status if problem.status in (401, 429) else 400
+        return _render(
+            request, settings, template, status_code=status, error=error, username=username
+        )
+    response = _redirect(home)
+    response.set_cookie(
+        SESSION_COOKIE,
+        issued.access_token,
+        max_age=issued.expires_in,
+        httponly=True,
+        samesite="strict",
+        secure=_secure(settings),
+        path="/",
+    )
+    return response
+
+
+# -- static files -----------------------------------------------------------------------------
+
+
+@router.get("/static/{path:path}")
+def static(path: str) -> FileResponse:
+    """Files under ``api/static/`` (never outside it)."""
+    target = (STATIC_DIR / path).resolve()
+    if not target.is_relative_to(STATIC_DIR) or not target.is_file():
+        raise ApiProblem(404, "not_found", "no such file")
+    return FileResponse(
+        target, headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+    )
+
+
+# -- common -----------------------------------------------------------------------------------
+
+
+@router.post("/logout")
+async def logout(request: Request, settings: SettingsDep) -> Response:
+    form = await _form(request)
+    if not _check_csrf(request, form.get("csrf")):
+        raise ApiProblem(403, "csrf_failed", "the form's CSRF token does not match")
+    target = "/merchant/login" if form.get("next") == "merchant" else "/holder/login"
+    response = _redirect(target)
+    response.delete_cookie(
+        SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=_secure(settings)
+    )
+    return response
+
+
+# -- holder -----------------------------------------------------------------------------------
+
+
+@router.get("/holder/login")
+def holder_login_page(request: Request, settings: SettingsDep) -> Response:
+    if _principal(request, "holder") is not None:
+        return _redirect("/holder")
+    return _render(request, settings, "holder_login.html", error=None, username="")
+
+
+@router.post("/holder/login")
+async def holder_login(request: Request, settings: SettingsDep) -> Response:
+    return await _login(request, settings, "holder", "holder_login.html", "/holder")
+
+
+@router.get("/holder")
+def holder_page(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
+    principal = _principal(request, "holder")
+    if principal is None or principal.pass_number is None:
+        return _redirect("/holder/login")
+    data = services.balances(runtime, principal.pass_number)
+    now = int(time.time())
+    rows: list[dict[str, Any]] = []
+    offers: list[dict[str, Any]] = []
+    lang = pick_language(request)
+    for balance in data.balances:
+        terms = runtime.client.scheme_of(balance.scheme_id).terms
+        if balance.balance == 0 or terms.valid_until < now:
+            continue
+        if balance.kind == "discount":
+            offers.append(
+                {
+                    "name": balance.name,
+                    "pct": f"{terms.discount_bps / 100:g}",
+                    "valid_until": terms.valid_until,
+                }
+            )
+            continue
+        if balance.unlimited:
+            left = translate(lang, "unit.unlimited")
+        elif balance.unit == "cents":
+            left = _money(lang, balance.balance)
+        else:
+            left = translate(lang, "unit.uses", n=balance.balance)
+        rows.append({"name": balance.name, "left": left, "valid_until": terms.valid_until})
+    return _render(
+        request,
+        settings,
+        "holder.html",
+        holder=data,
+        rows=rows,
+        offers=offers,
+        qr_src=f"/holder/qr.png?v={now}",
+        refresh_s=max(10, settings.token_lifetime_s - 20),
+    )
+
+
+@router.get("/holder/qr.png")
+def holder_qr(request: Request, runtime: RuntimeDep, settings: SettingsDep) -> Response:
+    """The session holder's pass QR (a fresh short-lived token), for the holder page's <img>."""
+    principal = _principal(request, "holder")
+    if principal is None or principal.pass_number is None:
+        raise ApiProblem(401, "unauthorized", "log in at /holder/login")
+    token = services.make_pass_token(runtime, settings, principal.pass_number)
+    return Response(
+        render_png(token.token_uri),
+        media_type="image/png",
+        headers={"Cache-Control": "no-store", "X-Token-Expires-At": str(token.expires_at)},
+    )
+
+
+# -- merchant ---------------------------------------------------------------------------------
+
+
+@router.get("/merchant/login")
+def merchant_login_page(request: Request, settings: SettingsDep) -> Response:
+    if _principal(request, "terminal") is not None:
+        return _redirect("/merchant/scan")
+    return _render(request, settings, "merchant_login.html", error=None, username="")
+
+
+@router.post("/merchant/login")
+async def merchant_login(request: Request, settings: SettingsDep) -> Response:
+    return await _login(request, settings, "terminal", "merchant_login.html", "/merchant/scan")
+
+
+@router.get("/merchant/scan")
+def merchant_scan_page(request: Request, settings: SettingsDep) -> Response:
+    principal = _principal(request, "terminal")
+    if principal is None:
+        return _redirect("/merchant/login")
+    lang = pick_language(request)
+    messages = {
+        key: value
+        for key, value in MESSAGES[lang].items()
+        if key.startswith(("scanner.", "problem.", "merchant.", "unit."))
+    }
+    return _render(request, settings, "merchant_scan.html", messages=messages)
+
+
+def _terminal_merchant(request: Request, runtime: RuntimeDep) -> int:
+    principal = _session_or_problem(request, "terminal")
+    if Scope.MERCHANT_REDEEM not in principal.scopes or principal.merchant_id is None:
+        raise ApiProblem(403, "insufficient_scope", "this terminal may not redeem")
+    if runtime.keys.merchant(principal.merchant_id) is None:
+        raise ApiProblem(403, "merchant_unknown", "this merchant has no signing key")
+    return principal.merchant_id
+
+
+@router.post("/merchant/web/scan")
+def merchant_web_scan(body: ScanIn, request: Request, runtime: RuntimeDep) -> ScanOut:
+    """The scanner page's scan call (session cookie + CSRF header), as ``POST /merchant/scan``."""
+    merchant_id = _terminal_merchant(request, runtime)
+    return services.scan(runtime, merchant_id=merchant_id, token=body.token)
+
+
+@router.post("/merchant/web/redemptions", status_code=201)
+def merchant_web_redeem(
+    body: RedemptionIn, request: Request, runtime: RuntimeDep, response: Response
+) -> RedemptionOut:
+    """The scanner page's redeem call, with the page's Idempotency-Key."""
+    merchant_id = _terminal_merchant(request, runtime)
+    key = idempotency_key(request.headers.get("Idempotency-Key"))
+    outcome = services.redeem(
+        runtime,
+        merchant_id=merchant_id,
+        idempotency_key=key,
+        token=body.token,
+        scheme_id=body.scheme_id,
+        amount=body.amount,
+    )
+    response.headers["Idempotent-Replayed"] = "true" if outcome.replayed else "false"
+    return outcome.result
+
+
+@router.post("/merchant/web/redemptions/{redemption_id}/reversal", status_code=201)
+def merchant_web_reverse(
+    redemption_id: Annotated[int, PathParam(ge=1, le=2**63 - 1)],
+    request: Request,
+    runtime: RuntimeDep,
+) -> ReversalOut:
+    """The scanner page's "reverse the last redemption"."""
+    merchant_id = _terminal_merchant(request, runtime)
+    return services.reverse(runtime, merchant_id=merchant_id, redemption_id=redemption_id)
+
+
+# -- admin ------------------------------------------------------------------------------------
+
+
+@router.get("/admin")
+def admin_page(request: Request, settings: SettingsDep) -> Response:
+    """Links to the report endpoints (which need a staff bearer token with scope audit)."""
+    reports = [
+        ("admin.report.schemes", "/admin/reports/schemes"),
+        ("admin.report.merchants", "/admin/reports/merchants"),
+        ("admin.report.districts", "/admin/reports/districts"),
+    ]
+    return _render(request, settings, "admin.html", reports=reports)

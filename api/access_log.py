@@ -1,0 +1,51 @@
+"""Structured JSON access logs without personal data.
+
+One line per HTTP request on logger ``api.access`` (written by :mod:`api.middleware`)::
+
+    {"event":"http_request","method":"GET","route":"/holder/passes/{pass_number}/token",
+     "status":200,"duration_ms":3.1,"principal":"holder","request_id":"9f0c..."}
+
+``route`` is the matched route's *template*, never the raw path (which can hold a pass
+number); unmatched paths log ``(unmatched)``. Query strings, tokens, names, pass numbers and
+client IPs are never logged. ``principal`` is only the kind (staff, terminal, holder or
+anonymous), not who.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["UNMATCHED", "access_log", "access_record", "log_request"]
+
+access_log = logging.getLogger("api.access")
+UNMATCHED = "(unmatched)"
+
+
+def access_record(
+    scope: Mapping[str, Any], status: int, principal: str, request_id: str, started: float
+) -> dict[str, Any]:
+    """The fields of one access-log line (``started`` from :func:`time.perf_counter`)."""
+    template = getattr(scope.get("route"), "path", None)
+    if not isinstance(template, str):
+        template = UNMATCHED
+    return {
+        "event": "http_request",
+        "method": scope.get("method", ""),
+        "route": scope.get("root_path", "") + template,
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        "principal": principal,
+        "request_id": request_id,
+    }
+
+
+def log_request(
+    scope: Mapping[str, Any], status: int, principal: str, request_id: str, started: float
+) -> None:
+    if access_log.isEnabledFor(logging.INFO):
+        record = access_record(scope, status, principal, request_id, started)
+        access_log.info(json.dumps(record, separators=(",", ":")))

@@ -1,0 +1,351 @@
+"""Request and response bodies of the admin registry routes (``api/routes/admin_registry.py``)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AuditIn",
+    "AuditOut",
+    "CardOut",
+    "CohortIn",
+    "ConfirmOut",
+    "DebtorIn",
+    "DifferenceOut",
+    "ErasureOut",
+    "HolderIn",
+    "HolderOut",
+    "IssuedPassOut",
+    "JobOut",
+    "MerchantIn",
+    "MerchantOut",
+    "PassIn",
+    "PassOut",
+    "PayoutIn",
+    "PayoutLineOut",
+    "PayoutRunOut",
+    "SchemeIn",
+    "SchemeOut",
+]
+
+SchemeKindName = Literal["budget", "uses", "discount"]
+_UINT64 = 2**64 - 1
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class HolderIn(_In):
+    """A holder to enrol; the district follows from the postcode."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "first_name": "Anna",
+                    "last_name": "de Vries",
+                    "birth_date": "1984-03-12",
+                    "postcode": "9711 AB",
+                }
+            ]
+        },
+    )
+
+    first_name: str = Field(min_length=1, max_length=120)
+    last_name: str = Field(min_length=1, max_length=120)
+    birth_date: date
+    postcode: str = Field(min_length=1, max_length=16)
+    household_reference: str | None = Field(default=None, min_length=1, max_length=64)
+    household_role: Literal["parent", "child", "other"] | None = None
+
+
+class PassSummary(BaseModel):
+    pass_number: str
+    status: Literal["active", "blocked"]
+    created_at: datetime
+    card_serial: int | None = Field(default=None, description="serial of the active card")
+
+
+class HolderOut(BaseModel):
+    id: int
+    first_name: str
+    last_name: str
+    birth_date: date
+    postcode: str
+    district_code: str | None
+    household_reference: str | None = None
+    household_role: str
+    possible_duplicate: bool = Field(
+        description="True when a holder with the same name, birth date and postcode exists "
+        "(enrolled anyway, flagged for a person to review)"
+    )
+    possible_duplicate_of: int | None
+    created_at: datetime
+    passes: list[PassSummary] = Field(default_factory=list)
+
+
+class ErasureOut(BaseModel):
+    holder_id: int
+    passes: int
+    cards: int
+    household_removed: bool
+
+
+class PassIn(_In):
+    holder_key: str | None = Field(
+        default=None,
+        description="Optional address of the holder's own signing key (app wallet)",
+        pattern=r"^0x[0-9a-fA-F]{40}$",
+    )
+
+
+class IssuedPassOut(BaseModel):
+    holder_id: int
+    pass_number: str
+    activation_code: str | None = Field(
+        description="Shown only in this response (print it on the letter); never again"
+    )
+    tx_hash: str
+    block_number: int
+
+
+class PassOut(BaseModel):
+    pass_number: str
+    status: Literal["active", "blocked"]
+    registered_on_chain: bool
+    blocked_on_chain: bool
+    card_serial: int
+    tx_hash: str | None = Field(description="None when the chain already had this state")
+
+
+class CardOut(BaseModel):
+    pass_number: str
+    serial: int
+    issued_at: datetime
+    expires_at: int
+    token_uri: str
+    card_png: str = Field(description="Path of the printable card (PNG)")
+    tx_hash: str
+    block_number: int
+
+
+class SchemeIn(_In):
+    """Terms of a new scheme. Amounts in cents, times in unix seconds."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Kindpakket 2027",
+                    "kind": "budget",
+                    "valid_from": 1798761600,
+                    "valid_until": 1830297599,
+                    "budget_cap": 50000000,
+                    "per_redemption_cap": 5000,
+                    "open_to_all_merchants": True,
+                }
+            ]
+        },
+    )
+
+    name: str = Field(min_length=1, max_length=120)
+    kind: SchemeKindName
+    valid_from: int = Field(ge=0, lt=2**40)
+    valid_until: int = Field(ge=0, lt=2**40)
+    budget_cap: int = Field(ge=0, lt=2**128)
+    per_redemption_cap: int = Field(default=0, ge=0, le=_UINT64)
+    unit_value: int = Field(default=0, ge=0, le=_UINT64)
+    discount_bps: int = Field(default=0, ge=0, lt=2**16)
+    reimburse_bps: int = Field(default=0, ge=0, lt=2**16)
+    discount_fixed: int = Field(default=0, ge=0, le=_UINT64)
+    open_to_all_merchants: bool = False
+    allowed_merchants: list[int] = Field(default_factory=list, max_length=1000)
+
+
+class SchemeOut(BaseModel):
+    scheme_id: int
+    name: str
+    kind: SchemeKindName
+    valid_from: int
+    valid_until: int
+    budget_cap: int
+    committed: int
+    per_redemption_cap: int
+    unit_value: int
+    discount_bps: int
+    reimburse_bps: int
+    discount_fixed: int
+    open_to_all_merchants: bool
+    tx_hash: str | None = None
+
+
+class CohortIn(_In):
+    """Everyone whose pass is active and who meets every given criterion gets ``amount``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "scheme_id": 1,
+                    "amount": 5000,
+                    "min_age": 4,
+                    "max_age": 17,
+                    "age_at": "2027-01-01",
+                }
+            ]
+        },
+    )
+
+    scheme_id: int = Field(ge=1)
+    amount: int = Field(ge=1, le=_UINT64 - 1)
+    min_age: int | None = Field(default=None, ge=0, le=150)
+    max_age: int | None = Field(default=None, ge=0, le=150)
+    age_at: date | None = Field(default=None, description="the date ages count at; default today")
+    district_codes: list[str] | None = Field(default=None, min_length=1, max_length=200)
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    status: Literal["queued", "running", "done", "failed"]
+    done: int
+    total: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: dict[str, Any] | None
+    problem: dict[str, Any] | None = Field(
+        description="Why it failed: status, code and detail, as in a problem document"
+    )
+
+
+class MerchantIn(_In):
+    """A partner; its chain address gets the merchant role on the ledger."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Sportclub Be Quick",
+                    "kvk_number": "01012345",
+                    "address": "0x90F79bf6EB2c4f870365E785982E1f101E93b906",
+                    "category": "sport",
+                    "iban": "NL91 ABNA 0417 1643 00",
+                }
+            ]
+        },
+    )
+
+    name: str = Field(min_length=1, max_length=200)
+    kvk_number: str = Field(min_length=1, max_length=16)
+    address: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
+    category: str = Field(min_length=1, max_length=64)
+    iban: str | None = Field(default=None, max_length=42)
+
+
+class MerchantOut(BaseModel):
+    id: int
+    name: str
+    kvk_number: str
+    address: str
+    category: str
+    iban: str | None
+    bic: str | None
+    active: bool
+    merchant_role: bool = Field(description="Whether the address holds the merchant role")
+
+
+class AuditIn(_In):
+    to_block: int | None = Field(
+        default=None, ge=0, description="default: the index checkpoint, else the head"
+    )
+    compare_reports: bool = True
+
+
+class DifferenceOut(BaseModel):
+    kind: str
+    key: str
+    expected: Any
+    actual: Any
+
+
+class AuditOut(BaseModel):
+    ok: bool
+    chain_id: int
+    contract: str
+    from_block: int
+    to_block: int
+    block_hash: str
+    events: int
+    checked: list[str]
+    notes: list[str]
+    differences: list[DifferenceOut]
+
+
+class DebtorIn(_In):
+    name: str = Field(min_length=1, max_length=70)
+    iban: str = Field(min_length=1, max_length=42)
+    bic: str | None = Field(default=None, max_length=11)
+
+
+class PayoutIn(_In):
+    """A payout run for a period: who is owed what for redemptions in it."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={"examples": [{"period": "2026-11", "execution_date": "2026-12-02"}]},
+    )
+
+    period: str = Field(
+        min_length=1,
+        max_length=40,
+        description="A month (2026-11), a day (2026-11-28) or a range (2026-11-01..2026-11-15)",
+    )
+    execution_date: date | None = Field(default=None, description="default: today")
+    debtor: DebtorIn | None = Field(
+        default=None,
+        description="The municipality's account paying the run; required outside development "
+        "(development uses a demo account)",
+    )
+
+
+class PayoutLineOut(BaseModel):
+    merchant: str
+    name: str | None
+    amount: int
+    status: str
+    iban: str | None
+    end_to_end_id: str | None
+    error: str | None
+
+
+class PayoutRunOut(BaseModel):
+    reference: str
+    status: str
+    period_start: int
+    period_end: int
+    execution_date: str
+    total: int
+    transactions: int
+    pain001: str = Field(description="Path of the pain.001 file")
+    lines: list[PayoutLineOut]
+
+
+class ConfirmOut(BaseModel):
+    reference: str
+    complete: bool
+    settled: list[PayoutLineOut]
+    already: list[PayoutLineOut]
+    failed: list[PayoutLineOut]

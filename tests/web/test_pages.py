@@ -1,0 +1,262 @@
+"""Browser tests of the server-rendered pages (api/routes/pages.py) on the real app.
+
+The app runs in a uvicorn thread on 127.0.0.1 (a secure context, as the camera needs) with its
+own embedded runtime (anvil in a tmp dir, SQLite, demo data). Headless Debian Chromium is driven
+by Playwright with ``executable_path``. The holder's QR ``<img>`` is screenshotted, decoded with
+``zbarimg`` and played to the merchant page through Chromium's fake camera (a Y4M video).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api import services
+from api.auth import DEV_HOLDER_PIN, dev_terminal_id, dev_terminal_secret
+from api.main import create_app
+from api.runtime import Runtime
+from api.settings import Settings
+from tests.web.y4m import write_y4m
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "api" / "static" / "build" / "scanner.js"
+CHROMIUM = Path("/usr/bin/chromium")
+TIMEOUT_MS = 20_000
+PASS_NUMBER = "GR0000001"
+MERCHANT_ID = 1
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason=f"{CHROMIUM} missing (apt-get install -y chromium)"
+    ),
+]
+
+sync_api = pytest.importorskip("playwright.sync_api")
+uvicorn = pytest.importorskip("uvicorn")
+
+BASE_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    settings = Settings(
+        env="development",
+        var_dir=tmp_path_factory.mktemp("pages-var"),
+        build_dir=ROOT / "var" / "build",
+        anvil_port=0,
+        receipt_timeout_s=20.0,
+    )
+    rt = Runtime.start(settings)
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+@pytest.fixture(scope="module")
+def base_url(runtime: Runtime) -> Iterator[str]:
+    """The real app on a free port of 127.0.0.1 (base URL without trailing slash)."""
+    config = uvicorn.Config(
+        create_app(runtime.settings, runtime),
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="pages-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Any]:
+    if not BUNDLE.exists():
+        pytest.skip("scanner bundle missing: run `npm run build:web` (make setup)")
+    with sync_api.sync_playwright() as pw:
+        yield pw
+
+
+@pytest.fixture
+def launch(playwright: Any) -> Iterator[Any]:
+    """Launch Chromium (optionally with a fake camera playing a Y4M); page errors fail the test."""
+    browsers: list[Any] = []
+    errors: list[str] = []
+
+    def open_page(camera: Path | None = None, **context: Any) -> Any:
+        args = list(BASE_ARGS)
+        if camera is not None:
+            args += [
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-video-capture={camera}",
+            ]
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=args
+        )
+        browsers.append(browser)
+        page = browser.new_context(**context).new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        return page
+
+    yield open_page
+    for browser in browsers:
+        browser.close()
+    assert errors == [], f"uncaught errors on the page: {errors}"
+
+
+def _login(page: Any, url: str, username: str, password: str) -> None:
+    page.goto(url)
+    page.fill("#username", username)
+    page.fill("#password", password)
+    page.click("button[type=submit]")
+
+
+def _balance(runtime: Runtime, scheme_id: int) -> int:
+    for balance in services.balances(runtime, PASS_NUMBER).balances:
+        if balance.scheme_id == scheme_id:
+            return balance.balance
+    raise AssertionError(f"no scheme {scheme_id}")
+
+
+def _zbar(png: Path) -> str | None:
+    zbarimg = shutil.which("zbarimg")
+    if zbarimg is None:
+        return None
+    out = subprocess.run(
+        [zbarimg, "--raw", "-q", "--nodbus", str(png)], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_holder_qr_is_scanned_and_redeemed_at_the_merchant(
+    launch: Any, base_url: str, runtime: Runtime, tmp_path: Path
+) -> None:
+    # (a) The holder logs in and sees a large QR image that decodes to a pass token.
+    holder = launch()
+    _login(holder, f"{base_url}/holder/login?lang=en", PASS_NUMBER, DEV_HOLDER_PIN)
+    holder.wait_for_url(f"{base_url}/holder")
+    qr = holder.locator("#pass-qr")
+    holder.wait_for_function(
+        "() => document.getElementById('pass-qr').complete && "
+        "document.getElementById('pass-qr').naturalWidth > 0"
+    )
+    box = qr.bounding_box()
+    assert box is not None
+    assert box["width"] >= 300  # large, on a 1280 px wide window
+    assert "QR" in (qr.get_attribute("alt") or "")
+    shot = tmp_path / "holder-qr.png"
+    qr.screenshot(path=str(shot))
+    decoded = _zbar(shot)
+    if decoded is None:
+        pytest.skip("zbarimg not installed (apt-get install zbar-tools): cannot decode the QR")
+    assert decoded.startswith("stadjerspas:1:"), decoded
+
+    # (b) The merchant page is fed THAT QR through the fake camera and redeems 2,50 euro.
+    scheme_id = 1  # the demo budget scheme (cents), open to all merchants
+    before = _balance(runtime, scheme_id)
+    merchant = launch(camera=write_y4m(tmp_path / "camera.y4m", shot.read_bytes()))
+    merchant.on("dialog", lambda dialog: dialog.accept())
+    _login(
+        merchant,
+        f"{base_url}/merchant/login?lang=en",
+        dev_terminal_id(MERCHANT_ID),
+        dev_terminal_secret(MERCHANT_ID),
+    )
+    merchant.wait_for_url(f"{base_url}/merchant/scan")
+    merchant.wait_for_function(
+        "() => document.getElementById('app').dataset.state === 'pass'", timeout=TIMEOUT_MS
+    )
+    assert merchant.evaluate("document.getElementById('app').dataset.source") == "camera"
+    first_name = services.balances(runtime, PASS_NUMBER).first_name
+    assert merchant.text_content("#pass-first-name") == first_name
+    assert merchant.evaluate("document.activeElement.id") == "amount"
+    merchant.check(f"#scheme-{scheme_id}")
+    merchant.fill("#amount", "2,50")
+    merchant.click("#redeem-button")
+    merchant.wait_for_function(
+        "() => document.getElementById('result').dataset.outcome !== undefined", timeout=TIMEOUT_MS
+    )
+    result = merchant.locator("#result")
+    assert result.get_attribute("data-outcome") == "ok", result.text_content()
+    assert result.get_attribute("data-amount") == "250"
+    assert result.get_attribute("data-balance") == str(before - 250)
+    text = result.text_content() or ""
+    assert "€2.50" in text
+    whole, cents = divmod(before - 250, 100)
+    assert f"€{whole:,}.{cents:02d}" in text
+    assert _balance(runtime, scheme_id) == before - 250
+
+    # Reverse the last redemption: the pass gets exactly the amount back.
+    merchant.click("#reverse-last")
+    merchant.wait_for_function(
+        "() => document.getElementById('result').dataset.reversed !== undefined", timeout=TIMEOUT_MS
+    )
+    assert _balance(runtime, scheme_id) == before
+
+
+def test_refusal_is_shown_with_its_translated_reason(launch: Any, base_url: str) -> None:
+    page = launch()
+    _login(
+        page,
+        f"{base_url}/merchant/login?lang=nl",
+        dev_terminal_id(MERCHANT_ID),
+        dev_terminal_secret(MERCHANT_ID),
+    )
+    page.wait_for_url(f"{base_url}/merchant/scan")
+    page.fill("#manual-code", "garbage")
+    page.click("#manual-entry button[type=submit]")
+    page.wait_for_function(
+        "() => document.getElementById('result').dataset.outcome === 'refused'", timeout=TIMEOUT_MS
+    )
+    assert page.get_attribute("#result", "data-code") == "token_malformed"
+    assert "Geweigerd" in (page.text_content("#result") or "")
+    assert "geen geldige pascode" in (page.text_content("#result-reason") or "")
+
+
+def test_language_switch(launch: Any, base_url: str) -> None:
+    page = launch(locale="nl-NL")
+    page.goto(f"{base_url}/holder/login")
+    assert page.get_attribute("html", "lang") == "nl"
+    assert page.text_content("h1") == "Inloggen met je Stadjerspas"
+    assert page.text_content("label[for=password]").startswith("Activeringscode")
+
+    # Keyboard: the first Tab reaches the skip link, which is then visible.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+
+    page.click("#lang-en")
+    page.wait_for_url("**/holder/login?lang=en")
+    assert page.get_attribute("html", "lang") == "en"
+    assert page.text_content("h1") == "Log in with your Stadjerspas"
+    assert page.get_attribute("#lang-en", "aria-current") == "true"
+
+    # The choice is remembered (cookie) without the query parameter.
+    page.goto(f"{base_url}/holder/login")
+    assert page.text_content("h1") == "Log in with your Stadjerspas"
+
+    # A wrong PIN is announced as an alert, in the chosen language.
+    page.fill("#username", PASS_NUMBER)
+    page.fill("#password", "wrong-pin")
+    page.click("button[type=submit]")
+    assert "Logging in failed" in (page.text_content("[role=alert]") or "")
+    assert page.get_attribute("#password", "aria-invalid") == "true"
