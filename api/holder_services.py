@@ -21,8 +21,9 @@ from web3 import Web3
 
 from api.problems import ApiProblem
 from api.runtime import Runtime
+from api.services import KIND_NAMES
 from api.store import PassHolder, RedemptionRecord, RedemptionStatus
-from ledger.client import UNLIMITED, SchemeKind, SchemeTerms
+from ledger.client import UNLIMITED, SchemeKind
 from ledger.passid import pass_id
 from ledger.store.index import IndexCheckpoint, IndexedRedemption, IndexedReversal
 from wallet import WalletError, decode_token_uri
@@ -41,11 +42,6 @@ __all__ = [
 ]
 
 Kind = Literal["budget", "uses", "discount"]
-_KIND_NAMES: dict[SchemeKind, Kind] = {
-    SchemeKind.BUDGET: "budget",
-    SchemeKind.USES: "uses",
-    SchemeKind.DISCOUNT: "discount",
-}
 
 
 # -- response models --------------------------------------------------------------------------
@@ -162,11 +158,6 @@ def _day(ts: int) -> date:
     return datetime.fromtimestamp(max(0, min(ts, 253402300799)), UTC).date()
 
 
-def _schemes(runtime: Runtime) -> list[tuple[int, SchemeTerms]]:
-    client = runtime.client
-    return [(i, client.scheme_of(i).terms) for i in range(1, client.scheme_count() + 1)]
-
-
 def _index_is_live(runtime: Runtime) -> bool:
     chain_id, address = runtime.client.chain_id, runtime.client.address
     with runtime.store.session() as session:
@@ -187,7 +178,7 @@ def balances_with_validity(runtime: Runtime, pass_number: str) -> HolderBalances
     labels = runtime.store.scheme_labels()
     now = int(time.time())
     out: list[HolderBalance] = []
-    for scheme_id, terms in _schemes(runtime):
+    for scheme_id, terms in runtime.client.schemes():
         balance = client.balance_of(scheme_id, pid)
         if balance == 0:
             continue
@@ -195,7 +186,7 @@ def balances_with_validity(runtime: Runtime, pass_number: str) -> HolderBalances
             HolderBalance(
                 scheme_id=scheme_id,
                 name=labels.get(scheme_id, f"Scheme {scheme_id}"),
-                kind=_KIND_NAMES[terms.kind],
+                kind=KIND_NAMES[terms.kind],
                 unit="cents" if terms.kind is SchemeKind.BUDGET else "uses",
                 balance=balance,
                 unlimited=balance == UNLIMITED,
@@ -349,7 +340,7 @@ def offer_catalogue(runtime: Runtime, pass_number: str) -> OfferCatalogueOut:
     merchants = [m for m in runtime.store.merchants() if m.active and m.id is not None]
     now = int(time.time())
     offers: list[OfferEntry] = []
-    for scheme_id, terms in _schemes(runtime):
+    for scheme_id, terms in runtime.client.schemes():
         balance = client.balance_of(scheme_id, pid)
         if terms.kind is not SchemeKind.DISCOUNT and balance == 0:
             continue
@@ -372,7 +363,7 @@ def offer_catalogue(runtime: Runtime, pass_number: str) -> OfferCatalogueOut:
             OfferEntry(
                 scheme_id=scheme_id,
                 name=labels.get(scheme_id, f"Scheme {scheme_id}"),
-                kind=_KIND_NAMES[terms.kind],
+                kind=KIND_NAMES[terms.kind],
                 valid_from=terms.valid_from,
                 valid_until=terms.valid_until,
                 expires_on=_day(terms.valid_until),

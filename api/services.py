@@ -86,7 +86,7 @@ _ZERO_ADDRESS = "0x" + "00" * 20
 _REDEEMED_TOPIC = keccak(
     text="Redeemed(uint256,bytes32,uint256,address,uint64,uint64,uint64,uint64)"
 )
-_KIND_NAMES: dict[SchemeKind, Literal["budget", "uses", "discount"]] = {
+KIND_NAMES: dict[SchemeKind, Literal["budget", "uses", "discount"]] = {
     SchemeKind.BUDGET: "budget",
     SchemeKind.USES: "uses",
     SchemeKind.DISCOUNT: "discount",
@@ -193,7 +193,7 @@ def balances(runtime: Runtime, pass_number: str) -> BalancesOut:
             Balance(
                 scheme_id=scheme_id,
                 name=labels.get(scheme_id, f"Scheme {scheme_id}"),
-                kind=_KIND_NAMES[kind],
+                kind=KIND_NAMES[kind],
                 unit="cents" if kind is SchemeKind.BUDGET else "uses",
                 balance=balance,
                 unlimited=balance == UNLIMITED,
@@ -457,14 +457,12 @@ def _allowed_schemes(runtime: Runtime, merchant_id: int) -> list[tuple[int, Sche
     """The schemes ``merchant_id`` may redeem: open to all merchants, or allowed for it."""
     client = runtime.client
     address = _merchant_address(runtime, merchant_id)
-    allowed: list[tuple[int, SchemeTerms]] = []
-    for scheme_id in range(1, client.scheme_count() + 1):
-        terms = client.scheme_of(scheme_id).terms
-        if terms.open_to_all_merchants or bool(
-            client.contract.functions.isMerchantAllowed(scheme_id, address).call()
-        ):
-            allowed.append((scheme_id, terms))
-    return allowed
+    return [
+        (scheme_id, terms)
+        for scheme_id, terms in client.schemes()
+        if terms.open_to_all_merchants
+        or bool(client.contract.functions.isMerchantAllowed(scheme_id, address).call())
+    ]
 
 
 def scan(runtime: Runtime, *, merchant_id: int, token: str) -> ScanOut:
@@ -503,7 +501,7 @@ def scan(runtime: Runtime, *, merchant_id: int, token: str) -> ScanOut:
                 Redeemable(
                     scheme_id=scheme_id,
                     name=labels.get(scheme_id, f"Scheme {scheme_id}"),
-                    kind=_KIND_NAMES[terms.kind],
+                    kind=KIND_NAMES[terms.kind],
                     unit="cents" if terms.kind is SchemeKind.BUDGET else "uses",
                     balance=balance,
                     unlimited=balance == UNLIMITED,
@@ -532,7 +530,7 @@ def offers(runtime: Runtime, *, merchant_id: int) -> list[OfferOut]:
         OfferOut(
             scheme_id=scheme_id,
             name=labels.get(scheme_id, f"Scheme {scheme_id}"),
-            kind=_KIND_NAMES[terms.kind],
+            kind=KIND_NAMES[terms.kind],
             valid_from=terms.valid_from,
             valid_until=terms.valid_until,
             valid_now=terms.valid_from <= now <= terms.valid_until,

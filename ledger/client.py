@@ -333,6 +333,10 @@ class LedgerClient:
     def scheme_count(self) -> int:
         return int(self.contract.functions.schemeCount().call())
 
+    def schemes(self) -> list[tuple[int, SchemeTerms]]:
+        """Every scheme's id and terms, in id order."""
+        return [(i, self.scheme_of(i).terms) for i in range(1, self.scheme_count() + 1)]
+
     def balance_of(self, scheme_id: int, pass_id: bytes) -> int:
         return int(self.contract.functions.balanceOf(scheme_id, pass_id).call())
 
