@@ -131,6 +131,7 @@ class CardOut(BaseModel):
     expires_at: int
     token_uri: str
     card_png: str = Field(description="Path of the printable card (PNG)")
+    card_pdf: str = Field(description="Path of the printable card (PDF, 85.6 x 54 mm)")
     tx_hash: str
     block_number: int
 

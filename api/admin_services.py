@@ -24,6 +24,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from PIL import Image, ImageDraw, ImageFont
+from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfgen.canvas import Canvas
 
 from api.admin_schemas import (
     AuditIn,
@@ -80,13 +84,14 @@ from ledger.store.registry import (
 )
 from ledger.store.registry import Merchant as MerchantRow
 from wallet import PassToken, encode_token_uri, sign_pass_token
-from wallet.qr import render_png
+from wallet.qr import DEFAULT_BORDER, qr_matrix, render_png
 
 __all__ = [
     "BATCH_SIZE",
     "CARD_LIFETIME",
     "MAX_CSV_BYTES",
     "block_pass",
+    "card_pdf",
     "card_png",
     "confirm_payout",
     "create_payout",
@@ -320,6 +325,7 @@ def issue_card(runtime: Runtime, pass_number: str) -> CardOut:
         expires_at=expiry,
         token_uri=token,
         card_png=f"/admin/passes/{record.pass_number}/card.png",
+        card_pdf=f"/admin/passes/{record.pass_number}/card.pdf",
         tx_hash=receipt.tx_hash.to_0x_hex(),
         block_number=receipt.block_number,
     )
@@ -332,9 +338,8 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def card_png(runtime: Runtime, pass_number: str) -> bytes:
-    """A printable card: the card's QR (level M, white quiet zone) with the pass number and the
-    holder's first name under it."""
+def _active_card(runtime: Runtime, pass_number: str) -> tuple[PassRecord, Holder, str]:
+    """The pass, its holder and the static token of its active card (404 problems otherwise)."""
     registry = runtime.store.registry
     with registry_errors():
         pairs = registry.pass_holders(pass_number)
@@ -347,6 +352,13 @@ def card_png(runtime: Runtime, pass_number: str) -> bytes:
             404, "card_unknown", f"pass {record.pass_number} has no printed card; issue one first"
         )
     token, _ = _card_token(runtime, record, card)
+    return record, holder, token
+
+
+def card_png(runtime: Runtime, pass_number: str) -> bytes:
+    """A printable card: the card's QR (level M, white quiet zone) with the pass number and the
+    holder's first name under it."""
+    record, holder, token = _active_card(runtime, pass_number)
     qr = Image.open(io.BytesIO(render_png(token))).convert("L")
     width = qr.width
     text_height = max(96, width // 5)
@@ -361,6 +373,85 @@ def card_png(runtime: Runtime, pass_number: str) -> bytes:
         y += int(bottom - top) + 12
     out = io.BytesIO()
     canvas.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+#: The printed card: ID-1 (credit-card) size, landscape, in PDF points (1/72 inch).
+CARD_WIDTH_MM: Final = 85.6
+CARD_HEIGHT_MM: Final = 54.0
+_MARGIN_MM: Final = 3.0
+#: Side of the QR including its quiet zone: >= 30 mm of code, readable from about 30 cm.
+_QR_SIDE_MM: Final = 46.0
+_FONT_REGULAR: Final = "StadjerspasVera"
+_FONT_BOLD: Final = "StadjerspasVeraBd"
+
+
+def _card_fonts() -> tuple[str, str]:
+    """Bitstream Vera (shipped with reportlab, embedded as a subset): unlike the standard PDF
+    fonts it is embedded, so the card prints the same everywhere."""
+    registered = pdfmetrics.getRegisteredFontNames()
+    for name, filename in ((_FONT_REGULAR, "Vera.ttf"), (_FONT_BOLD, "VeraBd.ttf")):
+        if name not in registered:
+            pdfmetrics.registerFont(TTFont(name, filename))
+    return _FONT_REGULAR, _FONT_BOLD
+
+
+def _fit(text: str, font: str, size: float, width: float) -> float:
+    """The largest font size <= ``size`` at which ``text`` fits in ``width`` points."""
+    measured = pdfmetrics.stringWidth(text, font, size)
+    return size if measured <= width else max(5.0, size * width / measured)
+
+
+def card_pdf(runtime: Runtime, pass_number: str) -> bytes:
+    """The printable card as a one-page PDF of ID-1 size (85.6 x 54 mm): the card's QR as vector
+    modules (level M, 4-module white quiet zone, 46 mm square with it, so the code itself is
+    about 40 mm: readable from 30 cm), the pass number and the holder's first name; nothing
+    else personal."""
+    record, holder, token = _active_card(runtime, pass_number)
+    matrix = qr_matrix(token)
+    regular, bold = _card_fonts()
+    width, height = CARD_WIDTH_MM * mm, CARD_HEIGHT_MM * mm
+    out = io.BytesIO()
+    pdf = Canvas(out, pagesize=(width, height), pageCompression=1, invariant=True)
+    pdf.setTitle(f"Stadjerspas {record.pass_number}")
+    pdf.setAuthor("Stadjerspas")
+    pdf.setSubject("Printed pass card")
+    pdf.setFillColorRGB(1, 1, 1)
+    pdf.rect(0, 0, width, height, stroke=0, fill=1)  # opaque white card and quiet zone
+
+    side = _QR_SIDE_MM * mm
+    modules = len(matrix) + 2 * DEFAULT_BORDER
+    module = side / modules
+    left = _MARGIN_MM * mm
+    bottom = (height - side) / 2
+    pdf.setFillColorRGB(0, 0, 0)
+    path = pdf.beginPath()  # one path: no seams between adjacent modules when rasterised
+    for row_index, row in enumerate(matrix):
+        y = bottom + side - (row_index + DEFAULT_BORDER + 1) * module
+        column = 0
+        while column < len(row):
+            if not row[column]:
+                column += 1
+                continue
+            start = column
+            while column < len(row) and row[column]:
+                column += 1
+            x = left + (start + DEFAULT_BORDER) * module
+            path.rect(x, y, (column - start) * module, module)
+    pdf.drawPath(path, stroke=0, fill=1)
+
+    text_left = left + side + 2 * mm
+    text_width = width - text_left - _MARGIN_MM * mm
+    pdf.setFont(bold, 9)
+    pdf.drawString(text_left, height - _MARGIN_MM * mm - 9, "Stadjerspas")
+    number_size = _fit(record.pass_number, bold, 13, text_width)
+    pdf.setFont(bold, number_size)
+    pdf.drawString(text_left, height / 2 + 2 * mm, record.pass_number)
+    name_size = _fit(holder.first_name, regular, 11, text_width)
+    pdf.setFont(regular, name_size)
+    pdf.drawString(text_left, height / 2 - 4 * mm, holder.first_name)
+    pdf.showPage()
+    pdf.save()
     return out.getvalue()
 
 

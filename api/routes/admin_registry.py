@@ -196,6 +196,34 @@ def card_png(pass_number: PassNumber, runtime: RuntimeDep) -> Response:
     )
 
 
+@router.get(
+    "/passes/{pass_number}/card.pdf",
+    dependencies=_ISSUE,
+    summary="The printable card (PDF, credit-card size)",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/pdf": {}},
+            "description": "One 85.6 x 54 mm page: QR, pass number, first name",
+        },
+        **problem_responses(
+            *_AUTH, _PASS_UNKNOWN, (404, "card_unknown", "pass GR0000001 has no printed card")
+        ),
+    },
+)
+def card_pdf(pass_number: PassNumber, runtime: RuntimeDep) -> Response:
+    """The card's static token as a vector QR (level M, white quiet zone, 46 mm with it) on an
+    ID-1 page (85.6 x 54 mm) with the pass number and the holder's first name."""
+    return Response(
+        svc.card_pdf(runtime, pass_number),
+        media_type="application/pdf",
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Disposition": 'inline; filename="stadjerspas-card.pdf"',
+        },
+    )
+
+
 # -- schemes and entitlements (scope issue) ---------------------------------------------------
 
 

@@ -9,15 +9,20 @@ blocks it creates never meet the demo data the other API tests count on.
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 import time
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pypdfium2 as pdfium
 import pytest
 from eth_account import Account
 from PIL import Image
+from pypdf import PdfReader
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
@@ -28,7 +33,7 @@ from api.main import create_app
 from api.runtime import Runtime
 from ledger.passid import pass_id
 from tests.api.conftest import dev_settings, logins, merchant
-from wallet import decode_token_uri
+from wallet import decode_token_uri, verify_pass_token
 from wallet.qr import render_png
 
 PROBLEM = "application/problem+json"
@@ -322,6 +327,88 @@ def test_replacing_a_card_revokes_the_old_serial(client: TestClient, runtime: Ru
     assert card.crop((0, 0, qr.width, qr.height)).tobytes() == qr.tobytes()  # the QR, level M
     text_area = card.crop((0, qr.height, card.width, card.height))
     assert text_area.getextrema()[0] == 0  # pass number and name are printed under it
+
+
+def _zbar_png(path: Path) -> str:
+    zbarimg = shutil.which("zbarimg")
+    if zbarimg is None:
+        pytest.skip("zbarimg not installed (apt-get install zbar-tools): cannot decode the QR")
+    out = subprocess.run(
+        [zbarimg, "--raw", "-q", "--nodbus", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_printable_card_pdf_decodes_to_the_card_token(
+    client: TestClient, runtime: Runtime, tmp_path: Path
+) -> None:
+    holder_id, number, _ = _new_pass(client, "Zoë")
+    _problem(
+        client.get(f"/admin/passes/{number}/card.pdf", headers=_issuer(client)),
+        404,
+        "card_unknown",
+    )
+    _problem(
+        client.get("/admin/passes/GR9999999/card.pdf", headers=_issuer(client)),
+        404,
+        "pass_number_unknown",
+    )
+    card = client.post(f"/admin/passes/{number}/cards", headers=_issuer(client))
+    assert card.status_code == 201, card.text
+    assert card.json()["card_pdf"] == f"/admin/passes/{number}/card.pdf"
+    response = client.get(card.json()["card_pdf"], headers=_issuer(client))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/pdf"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.content.startswith(b"%PDF-")
+
+    # a valid PDF of one ID-1 page (85.6 x 54 mm) with the pass number and first name only
+    reader = PdfReader(io.BytesIO(response.content))
+    assert len(reader.pages) == 1
+    page = reader.pages[0]
+    width_mm = float(page.mediabox.width) * 25.4 / 72
+    height_mm = float(page.mediabox.height) * 25.4 / 72
+    assert (round(width_mm, 1), round(height_mm, 1)) == (85.6, 54.0)
+    text = page.extract_text()
+    assert number in text
+    assert "Zoë" in text
+    holder = runtime.store.registry.holder(holder_id)
+    assert holder.last_name not in text
+    assert "1980" not in text  # no birth date
+    assert holder.postcode not in text
+
+    # rendered at 300 dpi, an ordinary decoder reads the card's static token from it
+    document = pdfium.PdfDocument(response.content)
+    try:
+        rendered = document[0].render(scale=300 / 72).to_pil().convert("L")
+    finally:
+        document.close()
+    shot = tmp_path / "card.png"
+    rendered.save(shot)
+    decoded = _zbar_png(shot)
+    assert decoded == card.json()["token_uri"]
+    signed = decode_token_uri(decoded)
+    verified = verify_pass_token(
+        signed,
+        expected_domain=runtime.domain,
+        now=int(time.time()),
+        allowed_signers={runtime.keys.pass_signer.address},
+        is_serial_revoked=lambda _pid, serial: serial != card.json()["serial"],
+    )
+    assert verified.token.serial == card.json()["serial"]
+    assert verified.token.pass_id == _pid(runtime, number)
+
+    # the code itself (the QR's dark modules, left of the text) is square and >= 30 mm wide:
+    # a phone camera reads it from 30 cm
+    px_per_mm = 300 / 25.4
+    qr_area = rendered.crop((0, 0, int(49 * px_per_mm), rendered.height))
+    dark = qr_area.point(lambda v: 255 if v < 128 else 0).getbbox()
+    assert dark is not None
+    left, top, right, bottom = dark
+    assert (right - left) / px_per_mm >= 30
+    assert abs((right - left) - (bottom - top)) <= 2
+    assert left / px_per_mm >= 3 + 4 * 0.6  # a margin plus the white quiet zone
 
 
 # -- erasure ----------------------------------------------------------------------------------
