@@ -90,8 +90,11 @@ def static_url(scanner_bundle: Path) -> Iterator[str]:
         thread.join(timeout=5)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Any]:
+    """Module-scoped and stopped at the module's end: Playwright's sync API runs an event loop
+    in the main thread while it is started, which would break later tests that run their own
+    (``asyncio.run``, anyio) if it outlived this module."""
     with sync_api.sync_playwright() as pw:
         yield pw
 
