@@ -317,8 +317,8 @@ class PayoutIn(_In):
     execution_date: date | None = Field(default=None, description="default: today")
     debtor: DebtorIn | None = Field(
         default=None,
-        description="The municipality's account paying the run; required outside development "
-        "(development uses a demo account)",
+        description="The municipality's account paying the run; default: the configured one "
+        "(STADJERSPAS_PAYOUT_DEBTOR_NAME, _IBAN, _BIC)",
     )
 
 

@@ -872,11 +872,6 @@ def run_audit(runtime: Runtime, body: AuditIn) -> AuditOut:
 
 # -- payouts ----------------------------------------------------------------------------------
 
-#: Development only: the account payouts are made from when the request names none.
-DEV_DEBTOR: Final = DebtorAccount(
-    name="Gemeente Groningen (development)", iban="NL91ABNA0417164300"
-)
-
 
 def _line_out(line: RunLine) -> PayoutLineOut:
     return PayoutLineOut(
@@ -923,19 +918,20 @@ def get_payout(runtime: Runtime, reference: str) -> PayoutRunOut:
 
 
 def create_payout(runtime: Runtime, body: PayoutIn) -> PayoutRunOut:
-    """A pending payout run over the index for ``period`` with its pain.001 file. Merchants
-    without a valid IBAN are reported in the lines (``invalid_iban``), never skipped silently."""
+    """A pending payout run over the index for ``period`` with its pain.001 file, paid from the
+    request's debtor account or else the configured one (``STADJERSPAS_PAYOUT_DEBTOR_*``).
+    Merchants without a valid IBAN are reported in the lines (``invalid_iban``), never skipped
+    silently."""
     try:
         period = Period.parse(body.period)
     except PeriodError as exc:
         raise ApiProblem(422, "period_invalid", str(exc)) from None
-    if body.debtor is not None:
-        debtor = DebtorAccount(name=body.debtor.name, iban=body.debtor.iban, bic=body.debtor.bic)
-    elif runtime.settings.is_development:
-        debtor = DEV_DEBTOR
-    else:
-        raise ApiProblem(422, "debtor_required", "name the debtor account paying the run")
     with _settlement_errors():
+        debtor = (
+            DebtorAccount(name=body.debtor.name, iban=body.debtor.iban, bic=body.debtor.bic)
+            if body.debtor is not None
+            else runtime.settings.payout_debtor  # STADJERSPAS_PAYOUT_DEBTOR_*
+        )
         result = create_run(
             runtime.store.db.engine,
             period=period,

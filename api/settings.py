@@ -20,15 +20,27 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledger.settlement import DebtorAccount, DebtorAccountInvalid
 from ledger.store.db import default_sqlite_url
 
-__all__ = ["DEV_AUTH_SECRET", "DEV_MERCHANT_COUNT", "ENV_PREFIX", "PROJECT_ROOT", "Settings"]
+__all__ = [
+    "DEV_AUTH_SECRET",
+    "DEV_DEBTOR_IBAN",
+    "DEV_DEBTOR_NAME",
+    "DEV_MERCHANT_COUNT",
+    "ENV_PREFIX",
+    "PROJECT_ROOT",
+    "Settings",
+]
 
 ENV_PREFIX = "STADJERSPAS_"
 #: How many merchant keys development takes from the dev mnemonic (accounts 3, 4, 5).
 DEV_MERCHANT_COUNT = 3
 #: Development only: the secret bearer tokens are signed with.
 DEV_AUTH_SECRET = "development-only-auth-secret-never-use-in-production"  # noqa: S105
+#: Development only: the account payout runs are paid from (a well-known example IBAN).
+DEV_DEBTOR_NAME = "Gemeente Groningen (development)"
+DEV_DEBTOR_IBAN = "NL91ABNA0417164300"
 #: The shortest production token-signing secret, in bytes (HMAC-SHA256 key).
 MIN_AUTH_SECRET_BYTES = 32
 
@@ -173,6 +185,23 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: int = Field(default=200, ge=1, description="Token-bucket size per client.")
 
+    # -- payouts (ledger.settlement): the municipality's account the pain.001 pays from -------
+    payout_debtor_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=70,
+        description="Account holder name of the paying account (required in production).",
+    )
+    payout_debtor_iban: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=42,
+        description="IBAN of the paying account (required in production; checked with mod-97).",
+    )
+    payout_debtor_bic: str | None = Field(
+        default=None, max_length=11, description="BIC of the paying account (optional)."
+    )
+
     @field_validator("var_dir", "project_root", "build_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
@@ -193,6 +222,10 @@ class Settings(BaseSettings):
                 count = len(self.merchant_keystores) or DEV_MERCHANT_COUNT
                 tokens = {i: SecretStr(f"{dev}-merchant-{i}-token") for i in range(1, count + 1)}
                 object.__setattr__(self, "merchant_tokens", tokens)
+            if self.payout_debtor_name is None and self.payout_debtor_iban is None:
+                object.__setattr__(self, "payout_debtor_name", DEV_DEBTOR_NAME)
+                object.__setattr__(self, "payout_debtor_iban", DEV_DEBTOR_IBAN)
+            self._check_debtor()
             return self
         missing = self.missing_production_settings()
         if missing:
@@ -222,7 +255,22 @@ class Settings(BaseSettings):
                 f"set both {_env('bootstrap_admin_username')} and "
                 f"{_env('bootstrap_admin_password')}, or neither"
             )
+        self._check_debtor()
         return self
+
+    def _check_debtor(self) -> None:
+        names = [_env("payout_debtor_name"), _env("payout_debtor_iban")]
+        if (self.payout_debtor_name is None) != (self.payout_debtor_iban is None):
+            raise ValueError(f"set both {names[0]} and {names[1]}, or neither")
+        if self.payout_debtor_iban is None:
+            return
+        try:
+            self.payout_debtor.validated()
+        except DebtorAccountInvalid as exc:
+            raise ValueError(
+                f"{names[1]} / {_env('payout_debtor_bic')}: {exc} (an IBAN must match its "
+                "country's format and pass the mod-97 check digits)"
+            ) from None
 
     def missing_production_settings(self) -> list[str]:
         """Environment variables production needs that are unset."""
@@ -240,6 +288,11 @@ class Settings(BaseSettings):
             missing.append(_env("merchant_keystore_password"))
         if self.auth_secret is None:
             missing.append(_env("auth_secret"))
+        missing.extend(
+            _env(name)
+            for name in ("payout_debtor_name", "payout_debtor_iban")
+            if getattr(self, name) is None
+        )
         return missing
 
     # -- derived --------------------------------------------------------------------------------
@@ -247,6 +300,18 @@ class Settings(BaseSettings):
     @property
     def is_development(self) -> bool:
         return self.env == "development"
+
+    @property
+    def payout_debtor(self) -> DebtorAccount:
+        """The account payout runs pay from (a request may name another)."""
+        if self.payout_debtor_name is None or self.payout_debtor_iban is None:
+            raise DebtorAccountInvalid(
+                f"no debtor account configured: set {_env('payout_debtor_name')} and "
+                f"{_env('payout_debtor_iban')}"
+            )
+        return DebtorAccount(
+            name=self.payout_debtor_name, iban=self.payout_debtor_iban, bic=self.payout_debtor_bic
+        )
 
     @property
     def deploys_automatically(self) -> bool:

@@ -9,6 +9,7 @@ blocks it creates never meet the demo data the other API tests count on.
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import subprocess
 import time
@@ -22,6 +23,7 @@ import pypdfium2 as pdfium
 import pytest
 from eth_account import Account
 from PIL import Image
+from pydantic import ValidationError
 from pypdf import PdfReader
 
 with warnings.catch_warnings():
@@ -31,6 +33,7 @@ with warnings.catch_warnings():
 from api import admin_services
 from api.main import create_app
 from api.runtime import Runtime
+from api.settings import Settings
 from ledger.passid import pass_id
 from tests.api.conftest import dev_settings, logins, merchant
 from wallet import decode_token_uri, verify_pass_token
@@ -777,6 +780,8 @@ def test_payout_run_pain001_and_confirm(client: TestClient, runtime: Runtime) ->
     assert xml.status_code == 200, xml.text
     assert xml.headers["content-type"].startswith("application/xml")
     assert b"CstmrCdtTrfInitn" in xml.content
+    debtor_iban = runtime.settings.payout_debtor.iban.encode()
+    assert re.search(rb"<DbtrAcct>\s*<Id>\s*<IBAN>" + debtor_iban + rb"</IBAN>", xml.content)
     _problem(
         client.get("/admin/payouts/NOPE-1/pain001.xml", headers=finance),
         404,
@@ -799,3 +804,23 @@ def test_payout_run_pain001_and_confirm(client: TestClient, runtime: Runtime) ->
         409,
         "payout_period_settled",
     )
+
+
+def test_payout_debtor_comes_from_the_settings(tmp_path: Path) -> None:
+    dev = dev_settings(tmp_path)
+    assert dev.payout_debtor.iban == "NL91ABNA0417164300"  # development default only
+    configured = dev_settings(
+        tmp_path,
+        payout_debtor_name="Gemeente Groningen",
+        payout_debtor_iban="NL02 ABNA 0123 4567 89",
+        payout_debtor_bic="ABNANL2A",
+    )
+    assert configured.payout_debtor.validated().iban == "NL02ABNA0123456789"
+    with pytest.raises(ValidationError, match="STADJERSPAS_PAYOUT_DEBTOR_IBAN"):
+        dev_settings(tmp_path, payout_debtor_name="G", payout_debtor_iban="NL91ABNA0417164301")
+    with pytest.raises(ValidationError, match="set both STADJERSPAS_PAYOUT_DEBTOR_NAME"):
+        dev_settings(tmp_path, payout_debtor_iban="NL91ABNA0417164300")
+    with pytest.raises(ValidationError) as info:
+        Settings(env="production")
+    for name in ("STADJERSPAS_PAYOUT_DEBTOR_NAME", "STADJERSPAS_PAYOUT_DEBTOR_IBAN"):
+        assert name in str(info.value)  # never defaulted outside development

@@ -105,6 +105,8 @@ def test_production_reads_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_p
         monkeypatch.setenv(f"STADJERSPAS_{role}_KEYSTORE_PASSWORD", "pw")
     monkeypatch.setenv("STADJERSPAS_MERCHANT_KEYSTORES", f'["{tmp_path / "m1.json"}"]')
     monkeypatch.setenv("STADJERSPAS_MERCHANT_KEYSTORE_PASSWORD", "pw")
+    monkeypatch.setenv("STADJERSPAS_PAYOUT_DEBTOR_NAME", "Gemeente Groningen")
+    monkeypatch.setenv("STADJERSPAS_PAYOUT_DEBTOR_IBAN", "NL91ABNA0417164300")
     with pytest.raises(ValidationError, match="STADJERSPAS_AUTH_SECRET"):
         Settings()
     monkeypatch.setenv("STADJERSPAS_AUTH_SECRET", "too-short")
