@@ -18,6 +18,11 @@ __all__ = [
     "ErasureOut",
     "HolderIn",
     "HolderOut",
+    "HouseholdIn",
+    "HouseholdMemberIn",
+    "HouseholdMemberOut",
+    "HouseholdOut",
+    "HouseholdPage",
     "IssuedPassOut",
     "JobOut",
     "MerchantIn",
@@ -79,6 +84,7 @@ class HolderOut(BaseModel):
     birth_date: date
     postcode: str
     district_code: str | None
+    household_id: int | None = None
     household_reference: str | None = None
     household_role: str
     possible_duplicate: bool = Field(
@@ -88,6 +94,51 @@ class HolderOut(BaseModel):
     possible_duplicate_of: int | None
     created_at: datetime
     passes: list[PassSummary] = Field(default_factory=list)
+
+
+HouseholdRoleName = Literal["parent", "child", "other"]
+
+
+class HouseholdIn(_In):
+    """A new, empty household; link holders to it with ``PUT .../members/{holder_id}``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={"examples": [{"reference": "HH-2027-0042"}]},
+    )
+
+    reference: str = Field(
+        min_length=1, max_length=64, description="The municipality's own household reference"
+    )
+
+
+class HouseholdMemberIn(_In):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"role": "child"}]})
+
+    role: HouseholdRoleName
+
+
+class HouseholdMemberOut(BaseModel):
+    """A member: first name only (the holder's full record is ``GET /admin/holders/{id}``)."""
+
+    holder_id: int
+    first_name: str
+    role: HouseholdRoleName
+    pass_numbers: list[str]
+
+
+class HouseholdOut(BaseModel):
+    id: int
+    reference: str
+    members: list[HouseholdMemberOut]
+
+
+class HouseholdPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    households: list[HouseholdOut]
 
 
 class ErasureOut(BaseModel):

@@ -39,6 +39,11 @@ from api.admin_schemas import (
     ErasureOut,
     HolderIn,
     HolderOut,
+    HouseholdIn,
+    HouseholdMemberIn,
+    HouseholdMemberOut,
+    HouseholdOut,
+    HouseholdPage,
     IssuedPassOut,
     MerchantIn,
     MerchantOut,
@@ -94,14 +99,19 @@ __all__ = [
     "card_pdf",
     "card_png",
     "confirm_payout",
+    "create_household",
     "create_payout",
     "create_scheme",
+    "delete_household",
     "enrol_holder",
     "erase_holder",
     "get_holder",
+    "get_household",
     "get_payout",
     "issue_card",
     "issue_pass",
+    "link_member",
+    "list_households",
     "list_merchants",
     "list_schemes",
     "payout_document",
@@ -110,6 +120,7 @@ __all__ = [
     "run_audit",
     "start_cohort",
     "start_csv_issuance",
+    "unlink_member",
 ]
 
 #: Passes per ``issueBatch`` transaction.
@@ -131,11 +142,14 @@ _KIND_NAME: Final = {v: k for k, v in _KIND.items()}
 
 _REGISTRY_PROBLEMS: Final[list[tuple[type[reg.RegistryError], int, str]]] = [
     (reg.UnknownHolder, 404, "holder_unknown"),
+    (reg.UnknownHousehold, 404, "household_unknown"),
+    (reg.UnknownHouseholdMember, 404, "household_member_unknown"),
     (reg.UnknownPass, 404, "pass_number_unknown"),
     (reg.UnknownMerchant, 404, "merchant_unknown"),
     (reg.UnknownPostcode, 422, "postcode_unknown"),
     (reg.InvalidPostcode, 422, "postcode_invalid"),
     (reg.UnknownDistrict, 422, "district_unknown"),
+    (reg.InvalidHousehold, 422, "household_invalid"),
     (reg.InvalidHolder, 422, "holder_invalid"),
     (reg.InvalidPassNumber, 422, "pass_number_invalid"),
     (reg.InvalidAddress, 422, "address_invalid"),
@@ -145,6 +159,9 @@ _REGISTRY_PROBLEMS: Final[list[tuple[type[reg.RegistryError], int, str]]] = [
     (reg.PassBlocked, 409, "pass_blocked"),
     (reg.DuplicatePassNumber, 409, "pass_number_taken"),
     (reg.DuplicateMerchant, 409, "merchant_duplicate"),
+    (reg.DuplicateHousehold, 409, "household_reference_taken"),
+    (reg.HouseholdNotEmpty, 409, "household_not_empty"),
+    (reg.HolderInOtherHousehold, 409, "holder_in_other_household"),
 ]
 
 
@@ -212,6 +229,7 @@ def _holder_out(runtime: Runtime, holder: Holder, *, with_passes: bool) -> Holde
         birth_date=holder.birth_date,
         postcode=holder.postcode,
         district_code=holder.district_code,
+        household_id=holder.household_id,
         household_reference=reference,
         household_role=str(holder.household_role),
         possible_duplicate=holder.possible_duplicate_of is not None,
@@ -251,6 +269,76 @@ def erase_holder(runtime: Runtime, holder_id: int) -> ErasureOut:
         cards=erasure.cards,
         household_removed=erasure.household_removed,
     )
+
+
+# -- households -------------------------------------------------------------------------------
+
+
+def _households_out(runtime: Runtime, households: list[Household]) -> list[HouseholdOut]:
+    ids = [h.id for h in households if h.id is not None]
+    members = runtime.store.registry.members_of_households(ids)
+    out: list[HouseholdOut] = []
+    for household in households:
+        assert household.id is not None
+        out.append(
+            HouseholdOut(
+                id=household.id,
+                reference=household.reference,
+                members=[
+                    HouseholdMemberOut(
+                        holder_id=member.holder.id or 0,
+                        first_name=member.holder.first_name,
+                        role=member.holder.household_role.value,
+                        pass_numbers=member.pass_numbers,
+                    )
+                    for member in members[household.id]
+                ],
+            )
+        )
+    return out
+
+
+def list_households(runtime: Runtime, *, limit: int, offset: int) -> HouseholdPage:
+    registry = runtime.store.registry
+    with registry.transaction():  # one snapshot: the count and the page agree
+        total = registry.household_count()
+        page = _households_out(runtime, registry.households(limit=limit, offset=offset))
+    return HouseholdPage(total=total, limit=limit, offset=offset, households=page)
+
+
+def get_household(runtime: Runtime, household_id: int) -> HouseholdOut:
+    registry = runtime.store.registry
+    with registry_errors(), registry.transaction():
+        return _households_out(runtime, [registry.household(household_id)])[0]
+
+
+def create_household(runtime: Runtime, body: HouseholdIn) -> HouseholdOut:
+    registry = runtime.store.registry
+    with registry_errors(), registry.transaction():
+        household = registry.create_household(body.reference)
+        return _households_out(runtime, [household])[0]
+
+
+def delete_household(runtime: Runtime, household_id: int) -> None:
+    with registry_errors():
+        runtime.store.registry.delete_household(household_id)
+
+
+def link_member(
+    runtime: Runtime, household_id: int, holder_id: int, body: HouseholdMemberIn
+) -> HouseholdOut:
+    """Link a holder to the household with a role (or change their role there)."""
+    registry = runtime.store.registry
+    with registry_errors(), registry.transaction():
+        registry.link_holder(household_id, holder_id, body.role)
+        return _households_out(runtime, [registry.household(household_id)])[0]
+
+
+def unlink_member(runtime: Runtime, household_id: int, holder_id: int) -> HouseholdOut:
+    registry = runtime.store.registry
+    with registry_errors(), registry.transaction():
+        registry.unlink_holder(household_id, holder_id)
+        return _households_out(runtime, [registry.household(household_id)])[0]
 
 
 # -- passes and cards -------------------------------------------------------------------------

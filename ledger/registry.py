@@ -71,13 +71,18 @@ __all__ = [
     "SAMPLE_POSTCODES_CSV",
     "CsvImportError",
     "CsvSource",
+    "DuplicateHousehold",
     "DuplicateMerchant",
     "DuplicatePassNumber",
     "Erasure",
     "GeographyImport",
     "HolderImport",
+    "HolderInOtherHousehold",
+    "HouseholdMember",
+    "HouseholdNotEmpty",
     "InvalidAddress",
     "InvalidHolder",
+    "InvalidHousehold",
     "InvalidIban",
     "InvalidKvk",
     "InvalidMerchant",
@@ -91,6 +96,8 @@ __all__ = [
     "RegistryError",
     "UnknownDistrict",
     "UnknownHolder",
+    "UnknownHousehold",
+    "UnknownHouseholdMember",
     "UnknownMerchant",
     "UnknownPass",
     "UnknownPostcode",
@@ -144,6 +151,30 @@ class InvalidHolder(RegistryError):
 
 class UnknownHolder(RegistryError):
     pass
+
+
+class InvalidHousehold(InvalidHolder):
+    """A household reference or role breaks a rule."""
+
+
+class UnknownHousehold(RegistryError):
+    pass
+
+
+class DuplicateHousehold(RegistryError):
+    """A household with this reference exists."""
+
+
+class HouseholdNotEmpty(RegistryError):
+    """A household that still has members cannot be deleted; unlink them first."""
+
+
+class HolderInOtherHousehold(RegistryError):
+    """A holder belongs to one household at a time; unlink them from the other one first."""
+
+
+class UnknownHouseholdMember(RegistryError):
+    """The holder exists but is not a member of this household."""
 
 
 class InvalidPassNumber(RegistryError):
@@ -261,6 +292,14 @@ class Erasure:
     passes: int
     cards: int
     household_removed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HouseholdMember:
+    """A member of a household with the numbers of their passes."""
+
+    holder: Holder
+    pass_numbers: list[str]
 
 
 @dataclass(slots=True)
@@ -895,6 +934,135 @@ class Registry:
             session.add(holder)
             session.flush()
             return holder
+
+    # -- households -------------------------------------------------------------------------------
+
+    def create_household(self, reference: str) -> Household:
+        """A new, empty household (:class:`DuplicateHousehold` if the reference is taken)."""
+        ref, _ = _household(reference, None)
+        if ref is None:
+            raise InvalidHousehold("household_reference is empty; it must be given")
+        with self._unit() as session:
+            taken = session.exec(select(Household.id).where(Household.reference == ref)).first()
+            if taken is not None:
+                raise DuplicateHousehold(f"a household with reference {ref!r} exists")
+            household = Household(reference=ref)
+            session.add(household)
+            session.flush()
+            return household
+
+    def _household_row(self, session: Session, household_id: int) -> Household:
+        household = session.get(Household, household_id)
+        if household is None:
+            raise UnknownHousehold(f"no household has id {household_id}")
+        return household
+
+    def household(self, household_id: int) -> Household:
+        with self._unit() as session:
+            return self._household_row(session, household_id)
+
+    def households(self, *, limit: int | None = None, offset: int = 0) -> list[Household]:
+        """Households by id (a page of them with ``limit``/``offset``)."""
+        with self._unit() as session:
+            query = select(Household).order_by(col(Household.id)).offset(offset)
+            if limit is not None:
+                query = query.limit(limit)
+            return list(session.exec(query).all())
+
+    def household_count(self) -> int:
+        with self._unit() as session:
+            return int(session.exec(select(func.count()).select_from(Household)).one())
+
+    def members_of_households(
+        self, household_ids: Sequence[int]
+    ) -> dict[int, list[HouseholdMember]]:
+        """Household id -> its members (by holder id) with their pass numbers; two queries."""
+        result: dict[int, list[HouseholdMember]] = {hid: [] for hid in household_ids}
+        if not household_ids:
+            return result
+        with self._unit() as session:
+            holders = session.exec(
+                select(Holder)
+                .where(col(Holder.household_id).in_(list(household_ids)))
+                .order_by(col(Holder.id))
+            ).all()
+            numbers: dict[int, list[str]] = {}
+            ids = [h.id for h in holders if h.id is not None]
+            if ids:
+                for holder_id, number in session.exec(
+                    select(PassRecord.holder_id, PassRecord.pass_number)
+                    .where(col(PassRecord.holder_id).in_(ids))
+                    .order_by(col(PassRecord.id))
+                ).all():
+                    numbers.setdefault(holder_id, []).append(number)
+            for holder in holders:
+                assert holder.household_id is not None
+                assert holder.id is not None
+                result[holder.household_id].append(
+                    HouseholdMember(holder, numbers.get(holder.id, []))
+                )
+        return result
+
+    def link_holder(self, household_id: int, holder_id: int, role: HouseholdRole | str) -> Holder:
+        """Make ``holder_id`` a member of ``household_id`` with ``role`` (or change their role
+        there). A holder is in one household at a time (:class:`HolderInOtherHousehold`)."""
+        role_text = role.value if isinstance(role, HouseholdRole) else str(role)
+        if not role_text.strip():
+            raise InvalidHousehold("household_role is empty; it must be given")
+        with self._unit() as session:
+            household = self._household_row(session, household_id)
+            _, parsed = _household(household.reference, role_text)
+            holder = session.get(Holder, holder_id)
+            if holder is None:
+                raise UnknownHolder(f"no holder has id {holder_id}")
+            if holder.household_id is not None and holder.household_id != household_id:
+                other = session.get(Household, holder.household_id)
+                raise HolderInOtherHousehold(
+                    f"holder {holder_id} is in household "
+                    f"{other.reference if other is not None else holder.household_id!r}; "
+                    "unlink them there first"
+                )
+            holder.household_id = household_id
+            holder.household_role = parsed
+            session.add(holder)
+            session.flush()
+            return holder
+
+    def unlink_holder(self, household_id: int, holder_id: int) -> Holder:
+        """Remove ``holder_id`` from ``household_id`` (their role becomes ``other``); the
+        household stays, even when empty (:meth:`delete_household`)."""
+        with self._unit() as session:
+            self._household_row(session, household_id)
+            holder = session.get(Holder, holder_id)
+            if holder is None:
+                raise UnknownHolder(f"no holder has id {holder_id}")
+            if holder.household_id != household_id:
+                raise UnknownHouseholdMember(
+                    f"holder {holder_id} is not a member of household {household_id}"
+                )
+            holder.household_id = None
+            holder.household_role = HouseholdRole.OTHER
+            session.add(holder)
+            session.flush()
+            return holder
+
+    def delete_household(self, household_id: int) -> None:
+        """Delete an empty household (:class:`HouseholdNotEmpty` while it has members)."""
+        with self._unit() as session:
+            household = self._household_row(session, household_id)
+            members = int(
+                session.exec(
+                    select(func.count())
+                    .select_from(Holder)
+                    .where(col(Holder.household_id) == household_id)
+                ).one()
+            )
+            if members:
+                raise HouseholdNotEmpty(
+                    f"household {household.reference!r} has {members} member(s); unlink them first"
+                )
+            session.delete(household)
+            session.flush()
 
     def household_members(self, reference: str) -> list[Holder]:
         with self._unit() as session:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Path, UploadFile, status
+from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
 from fastapi.responses import Response
 
 from api import admin_services as svc
@@ -24,6 +24,10 @@ from api.admin_schemas import (
     ErasureOut,
     HolderIn,
     HolderOut,
+    HouseholdIn,
+    HouseholdMemberIn,
+    HouseholdOut,
+    HouseholdPage,
     IssuedPassOut,
     JobOut,
     MerchantIn,
@@ -57,6 +61,8 @@ _INVALID = (422, "validation_failed", "body.birth_date: Input should be a valid 
 
 PassNumber = Annotated[str, Path(max_length=32, examples=["GR0000001"])]
 HolderId = Annotated[int, Path(ge=1, le=2**62)]
+HouseholdId = Annotated[int, Path(ge=1, le=2**62)]
+_HOUSEHOLD_UNKNOWN = (404, "household_unknown", "no household has id 999")
 
 
 def _job_out(job: Job) -> JobOut:
@@ -116,6 +122,102 @@ def erase_holder(holder_id: HolderId, runtime: RuntimeDep) -> ErasureOut:
     """Delete the holder, their passes (numbers and secrets) and cards from the registry; the
     on-chain history stays but no longer links to a person, and the pass numbers are unknown."""
     return svc.erase_holder(runtime, holder_id)
+
+
+# -- households (registry; scope admin) -------------------------------------------------------
+
+
+@router.get(
+    "/households",
+    dependencies=_ADMIN,
+    summary="Households with their members (a page)",
+    responses=problem_responses(*_AUTH, _INVALID),
+)
+def list_households(
+    runtime: RuntimeDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+) -> HouseholdPage:
+    """Households by id; members with their roles, first names and pass numbers only."""
+    return svc.list_households(runtime, limit=limit, offset=offset)
+
+
+@router.post(
+    "/households",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=_ADMIN,
+    summary="Create a household",
+    responses=problem_responses(
+        *_AUTH,
+        (409, "household_reference_taken", "a household with reference 'HH-1' exists"),
+        _INVALID,
+    ),
+)
+def create_household(body: HouseholdIn, runtime: RuntimeDep) -> HouseholdOut:
+    return svc.create_household(runtime, body)
+
+
+@router.get(
+    "/households/{household_id}",
+    dependencies=_ADMIN,
+    summary="A household with its members",
+    responses=problem_responses(*_AUTH, _HOUSEHOLD_UNKNOWN),
+)
+def get_household(household_id: HouseholdId, runtime: RuntimeDep) -> HouseholdOut:
+    return svc.get_household(runtime, household_id)
+
+
+@router.delete(
+    "/households/{household_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=_ADMIN,
+    summary="Delete an empty household",
+    responses=problem_responses(
+        *_AUTH,
+        _HOUSEHOLD_UNKNOWN,
+        (409, "household_not_empty", "household 'HH-1' has 2 member(s); unlink them first"),
+    ),
+)
+def delete_household(household_id: HouseholdId, runtime: RuntimeDep) -> Response:
+    svc.delete_household(runtime, household_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.put(
+    "/households/{household_id}/members/{holder_id}",
+    dependencies=_ADMIN,
+    summary="Link a holder to a household with a role (or change the role)",
+    responses=problem_responses(
+        *_AUTH,
+        _HOUSEHOLD_UNKNOWN,
+        _HOLDER_UNKNOWN,
+        (409, "holder_in_other_household", "holder 7 is in household 'HH-2'; unlink them there"),
+        _INVALID,
+    ),
+)
+def link_member(
+    household_id: HouseholdId, holder_id: HolderId, body: HouseholdMemberIn, runtime: RuntimeDep
+) -> HouseholdOut:
+    """Idempotent; a holder is in one household at a time (unlink them from another first)."""
+    return svc.link_member(runtime, household_id, holder_id, body)
+
+
+@router.delete(
+    "/households/{household_id}/members/{holder_id}",
+    dependencies=_ADMIN,
+    summary="Unlink a holder from a household",
+    responses=problem_responses(
+        *_AUTH,
+        _HOUSEHOLD_UNKNOWN,
+        _HOLDER_UNKNOWN,
+        (404, "household_member_unknown", "holder 7 is not a member of household 3"),
+    ),
+)
+def unlink_member(
+    household_id: HouseholdId, holder_id: HolderId, runtime: RuntimeDep
+) -> HouseholdOut:
+    """The holder stays enrolled (role ``other``); the household stays, even when empty."""
+    return svc.unlink_member(runtime, household_id, holder_id)
 
 
 # -- passes and cards (scope issue) -----------------------------------------------------------

@@ -238,6 +238,191 @@ def test_unknown_ids(client: TestClient) -> None:
     _problem(client.get("/admin/jobs/nope", headers=_issuer(client)), 404, "job_unknown")
 
 
+# -- households -------------------------------------------------------------------------------
+
+
+def _household(client: TestClient, household_id: int) -> dict[str, Any]:
+    response = client.get(f"/admin/households/{household_id}", headers=_admin(client))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_households_create_link_unlink_and_delete(client: TestClient, runtime: Runtime) -> None:
+    created = client.post(
+        "/admin/households", json={"reference": "  HH-API-1 "}, headers=_admin(client)
+    )
+    assert created.status_code == 201, created.text
+    household = created.json()
+    assert household["reference"] == "HH-API-1"
+    assert household["members"] == []
+    hid = household["id"]
+    _problem(
+        client.post("/admin/households", json={"reference": "HH-API-1"}, headers=_admin(client)),
+        409,
+        "household_reference_taken",
+    )
+
+    parent_id, parent_number, _ = _new_pass(client, "Petra")
+    child = _enrol(client, "Kim", birth_date="2016-02-03")
+    linked = client.put(
+        f"/admin/households/{hid}/members/{parent_id}",
+        json={"role": "parent"},
+        headers=_admin(client),
+    )
+    assert linked.status_code == 200, linked.text
+    linked = client.put(
+        f"/admin/households/{hid}/members/{child['id']}",
+        json={"role": "child"},
+        headers=_admin(client),
+    )
+    assert linked.status_code == 200, linked.text
+    members = {m["holder_id"]: m for m in linked.json()["members"]}
+    assert members == {
+        parent_id: {
+            "holder_id": parent_id,
+            "first_name": "Petra",
+            "role": "parent",
+            "pass_numbers": [parent_number],
+        },
+        child["id"]: {
+            "holder_id": child["id"],
+            "first_name": "Kim",
+            "role": "child",
+            "pass_numbers": [],
+        },
+    }
+    text = linked.text
+    assert "last_name" not in text
+    assert "birth_date" not in text  # first names only
+    holder = client.get(f"/admin/holders/{child['id']}", headers=_admin(client)).json()
+    assert (holder["household_id"], holder["household_reference"], holder["household_role"]) == (
+        hid,
+        "HH-API-1",
+        "child",
+    )
+
+    # changing the role is the same call (idempotent)
+    again = client.put(
+        f"/admin/households/{hid}/members/{child['id']}",
+        json={"role": "other"},
+        headers=_admin(client),
+    )
+    assert again.status_code == 200
+    assert {m["holder_id"]: m["role"] for m in again.json()["members"]}[child["id"]] == "other"
+
+    # a holder is in one household at a time
+    other = client.post("/admin/households", json={"reference": "HH-API-2"}, headers=_admin(client))
+    other_id = other.json()["id"]
+    _problem(
+        client.put(
+            f"/admin/households/{other_id}/members/{parent_id}",
+            json={"role": "parent"},
+            headers=_admin(client),
+        ),
+        409,
+        "holder_in_other_household",
+    )
+    assert _household(client, other_id)["members"] == []
+
+    # the listing pages through all households with their members
+    listed = client.get("/admin/households?limit=1000", headers=_admin(client))
+    assert listed.status_code == 200, listed.text
+    page = listed.json()
+    assert page["total"] == runtime.store.registry.household_count()
+    assert {h["id"]: len(h["members"]) for h in page["households"]}[hid] == 2
+    one = client.get(
+        f"/admin/households?limit=1&offset={page['total'] - 1}", headers=_admin(client)
+    )
+    assert [h["id"] for h in one.json()["households"]] == [page["households"][-1]["id"]]
+
+    # a household with members is not deleted; unlink, then delete
+    _problem(
+        client.delete(f"/admin/households/{hid}", headers=_admin(client)),
+        409,
+        "household_not_empty",
+    )
+    assert len(_household(client, hid)["members"]) == 2
+    _problem(
+        client.delete(f"/admin/households/{other_id}/members/{parent_id}", headers=_admin(client)),
+        404,
+        "household_member_unknown",
+    )
+    for holder_id in (parent_id, child["id"]):
+        out = client.delete(f"/admin/households/{hid}/members/{holder_id}", headers=_admin(client))
+        assert out.status_code == 200, out.text
+    assert _household(client, hid)["members"] == []
+    unlinked = client.get(f"/admin/holders/{parent_id}", headers=_admin(client)).json()
+    assert (unlinked["household_id"], unlinked["household_role"]) == (None, "other")
+    assert client.delete(f"/admin/households/{hid}", headers=_admin(client)).status_code == 204
+    _problem(
+        client.get(f"/admin/households/{hid}", headers=_admin(client)), 404, "household_unknown"
+    )
+
+
+def test_household_refusals_change_nothing(client: TestClient, runtime: Runtime) -> None:
+    household = client.post(
+        "/admin/households", json={"reference": "HH-API-R"}, headers=_admin(client)
+    ).json()
+    hid = household["id"]
+    holder = _enrol(client, "Rik")
+    before = runtime.store.registry.household_count()
+    for body in ({}, {"reference": ""}, {"reference": "x" * 65}, {"reference": "a", "extra": 1}):
+        _problem(
+            client.post("/admin/households", json=body, headers=_admin(client)),
+            422,
+            "validation_failed",
+        )
+    _problem(
+        client.post("/admin/households", json={"reference": "   "}, headers=_admin(client)),
+        422,
+        "validation_failed",
+    )
+    member = f"/admin/households/{hid}/members/{holder['id']}"
+    for body in ({}, {"role": "boss"}, {"role": "child", "x": 1}, {"role": 3}):
+        _problem(client.put(member, json=body, headers=_admin(client)), 422, "validation_failed")
+    _problem(
+        client.put(
+            f"/admin/households/999999/members/{holder['id']}",
+            json={"role": "child"},
+            headers=_admin(client),
+        ),
+        404,
+        "household_unknown",
+    )
+    _problem(
+        client.put(
+            f"/admin/households/{hid}/members/999999",
+            json={"role": "child"},
+            headers=_admin(client),
+        ),
+        404,
+        "holder_unknown",
+    )
+    _problem(
+        client.delete(f"/admin/households/{hid}/members/999999", headers=_admin(client)),
+        404,
+        "holder_unknown",
+    )
+    _problem(
+        client.delete(f"/admin/households/999999/members/{holder['id']}", headers=_admin(client)),
+        404,
+        "household_unknown",
+    )
+    _problem(
+        client.delete("/admin/households/999999", headers=_admin(client)), 404, "household_unknown"
+    )
+    for query in ("limit=0", "limit=1001", "offset=-1", "limit=x"):
+        _problem(
+            client.get(f"/admin/households?{query}", headers=_admin(client)),
+            422,
+            "validation_failed",
+        )
+    assert runtime.store.registry.household_count() == before
+    assert _household(client, hid)["members"] == []
+    assert runtime.store.registry.holder(holder["id"]).household_id is None
+
+
 # -- passes, blocking, cards ------------------------------------------------------------------
 
 

@@ -16,10 +16,14 @@ from ledger.registry import (
     SAMPLE_DISTRICTS_CSV,
     SAMPLE_POSTCODES_CSV,
     CsvImportError,
+    DuplicateHousehold,
     DuplicateMerchant,
     DuplicatePassNumber,
+    HolderInOtherHousehold,
+    HouseholdNotEmpty,
     InvalidAddress,
     InvalidHolder,
+    InvalidHousehold,
     InvalidIban,
     InvalidKvk,
     InvalidMerchant,
@@ -31,6 +35,8 @@ from ledger.registry import (
     Registry,
     RegistryError,
     UnknownHolder,
+    UnknownHousehold,
+    UnknownHouseholdMember,
     UnknownMerchant,
     UnknownPass,
     UnknownPostcode,
@@ -187,6 +193,59 @@ def test_household_rules(registry: Registry) -> None:
         (child.id, HouseholdRole.CHILD),
     ]
     assert parent.household_id == child.household_id is not None
+
+
+def test_households_link_unlink_and_delete(registry: Registry) -> None:
+    with pytest.raises(InvalidHousehold, match="empty"):
+        registry.create_household("   ")
+    with pytest.raises(InvalidHolder, match="longer than 64"):
+        registry.create_household("H" * 65)
+    household = registry.create_household(" H-2 ")
+    assert household.reference == "H-2"
+    assert household.id is not None
+    with pytest.raises(DuplicateHousehold, match="'H-2' exists"):
+        registry.create_household("H-2")
+    other = registry.create_household("H-3")
+    assert other.id is not None
+    parent = _enrol(registry)
+    child = _enrol(registry, first_name="Daan", birth_date="2015-09-09")
+    assert parent.id is not None
+    assert child.id is not None
+    number = registry.issue_pass(parent.id).pass_number
+
+    with pytest.raises(UnknownHousehold):
+        registry.link_holder(999, parent.id, "parent")
+    with pytest.raises(UnknownHolder):
+        registry.link_holder(household.id, 999, "parent")
+    with pytest.raises(InvalidHolder, match="household_role 'boss'"):
+        registry.link_holder(household.id, parent.id, "boss")
+    registry.link_holder(household.id, parent.id, HouseholdRole.PARENT)
+    registry.link_holder(household.id, child.id, "child")
+    registry.link_holder(household.id, child.id, "child")  # idempotent
+    with pytest.raises(HolderInOtherHousehold, match="'H-2'"):
+        registry.link_holder(other.id, parent.id, "parent")
+    members = registry.members_of_households([household.id, other.id])
+    assert [
+        (m.holder.id, m.holder.household_role, m.pass_numbers) for m in members[household.id]
+    ] == [
+        (parent.id, HouseholdRole.PARENT, [number]),
+        (child.id, HouseholdRole.CHILD, []),
+    ]
+    assert members[other.id] == []
+    assert [h.id for h in registry.households(limit=1, offset=1)] == [other.id]
+    assert registry.household_count() == 2
+
+    with pytest.raises(HouseholdNotEmpty, match="2 member"):
+        registry.delete_household(household.id)
+    with pytest.raises(UnknownHouseholdMember):
+        registry.unlink_holder(other.id, parent.id)
+    unlinked = registry.unlink_holder(household.id, parent.id)
+    assert (unlinked.household_id, unlinked.household_role) == (None, HouseholdRole.OTHER)
+    registry.unlink_holder(household.id, child.id)
+    registry.delete_household(household.id)
+    with pytest.raises(UnknownHousehold):
+        registry.household(household.id)
+    assert registry.holder(parent.id).household_id is None
 
 
 def test_duplicates_are_flagged_never_merged(registry: Registry) -> None:
