@@ -7,14 +7,29 @@ the CLI decide its lifetime.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
-from api import __version__
+from api import __version__, services
 from api.auth import Auth
 from api.middleware import install_middleware
 from api.problems import install_problem_handlers
-from api.routes import admin, admin_registry, auth, health, holder, merchant, pages, reports
+from api.routes import (
+    admin,
+    admin_pages,
+    admin_registry,
+    auth,
+    health,
+    holder,
+    merchant,
+    pages,
+    reports,
+)
 from api.runtime import Runtime
 from api.settings import Settings
 
@@ -46,7 +61,15 @@ TAGS = [
 
 
 def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Sync routes run in anyio's thread pool (40 threads by default); a redemption holds its
+        # thread while its batch is mined, so concurrent terminals need more of them.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Stadjerspas Ledger API",
         version=__version__,
         description=DESCRIPTION,
@@ -55,6 +78,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     )
     app.state.settings = settings
     app.state.runtime = runtime
+    runtime.outcome_sink = partial(services.record_batch, runtime)
     app.state.auth = Auth(settings, runtime.store)
     app.state.auth.bootstrap(range(1, len(runtime.keys.merchants) + 1))
     install_problem_handlers(app)
@@ -66,6 +90,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     app.include_router(merchant.router)
     app.include_router(reports.router)
     app.include_router(admin_registry.router)
+    app.include_router(admin_pages.router)
     app.include_router(pages.router)
 
     @app.get("/", include_in_schema=False)

@@ -24,7 +24,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from web3 import HTTPProvider, Web3
 
 from api.demo import demo_merchant, seed_demo
 from api.settings import DEV_MERCHANT_COUNT, Settings
-from api.store import ApiStore
+from api.store import ApiStore, RedemptionRecord
 from ledger.batcher import RedemptionBatcher
 from ledger.batcher import RedemptionOutcome as BatchOutcome
 from ledger.client import LedgerClient
@@ -58,6 +59,7 @@ from ledger.indexer.follow import Indexer, IndexerConfig
 from ledger.node import DEV_MNEMONIC, AnvilConfig, AnvilNode
 from ledger.relayer import Relayer
 from ledger.rpc import RpcClient
+from ledger.state_cache import LedgerStateCache
 from ledger.store.base import StoreError
 from wallet import Domain, WalletError, load_keystore
 
@@ -69,6 +71,7 @@ log = logging.getLogger(__name__)
 DEV_ACCOUNT_INDEX = {"admin": 0, "issuer": 1, "pass_signer": 2, "merchant": 3}
 
 Reporter = Callable[[str], None]
+_FINISHED_KEPT = 10_000
 
 
 class StartupError(Exception):
@@ -201,10 +204,20 @@ class Runtime:
         self.key_locks = KeyedLocks()
         self.inflight: dict[tuple[int, str], Future[BatchOutcome]] = {}
         self.inflight_lock = threading.Lock()
+        #: Called with each mined batch's outcomes (``api.services.record_batch``): it saves the
+        #: batch's records in one transaction and leaves them in ``finished`` for the requests.
+        self.outcome_sink: Callable[[Sequence[BatchOutcome]], None] | None = None
+        self.finished: OrderedDict[int, RedemptionRecord] = OrderedDict()
+        self.finished_lock = threading.Lock()
         self._closed = False
         self.indexer: Indexer | None = None
         self._indexer_thread: threading.Thread | None = None
         self._indexer_rpc: RpcClient | None = None
+        self._cache_rpc = RpcClient(rpc_url)
+        #: Scheme terms, allowances and pass snapshots for scans (see ledger.state_cache).
+        self.state = LedgerStateCache(
+            client, self._cache_rpc, poll_interval_s=settings.state_cache_poll_ms / 1000
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -294,6 +307,7 @@ class Runtime:
             runtime._register_merchants()
             if settings.seeds_demo:
                 runtime.demo_seeded_now = seed_demo(runtime, report=say)
+            runtime.state.start()
             runtime._start_relayers()
             if settings.run_indexer:
                 runtime._start_indexer()
@@ -325,12 +339,17 @@ class Runtime:
     def _start_relayers(self) -> None:
         chain_id = self.client.chain_id
         linger = self.settings.relayer_linger_ms
+        observe = self.state.observe_receipt
         self.issuer_relayer = Relayer(
-            self.rpc, account=self.keys.issuer, chain_id=chain_id, linger_ms=linger
+            self.rpc,
+            account=self.keys.issuer,
+            chain_id=chain_id,
+            linger_ms=linger,
+            on_receipt=observe,
         ).start()
         for merchant_id, account in enumerate(self.keys.merchants, start=1):
             relayer = Relayer(
-                self.rpc, account=account, chain_id=chain_id, linger_ms=linger
+                self.rpc, account=account, chain_id=chain_id, linger_ms=linger, on_receipt=observe
             ).start()
             self.merchant_relayers[merchant_id] = relayer
             self.merchant_batchers[merchant_id] = RedemptionBatcher(
@@ -338,7 +357,25 @@ class Runtime:
                 relayer=relayer,
                 max_items=self.settings.batch_max_items,
                 linger_s=self.settings.batch_linger_ms / 1000,
+                on_outcomes=self._batch_mined,
             )
+
+    def _batch_mined(self, outcomes: Sequence[BatchOutcome]) -> None:
+        sink = self.outcome_sink
+        if sink is not None:
+            sink(outcomes)
+
+    def finish(self, records: Mapping[int, RedemptionRecord]) -> None:
+        """Leave saved records for the requests waiting on them (bounded: a request that timed
+        out never collects its record, and finds it in the store on retry)."""
+        with self.finished_lock:
+            self.finished.update(records)
+            while len(self.finished) > _FINISHED_KEPT:
+                self.finished.popitem(last=False)
+
+    def collect(self, redemption_id: int) -> RedemptionRecord | None:
+        with self.finished_lock:
+            return self.finished.pop(redemption_id, None)
 
     def _start_indexer(self) -> None:
         """Follow the chain into the index tables in a background thread (stopped by close)."""
@@ -396,8 +433,11 @@ class Runtime:
         for relayer in relayers:
             with contextlib.suppress(Exception):
                 relayer.close(drain=True, timeout=10.0)
+        self.state.close()
         with contextlib.suppress(Exception):
             self.rpc.close()
+        with contextlib.suppress(Exception):
+            self._cache_rpc.close()
         self.store.close()
         if self.node is not None:
             self.node.stop()

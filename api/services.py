@@ -22,10 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import Any, Literal
 
 from eth_utils.crypto import keccak
@@ -51,13 +53,14 @@ from api.schemas import (
 from api.settings import Settings
 from api.store import IdempotencyConflict, PassHolder, RedemptionRecord, RedemptionStatus
 from ledger import contract_errors as ce
-from ledger.batcher import RedemptionAccepted
+from ledger.batcher import RedemptionAccepted, RedemptionRefused
 from ledger.batcher import RedemptionOutcome as BatchOutcome
 from ledger.client import UNLIMITED, RedemptionRequest, SchemeKind, SchemeTerms
 from ledger.events import DecodedEvent
 from ledger.passid import pass_id
 from ledger.relayer import Relayer, TxReceipt, TxRequest
 from ledger.reports.periods import Period, PeriodError
+from ledger.rpc import RpcError
 from ledger.settlement.statements import statement as ledger_statement
 from ledger.store.index import IndexCheckpoint
 from wallet import (
@@ -108,9 +111,24 @@ def _pass_id(holder: PassHolder) -> bytes:
     return pass_id(pass_secret=holder.pass_secret, pass_number=holder.pass_number)
 
 
+def _eth_call(runtime: Runtime, data: bytes, *, sender: str | None = None, block: str) -> bytes:
+    """One raw ``eth_call`` to the ledger (far cheaper than a web3 contract call); a revert
+    raises the contract's typed error."""
+    call = {"to": runtime.client.address, "data": "0x" + data.hex()}
+    if sender is not None:
+        call["from"] = sender
+    try:
+        result = runtime.rpc.call("eth_call", call, block)
+    except RpcError as exc:
+        if isinstance(exc.data, str) and exc.data.startswith("0x"):
+            raise runtime.client.revert_of(bytes.fromhex(exc.data[2:])) from None
+        raise
+    return bytes.fromhex(str(result).removeprefix("0x"))
+
+
 def _balance_at(runtime: Runtime, scheme_id: int, pid: bytes, block: int) -> int:
-    fn = runtime.client.contract.functions.balanceOf(scheme_id, pid)
-    return int(fn.call(block_identifier=block))
+    data = runtime.client.call_data("balanceOf", scheme_id, pid)
+    return int.from_bytes(_eth_call(runtime, data, block=hex(block)), "big")
 
 
 def _receipt_events(runtime: Runtime, receipt: TxReceipt) -> list[DecodedEvent]:
@@ -182,13 +200,13 @@ def make_pass_token(runtime: Runtime, settings: Settings, pass_number: str) -> P
 def balances(runtime: Runtime, pass_number: str) -> BalancesOut:
     holder = _holder(runtime, pass_number)
     pid = _pass_id(holder)
-    client = runtime.client
-    state = client.pass_of(pid)
+    snapshot = runtime.state.pass_snapshot(pid)
+    state = snapshot.state
     labels = runtime.store.scheme_labels()
     out: list[Balance] = []
-    for scheme_id in range(1, client.scheme_count() + 1):
-        kind = client.scheme_of(scheme_id).terms.kind
-        balance = client.balance_of(scheme_id, pid)
+    for scheme_id, terms in runtime.state.schemes():
+        kind = terms.kind
+        balance = snapshot.balances.get(scheme_id, 0)
         out.append(
             Balance(
                 scheme_id=scheme_id,
@@ -230,7 +248,7 @@ def _verify(runtime: Runtime, signed: SignedPassToken) -> None:
     """Offline checks: this chain and contract, not expired, signed by the pass signer or the
     pass's own holder key (read from the chain)."""
     allowed = {runtime.keys.pass_signer.address}
-    holder_key = runtime.client.pass_of(signed.token.pass_id).holder_key
+    holder_key = runtime.state.pass_state(signed.token.pass_id).holder_key
     if holder_key != _ZERO_ADDRESS:
         allowed.add(holder_key)
     verify_pass_token(
@@ -280,10 +298,7 @@ def _succeed(runtime: Runtime, record: RedemptionRecord, event: DecodedEvent) ->
 
 
 def _fail(runtime: Runtime, record: RedemptionRecord, exc: ce.ContractRevert) -> ce.ContractRevert:
-    record.status = RedemptionStatus.FAILED
-    record.problem_code = exc.code
-    record.problem_status = contract_status(exc)
-    record.problem_detail = str(exc)
+    _mark_failed(record, exc)
     runtime.store.save_redemption(record)
     return exc
 
@@ -309,18 +324,85 @@ def _redeemed_event(
     return None
 
 
+def _mark_succeeded(record: RedemptionRecord, outcome: RedemptionAccepted, balance: int) -> None:
+    record.status = RedemptionStatus.SUCCEEDED
+    record.tx_hash = HexBytes(outcome.transaction_hash).to_0x_hex()
+    record.block_number = outcome.block_number
+    record.debited = int(outcome.debited)
+    record.credited = int(outcome.credited)
+    record.discount = int(outcome.discount)
+    record.balance_after = balance
+
+
+def _mark_failed(record: RedemptionRecord, exc: ce.ContractRevert) -> None:
+    record.status = RedemptionStatus.FAILED
+    record.problem_code = exc.code
+    record.problem_status = contract_status(exc)
+    record.problem_detail = str(exc)
+
+
+def _balances_after(runtime: Runtime, accepted: Sequence[RedemptionAccepted]) -> dict[int, int]:
+    """Each accepted redemption's balance at the end of its block, in one JSON-RPC batch."""
+    calls = [
+        (
+            "eth_call",
+            [
+                {
+                    "to": runtime.client.address,
+                    "data": "0x"
+                    + runtime.client.call_data("balanceOf", o.scheme_id, bytes(o.pass_id)).hex(),
+                },
+                hex(o.block_number),
+            ],
+        )
+        for o in accepted
+    ]
+    replies = runtime.rpc.batch(calls)
+    balances: dict[int, int] = {}
+    for outcome, reply in zip(accepted, replies, strict=True):
+        if isinstance(reply, RpcError):
+            raise reply
+        balances[outcome.redemption_id] = int(str(reply), 16)
+    return balances
+
+
+def record_batch(runtime: Runtime, outcomes: Sequence[BatchOutcome]) -> None:
+    """Save a mined batch in one transaction (the batcher's ``on_outcomes``): accepted items with
+    their balance after, refusals with their problem. A ``RedemptionIdUsed`` refusal is left to
+    its request, which first looks for an earlier submission of the same record."""
+    accepted = [o for o in outcomes if isinstance(o, RedemptionAccepted)]
+    balances = _balances_after(runtime, accepted)
+    updates: dict[int, Callable[[RedemptionRecord], None]] = {
+        o.redemption_id: partial(_mark_succeeded, outcome=o, balance=balances[o.redemption_id])
+        for o in accepted
+    }
+    for outcome in outcomes:
+        if isinstance(outcome, RedemptionRefused) and not isinstance(
+            outcome.error, ce.RedemptionIdUsed
+        ):
+            updates[outcome.redemption_id] = partial(_mark_failed, exc=outcome.error)
+    runtime.finish(runtime.store.complete_redemptions(updates))
+
+
+def _settle(runtime: Runtime, record: RedemptionRecord, outcome: BatchOutcome) -> RedemptionOut:
+    """The result of ``record``'s mined outcome: the record :func:`record_batch` saved, or (if
+    that did not happen) store it now."""
+    saved = runtime.collect(record.redemption_id)
+    if saved is not None:
+        if saved.status is RedemptionStatus.SUCCEEDED:
+            return _result(saved)
+        if isinstance(outcome, RedemptionRefused) and saved.status is RedemptionStatus.FAILED:
+            raise outcome.error
+    return _apply(runtime, record, outcome)
+
+
 def _apply(runtime: Runtime, record: RedemptionRecord, outcome: BatchOutcome) -> RedemptionOut:
     """Store the batcher's outcome of ``record`` and return it (or raise the refusal)."""
     if isinstance(outcome, RedemptionAccepted):
-        record.status = RedemptionStatus.SUCCEEDED
-        record.tx_hash = HexBytes(outcome.transaction_hash).to_0x_hex()
-        record.block_number = outcome.block_number
-        record.debited = int(outcome.debited)
-        record.credited = int(outcome.credited)
-        record.discount = int(outcome.discount)
-        record.balance_after = _balance_at(
+        balance = _balance_at(
             runtime, record.scheme_id, bytes(outcome.pass_id), outcome.block_number
         )
+        _mark_succeeded(record, outcome, balance)
         return _result(runtime.store.save_redemption(record))
     error = outcome.error
     if isinstance(error, ce.RedemptionIdUsed):  # an earlier submission of this very record?
@@ -361,7 +443,7 @@ def _submit(runtime: Runtime, record: RedemptionRecord, signed: SignedPassToken)
         if future.done():
             with runtime.inflight_lock:
                 runtime.inflight.pop(slot, None)
-    return _apply(runtime, record, outcome)
+    return _settle(runtime, record, outcome)
 
 
 def _resume(runtime: Runtime, record: RedemptionRecord) -> RedemptionOut:
@@ -374,7 +456,7 @@ def _resume(runtime: Runtime, record: RedemptionRecord) -> RedemptionOut:
         outcome = _wait(runtime, future)
         with runtime.inflight_lock:
             runtime.inflight.pop(slot, None)
-        return _apply(runtime, record, outcome)
+        return _settle(runtime, record, outcome)
     relayer = runtime.merchant_relayer(record.merchant_id)
     event = _redeemed_event(runtime, record, relayer.address)
     if event is not None:
@@ -414,8 +496,11 @@ def redeem(
                 redemption_id=candidate, scheme_id=scheme_id, amount=amount, token=signed
             )
             try:
-                runtime.client.preflight(
-                    sender=relayer.address, data=runtime.client.redeem_data(call)
+                _eth_call(
+                    runtime,
+                    runtime.client.redeem_data(call),
+                    sender=relayer.address,
+                    block="latest",
                 )
                 break
             except ce.RedemptionIdUsed:  # used outside this store (e.g. a reset database)
@@ -455,13 +540,11 @@ def _merchant_address(runtime: Runtime, merchant_id: int) -> str:
 
 def _allowed_schemes(runtime: Runtime, merchant_id: int) -> list[tuple[int, SchemeTerms]]:
     """The schemes ``merchant_id`` may redeem: open to all merchants, or allowed for it."""
-    client = runtime.client
     address = _merchant_address(runtime, merchant_id)
     return [
         (scheme_id, terms)
-        for scheme_id, terms in client.schemes()
-        if terms.open_to_all_merchants
-        or bool(client.contract.functions.isMerchantAllowed(scheme_id, address).call())
+        for scheme_id, terms in runtime.state.schemes()
+        if terms.open_to_all_merchants or runtime.state.merchant_allowed(scheme_id, address)
     ]
 
 
@@ -472,7 +555,8 @@ def scan(runtime: Runtime, *, merchant_id: int, token: str) -> ScanOut:
     signed = decode_token_uri(token.strip())
     _verify(runtime, signed)
     pid = signed.token.pass_id
-    state = runtime.client.pass_of(pid)
+    snapshot = runtime.state.pass_snapshot(pid)
+    state = snapshot.state
     if signed.token.serial != 0 and signed.token.serial != state.card_serial:
         raise ApiProblem(422, "token_revoked", "this card was replaced; its serial is revoked")
     record = runtime.store.registry.find_pass_by_id(pid)
@@ -494,7 +578,7 @@ def scan(runtime: Runtime, *, merchant_id: int, token: str) -> ScanOut:
     redeemable: list[Redeemable] = []
     if status == "active":
         for scheme_id, terms in _allowed_schemes(runtime, merchant_id):
-            balance = runtime.client.balance_of(scheme_id, pid)
+            balance = snapshot.balances.get(scheme_id, 0)
             if balance == 0:
                 continue
             redeemable.append(

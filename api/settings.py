@@ -161,6 +161,19 @@ class Settings(BaseSettings):
         description="How long a merchant's batcher gathers items.",
     )
     batch_max_items: int = Field(default=100, ge=1, le=500)
+    state_cache_poll_ms: float = Field(
+        default=50.0,
+        gt=0,
+        le=10_000,
+        description="How often the scan cache reads the chain's new logs (what other parties "
+        "change shows within this interval; this service's own transactions at once).",
+    )
+    worker_threads: int = Field(
+        default=256,
+        ge=8,
+        le=4096,
+        description="Threads for blocking route work (a redemption waits for its batch).",
+    )
     run_indexer: bool = Field(
         default=True, description="Mirror the chain into the index tables inside this process."
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -377,6 +377,30 @@ class ApiStore:
             merged = session.merge(record)
             session.commit()
             return merged
+
+    def complete_redemptions(
+        self, outcomes: Mapping[int, Callable[[RedemptionRecord], None]]
+    ) -> dict[int, RedemptionRecord]:
+        """Apply each ``outcomes[redemption_id]`` to its record and save them all in one
+        transaction (a mined batch); return the saved records by redemption id."""
+        if not outcomes:
+            return {}
+        now = _now()
+        with self.session() as session:
+            session.expire_on_commit = False  # the records are returned as saved
+            records = session.exec(
+                select(RedemptionRecord).where(
+                    col(RedemptionRecord.redemption_id).in_(list(outcomes))
+                )
+            ).all()
+            for record in records:
+                outcomes[record.redemption_id](record)
+                record.updated_at = now
+                session.add(record)
+            session.commit()
+            for record in records:
+                session.expunge(record)
+            return {record.redemption_id: record for record in records}
 
     def redemption_by_id(self, redemption_id: int) -> RedemptionRecord | None:
         with self.session() as session:

@@ -20,10 +20,11 @@ id bitmap makes a repeated id harmless: at most one of them is ever accepted.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -71,6 +72,8 @@ class RedemptionRefused:
 
 RedemptionOutcome = RedemptionAccepted | RedemptionRefused
 
+log = logging.getLogger(__name__)
+
 _BASE_GAS = 120_000
 _GAS_PER_ITEM = 80_000
 
@@ -82,7 +85,11 @@ class _Pending:
 
 
 class RedemptionBatcher:
-    """Collects one merchant's redemptions into ``redeemBatch`` transactions."""
+    """Collects one merchant's redemptions into ``redeemBatch`` transactions.
+
+    ``on_outcomes`` (optional) is called on the relayer's watcher thread with every outcome of
+    a mined batch, in submission order, before any caller's future resolves.
+    """
 
     def __init__(
         self,
@@ -91,6 +98,7 @@ class RedemptionBatcher:
         relayer: Relayer,
         max_items: int = 100,
         linger_s: float = 0.02,
+        on_outcomes: Callable[[Sequence[RedemptionOutcome]], None] | None = None,
     ) -> None:
         if not 1 <= max_items <= 500:
             raise ValueError(f"max_items must be between 1 and 500, got {max_items}")
@@ -98,6 +106,7 @@ class RedemptionBatcher:
         self._relayer = relayer
         self._max_items = max_items
         self._linger_s = linger_s
+        self._on_outcomes = on_outcomes
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._closed = False
         self._lock = threading.Lock()
@@ -183,6 +192,11 @@ class RedemptionBatcher:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
+        if self._on_outcomes is not None:  # e.g. record the whole batch in one transaction
+            try:
+                self._on_outcomes([outcomes[id(pending)] for pending in batch])
+            except Exception:  # the callers still get their outcomes
+                log.exception("the on_outcomes listener failed for a batch of %d", len(batch))
         for pending in batch:
             pending.future.set_result(outcomes[id(pending)])
 

@@ -92,7 +92,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Self
@@ -582,6 +582,8 @@ class Relayer:
     ``reprice_after`` is how long (seconds) the lowest unconfirmed nonce may sit at the chain's
     latest nonce with nothing mined before the same call is re-signed with a minimally higher fee
     (invariant 8; ``None`` disables it); ``max_reprices`` bounds the variants per nonce.
+    ``on_receipt`` is called (on the watcher thread) with every receipt just before the caller's
+    future resolves: caches of chain state use it to forget what the transaction changed.
     """
 
     def __init__(
@@ -599,6 +601,7 @@ class Relayer:
         history_size: int = 10_000,
         reprice_after: float | None = 3.0,
         max_reprices: int = 10,
+        on_receipt: Callable[[TxReceipt], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -619,6 +622,7 @@ class Relayer:
         self.history_size = history_size
         self.reprice_after = reprice_after
         self.max_reprices = max_reprices
+        self.on_receipt = on_receipt
         self._key = bytes(account.key)
 
         self._lock = threading.Lock()
@@ -1311,6 +1315,11 @@ class Relayer:
     # -- helpers ---------------------------------------------------------------------------
 
     def _resolve(self, handle: TxHandle, receipt: TxReceipt) -> None:
+        if self.on_receipt is not None:  # before the caller wakes: it may read what changed
+            try:
+                self.on_receipt(receipt)
+            except Exception:
+                log.exception("the on_receipt listener of %s failed", self.address)
         with contextlib.suppress(concurrent.futures.InvalidStateError):
             handle.future.set_result(receipt)
 

@@ -1,0 +1,323 @@
+"""A read-through cache of the ledger state a counter scan needs, kept true by the chain's logs.
+
+A scan must answer in a few milliseconds, but the facts it shows live on chain: the scheme
+terms, which merchants a scheme allows, and a pass's state and balances. Reading them per
+request costs one ``eth_call`` each. :class:`LedgerStateCache` keeps them in memory:
+
+- a pass's state (registration, block flag, holder key, card serial) is kept apart from its
+  balances, since every redemption changes a balance but hardly any changes the state;
+- a miss reads everything about a pass (``passOf`` and ``balanceOf`` for every scheme) in one
+  JSON-RPC batch that starts with ``eth_blockNumber``; the snapshot is stamped with that block
+  number, which is never later than the state it was read at;
+- a *follower* thread polls ``eth_getLogs`` for the ledger's logs since the last block it saw
+  (every ``poll_interval_s``) and forgets what each event changed: the passes an event names
+  (``passId`` / ``passIds``), the scheme list on ``SchemeCreated``, one allowance on
+  ``MerchantAllowanceChanged``;
+- :meth:`observe` does the same at once for the receipts of the service's own transactions
+  (the relayers' ``on_receipt``), so a pass redeemed here is never shown stale here;
+- a snapshot read at block ``b`` is not stored when the follower has already seen an event for
+  that pass after ``b`` (the read raced the event), so a stored entry is never older than an
+  event that was observed.
+
+What another party changes is therefore visible within one poll interval; what this service
+changes is visible as soon as its receipt arrives. The contract enforces every rule whatever
+the cache shows: a stale balance can make a scan optimistic, never a redemption wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+from eth_abi import decode
+from eth_utils import to_checksum_address
+
+from ledger.client import LedgerClient, PassState, SchemeTerms
+from ledger.errors import ChainError
+from ledger.events import DecodedEvent
+from ledger.relayer import TxReceipt
+from ledger.rpc import RpcClient, RpcError
+
+__all__ = ["CacheStats", "LedgerStateCache", "PassSnapshot"]
+
+log = logging.getLogger(__name__)
+
+#: Events that change a pass's state (not only its balances).
+_PASS_STATE_EVENTS = frozenset(
+    {"PassRegistered", "HolderKeyChanged", "CardReplaced", "PassBlockStatusChanged"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PassSnapshot:
+    """A pass's on-chain state and its balance in every scheme, as of ``block`` or later."""
+
+    state: PassState
+    balances: Mapping[int, int]
+    block: int
+
+
+@dataclass(slots=True)
+class CacheStats:
+    pass_hits: int = 0
+    pass_misses: int = 0
+    invalidations: int = 0
+    polls: int = 0
+    follower_errors: int = 0
+    last_block: int = -1
+
+
+def _hex(value: int) -> str:
+    return hex(value)
+
+
+class LedgerStateCache:
+    """Scheme terms, merchant allowances and pass snapshots, invalidated by the ledger's logs."""
+
+    def __init__(
+        self,
+        client: LedgerClient,
+        rpc: RpcClient,
+        *,
+        poll_interval_s: float = 0.05,
+        max_passes: int = 200_000,
+    ) -> None:
+        if poll_interval_s <= 0:
+            raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s}")
+        if max_passes < 1:
+            raise ValueError(f"max_passes must be >= 1, got {max_passes}")
+        self._client = client
+        self._rpc = rpc
+        self._poll_interval_s = poll_interval_s
+        self._max_passes = max_passes
+        self._lock = threading.Lock()
+        self._schemes: tuple[tuple[int, SchemeTerms], ...] | None = None
+        self._schemes_touched = -1  # block of the last SchemeCreated seen
+        self._allowed: dict[tuple[int, str], bool] = {}
+        self._allowed_touched: dict[tuple[int, str], int] = {}
+        self._passes: OrderedDict[bytes, PassSnapshot] = OrderedDict()
+        self._touched: dict[bytes, int] = {}  # pass id -> block of the last event naming it
+        self._states: OrderedDict[bytes, PassState] = OrderedDict()
+        self._state_touched: dict[bytes, int] = {}  # ... of the last pass-state event
+        self._watermark = -1  # the follower has applied every log up to this block
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.stats = CacheStats()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Start following the chain from its current head (the cache starts empty)."""
+        head = int(str(self._rpc.call("eth_blockNumber")), 16)
+        with self._lock:
+            self._watermark = head
+        self._thread = threading.Thread(target=self._follow, name="state-cache", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def schemes(self) -> tuple[tuple[int, SchemeTerms], ...]:
+        """Every scheme's id and terms, in id order."""
+        with self._lock:
+            cached = self._schemes
+        if cached is not None:
+            return cached
+        head = self._head()
+        schemes = tuple(self._client.schemes())
+        with self._lock:
+            if self._schemes_touched <= head:
+                self._schemes = schemes
+        return schemes
+
+    def merchant_allowed(self, scheme_id: int, merchant: str) -> bool:
+        """Whether ``merchant`` is on ``scheme_id``'s allow-list (open schemes aside)."""
+        key = (scheme_id, to_checksum_address(merchant))
+        with self._lock:
+            cached = self._allowed.get(key)
+        if cached is not None:
+            return cached
+        head = self._head()
+        allowed = bool(self._client.contract.functions.isMerchantAllowed(*key).call())
+        with self._lock:
+            if self._allowed_touched.get(key, -1) <= head:
+                self._allowed[key] = allowed
+        return allowed
+
+    def pass_snapshot(self, pass_id: bytes) -> PassSnapshot:
+        """``pass_id``'s state and balances in every scheme (one JSON-RPC batch on a miss)."""
+        schemes = self.schemes()
+        with self._lock:
+            cached = self._passes.get(pass_id)
+            if cached is not None and all(sid in cached.balances for sid, _ in schemes):
+                self._passes.move_to_end(pass_id)
+                self.stats.pass_hits += 1
+                return cached
+            self.stats.pass_misses += 1
+        snapshot = self._read_pass(pass_id, [sid for sid, _ in schemes])
+        with self._lock:
+            if self._touched.get(pass_id, -1) <= snapshot.block:
+                self._passes[pass_id] = snapshot
+                self._passes.move_to_end(pass_id)
+                while len(self._passes) > self._max_passes:
+                    self._passes.popitem(last=False)
+            if self._state_touched.get(pass_id, -1) <= snapshot.block:
+                self._states[pass_id] = snapshot.state
+                self._states.move_to_end(pass_id)
+                while len(self._states) > self._max_passes:
+                    self._states.popitem(last=False)
+        return snapshot
+
+    def pass_state(self, pass_id: bytes) -> PassState:
+        """``pass_id``'s registration, block flag, holder key and card serial. Kept apart from
+        the balances: it changes rarely, while every redemption changes a balance."""
+        with self._lock:
+            cached = self._states.get(pass_id)
+            if cached is not None:
+                self._states.move_to_end(pass_id)
+                return cached
+        snapshot = self.pass_snapshot(pass_id)
+        return snapshot.state
+
+    def _head(self) -> int:
+        return int(str(self._rpc.call("eth_blockNumber")), 16)
+
+    def _read_pass(self, pass_id: bytes, scheme_ids: Sequence[int]) -> PassSnapshot:
+        client = self._client
+        to = client.address
+        datas = [client.call_data("passOf", pass_id)]
+        datas += [client.call_data("balanceOf", scheme_id, pass_id) for scheme_id in scheme_ids]
+        calls: list[tuple[str, Sequence[Any]]] = [("eth_blockNumber", [])]
+        calls += [("eth_call", [{"to": to, "data": "0x" + data.hex()}, "latest"]) for data in datas]
+        replies = self._rpc.batch(calls)
+        for reply in replies:
+            if isinstance(reply, RpcError):
+                raise reply
+        block = int(str(replies[0]), 16)
+        registered, blocked, holder_key, serial = decode(
+            ["bool", "bool", "address", "uint64"], bytes.fromhex(str(replies[1])[2:])
+        )
+        balances = {
+            scheme_id: int(decode(["uint256"], bytes.fromhex(str(reply)[2:]))[0])
+            for scheme_id, reply in zip(scheme_ids, replies[2:], strict=True)
+        }
+        state = PassState(
+            bool(registered), bool(blocked), to_checksum_address(holder_key), int(serial)
+        )
+        return PassSnapshot(state=state, balances=balances, block=block)
+
+    # -- invalidation ---------------------------------------------------------------------------
+
+    def observe_receipt(self, receipt: TxReceipt) -> None:
+        """Forget what a transaction of this service changed (a relayer's ``on_receipt``)."""
+        if receipt.ok and receipt.logs:
+            self.observe(self._client.receipt_events(receipt))
+
+    def observe(self, events: Iterable[DecodedEvent]) -> None:
+        """Forget every entry the ``events`` may have changed."""
+        with self._lock:
+            for event in events:
+                self._forget(event)
+
+    def _forget(self, event: DecodedEvent) -> None:  # holds self._lock
+        args = event.args
+        block = event.block_number
+        pass_ids: list[bytes] = []
+        if "passId" in args:
+            pass_ids.append(bytes(args["passId"]))
+        if "passIds" in args:
+            pass_ids.extend(bytes(pid) for pid in args["passIds"])
+        for pid in pass_ids:
+            self._touched[pid] = max(self._touched.get(pid, -1), block)
+            if self._passes.pop(pid, None) is not None:
+                self.stats.invalidations += 1
+            if event.name in _PASS_STATE_EVENTS:
+                self._state_touched[pid] = max(self._state_touched.get(pid, -1), block)
+                self._states.pop(pid, None)
+        if event.name == "SchemeCreated":
+            self._schemes_touched = max(self._schemes_touched, block)
+            self._schemes = None
+        elif event.name == "MerchantAllowanceChanged":
+            key = (int(args["schemeId"]), to_checksum_address(str(args["merchant"])))
+            self._allowed_touched[key] = max(self._allowed_touched.get(key, -1), block)
+            self._allowed.pop(key, None)
+
+    # -- follower -------------------------------------------------------------------------------
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self._poll_interval_s):
+            try:
+                self.poll()
+            except (ChainError, OSError, ValueError) as exc:
+                self.stats.follower_errors += 1
+                log.warning("state cache: cannot read the chain (%s); retrying", exc)
+
+    def poll(self) -> int:
+        """Apply the ledger's logs up to the head; return the block reached."""
+        self.stats.polls += 1
+        head = self._head()
+        with self._lock:
+            since = self._watermark
+        if head < since:  # the chain went back (a development node was reset): start over
+            self._clear(head)
+            return head
+        if head == since:
+            return head
+        raw = self._rpc.call(
+            "eth_getLogs",
+            {"address": self._client.address, "fromBlock": _hex(since + 1), "toBlock": _hex(head)},
+        )
+        logs = raw if isinstance(raw, list) else []
+        events = self._client.decode_logs([dict(item) for item in logs if isinstance(item, dict)])
+        with self._lock:
+            for event in events:
+                self._forget(event)
+            self._watermark = head
+            self.stats.last_block = head
+            self._prune(head)
+        return head
+
+    def _prune(self, head: int) -> None:  # holds self._lock
+        """Keep the touched maps small: an entry only matters to reads still in flight."""
+        if len(self._touched) > 4 * self._max_passes:
+            horizon = head - 64
+            self._touched = {pid: b for pid, b in self._touched.items() if b > horizon}
+            self._state_touched = {pid: b for pid, b in self._state_touched.items() if b > horizon}
+
+    def _clear(self, head: int) -> None:
+        with self._lock:
+            self._schemes = None
+            self._allowed.clear()
+            self._passes.clear()
+            self._touched.clear()
+            self._states.clear()
+            self._state_touched.clear()
+            self._allowed_touched.clear()
+            self._watermark = head
+
+    def clear(self) -> None:
+        """Forget everything (e.g. after restoring a node snapshot in development)."""
+        with contextlib.suppress(ChainError):
+            self._clear(self._head())
