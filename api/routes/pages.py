@@ -1,4 +1,4 @@
-"""Server-rendered web pages (Dutch and English): holder pass, merchant scanner, admin links.
+"""Server-rendered web pages (Dutch and English): holder pass, merchant scanner.
 
 Session: logging in on a page calls the same :meth:`api.auth.Auth.login` as ``POST
 /auth/token`` and keeps the bearer token in the ``sp_session`` cookie (HttpOnly,
@@ -397,17 +397,3 @@ def merchant_web_reverse(
     """The scanner page's "reverse the last redemption"."""
     merchant_id = _terminal_merchant(request, runtime)
     return services.reverse(runtime, merchant_id=merchant_id, redemption_id=redemption_id)
-
-
-# -- admin ------------------------------------------------------------------------------------
-
-
-@router.get("/admin")
-def admin_page(request: Request, settings: SettingsDep) -> Response:
-    """Links to the report endpoints (which need a staff bearer token with scope audit)."""
-    reports = [
-        ("admin.report.schemes", "/admin/reports/schemes"),
-        ("admin.report.merchants", "/admin/reports/merchants"),
-        ("admin.report.districts", "/admin/reports/districts"),
-    ]
-    return _render(request, settings, "admin.html", reports=reports)

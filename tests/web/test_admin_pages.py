@@ -1,0 +1,285 @@
+"""Browser tests of the admin pages (api/routes/admin_pages.py) on the real app.
+
+The app runs in a uvicorn thread on 127.0.0.1 with its own embedded runtime (anvil in a tmp dir,
+SQLite, demo data); headless Debian Chromium is driven by Playwright with ``executable_path``.
+An admin logs in, uploads an entitlements CSV, watches the job page (its script polls the job)
+finish, follows it to the report and sees the chart image load and the issued amounts in the
+table beside it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.auth import DEV_STAFF
+from api.main import create_app
+from api.runtime import Runtime
+from api.settings import Settings
+from ledger.reports import scheme_report
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+TIMEOUT_MS = 30_000
+SCHEME_ID = 1  # the demo budget scheme (cents)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason=f"{CHROMIUM} missing (apt-get install -y chromium)"
+    ),
+]
+
+sync_api = pytest.importorskip("playwright.sync_api")
+uvicorn = pytest.importorskip("uvicorn")
+
+BASE_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    settings = Settings(
+        env="development",
+        var_dir=tmp_path_factory.mktemp("admin-pages-var"),
+        build_dir=ROOT / "var" / "build",
+        anvil_port=0,
+        receipt_timeout_s=20.0,
+    )
+    rt = Runtime.start(settings)
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+@pytest.fixture(scope="module")
+def base_url(runtime: Runtime) -> Iterator[str]:
+    """The real app on a free port of 127.0.0.1 (base URL without trailing slash)."""
+    config = uvicorn.Config(
+        create_app(runtime.settings, runtime),
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="admin-pages-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Any]:
+    with sync_api.sync_playwright() as pw:
+        yield pw
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Any) -> Iterator[Any]:
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM), headless=True, args=BASE_ARGS
+    )
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+@pytest.fixture
+def new_page(browser: Any) -> Iterator[Any]:
+    """A page in a fresh context (own cookies); uncaught page errors and CSP reports fail."""
+    contexts: list[Any] = []
+    errors: list[str] = []
+
+    def open_page(**context: Any) -> Any:
+        ctx = browser.new_context(**context)
+        contexts.append(ctx)
+        page = ctx.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on(
+            "console",
+            lambda msg: (
+                errors.append(msg.text)
+                if msg.type == "error" and "Content Security Policy" in msg.text
+                else None
+            ),
+        )
+        return page
+
+    yield open_page
+    for ctx in contexts:
+        ctx.close()
+    assert errors == [], f"errors on the page: {errors}"
+
+
+def _login(page: Any, base_url: str, role: str, lang: str = "en") -> None:
+    page.goto(f"{base_url}/admin/login?lang={lang}")
+    page.fill("#username", role)
+    page.fill("#password", DEV_STAFF[role][1])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base_url}/admin")
+
+
+def _issued(runtime: Runtime, scheme_id: int) -> int:
+    report = scheme_report(runtime.store.db.engine, scheme_ids=[scheme_id])
+    return sum(row.issued for row in report.rows)
+
+
+def test_admin_uploads_csv_sees_job_finish_and_chart(
+    new_page: Any, base_url: str, runtime: Runtime, tmp_path: Path
+) -> None:
+    before = _issued(runtime, SCHEME_ID)
+    lines = [f"GR{n:07d},{1000 + n}" for n in range(11, 41)]  # 30 passes
+    total = sum(1000 + n for n in range(11, 41))
+    csv = tmp_path / "entitlements.csv"
+    csv.write_text("pass_number,amount\n" + "\n".join(lines) + "\n", encoding="utf-8")
+
+    page = new_page()
+    _login(page, base_url, "admin")
+    assert page.text_content("h1") == "Administration"
+    page.click("nav.admin-nav >> text=Issuance")
+    page.wait_for_url(f"{base_url}/admin/web/issuance")
+    page.select_option("#scheme", str(SCHEME_ID))
+    page.set_input_files("#csv-file", str(csv))
+    page.click("#upload-form button[type=submit]")
+
+    # The job page: its script polls the job until it is done and the index has it.
+    page.wait_for_url(f"{base_url}/admin/web/jobs/**")
+    page.wait_for_function(
+        "() => document.getElementById('job').dataset.status === 'done'", timeout=TIMEOUT_MS
+    )
+    assert page.get_attribute("#job", "data-done") == "30"
+    assert page.get_attribute("#job", "data-total") == "30"
+    assert page.evaluate("document.getElementById('job-progress').value") == 30
+    assert page.text_content("#job-count") == "30 of 30 done"
+    assert page.text_content("#job-status") == "Done."
+    assert page.text_content("#result-lines") == "30"
+    assert page.text_content("#result-total") == str(total)
+    assert page.evaluate("document.activeElement.id") == "job-result-title"
+    page.wait_for_selector("#result-report:not([hidden])", timeout=TIMEOUT_MS)
+
+    # The report: the chart image loads, and the table beside it shows the issued amount.
+    page.click("#report-link")
+    page.wait_for_url(f"{base_url}/admin/web/reports?scheme={SCHEME_ID}")
+    page.wait_for_function(
+        "() => { const img = document.getElementById('schemes-chart');"
+        " return img.complete && img.naturalWidth > 0; }"
+    )
+    for chart in ("merchants-chart", "districts-chart"):
+        page.wait_for_function(
+            f"() => {{ const img = document.getElementById('{chart}');"
+            " return img.complete && img.naturalWidth > 0; }"
+        )
+    row = page.locator(f"#scheme-row-{SCHEME_ID}")
+    assert row.get_attribute("data-issued") == str(before + total)
+    whole, cents = divmod(before + total, 100)
+    assert f"€{whole:,}.{cents:02d}" in (row.text_content() or "")
+    alt = page.get_attribute("#schemes-chart", "alt") or ""
+    assert "Issued" in alt
+    assert page.get_attribute("#schemes-chart", "aria-describedby") == "schemes-table-caption"
+    # The SVG rendering of the same chart is an SVG document.
+    svg = page.request.get(base_url + (page.get_attribute("#schemes-svg", "href") or ""))
+    assert svg.ok
+    assert "<svg" in svg.text()
+
+
+def test_csv_problems_are_shown_by_line(new_page: Any, base_url: str, tmp_path: Path) -> None:
+    csv = tmp_path / "bad.csv"
+    csv.write_text("pass_number,amount\nGR0000001,100\nGR9999999,5\nGR0000002,-3\n")
+    page = new_page()
+    _login(page, base_url, "issuer")
+    page.goto(f"{base_url}/admin/web/issuance")
+    page.set_input_files("#csv-file", str(csv))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_selector("#line-errors")
+    assert "csv_lines_invalid" in (page.text_content("[role=alert]") or "")
+    rows = page.locator("#line-errors tbody tr")
+    assert rows.count() == 2
+    assert (rows.nth(0).text_content() or "").strip().startswith("3")
+    assert "GR9999999" in (rows.nth(0).text_content() or "")
+
+
+def test_issuer_cannot_open_payouts(new_page: Any, base_url: str) -> None:
+    page = new_page()
+    _login(page, base_url, "issuer")
+    nav = page.text_content("nav.admin-nav") or ""
+    assert "Issuance" in nav
+    assert "Payouts" not in nav
+    assert "Reports" not in nav
+    response = page.goto(f"{base_url}/admin/web/payouts")
+    assert response.status == 403
+    assert page.text_content("h1") == "You do not have access to this page"
+    assert page.locator("[role=alert]").count() == 1
+    response = page.goto(f"{base_url}/admin/web/reports")
+    assert response.status == 403
+
+
+def test_post_without_csrf_is_refused(new_page: Any, base_url: str, runtime: Runtime) -> None:
+    page = new_page()
+    _login(page, base_url, "admin")
+    page.goto(f"{base_url}/admin/web/holders?q=GR0000005")
+    # Strip the form's CSRF field, then submit it: refused, the pass stays active.
+    page.evaluate(
+        "document.querySelectorAll('#pass-GR0000005 form input[name=csrf]')"
+        ".forEach(e => e.remove())"
+    )
+    with page.expect_navigation():
+        page.click("#block-GR0000005")
+    assert page.text_content("h1") == "The form expired. Please try again."
+    record = runtime.store.registry.pass_by_number("GR0000005")
+    assert str(record.status) == "active"
+
+    # With the token the same button works, and the pass can be unblocked again.
+    page.goto(f"{base_url}/admin/web/holders?q=GR0000005")
+    page.click("#block-GR0000005")
+    page.wait_for_selector("#pass-GR0000005[data-status=blocked]")
+    assert "The pass is blocked." in (page.text_content("#notice") or "")
+    page.click("#unblock-GR0000005")
+    page.wait_for_selector("#pass-GR0000005[data-status=active]")
+
+
+def test_language_switch(new_page: Any, base_url: str) -> None:
+    page = new_page(locale="nl-NL")
+    page.goto(f"{base_url}/admin/login")
+    assert page.get_attribute("html", "lang") == "nl"
+    assert page.text_content("h1") == "Inloggen voor medewerkers"
+    page.fill("#username", "admin")
+    page.fill("#password", DEV_STAFF["admin"][1])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base_url}/admin")
+    assert page.text_content("h1") == "Beheer"
+    assert "Rapportages" in (page.text_content("nav.admin-nav") or "")
+
+    # Keyboard: the first Tab reaches the skip link.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+
+    page.click("#lang-en")
+    page.wait_for_url(f"{base_url}/admin?lang=en")
+    assert page.get_attribute("html", "lang") == "en"
+    assert page.text_content("h1") == "Administration"
+    assert page.get_attribute("#lang-en", "aria-current") == "true"
+    page.goto(f"{base_url}/admin/web/reports")
+    assert page.text_content("h1") == "Reports"  # remembered without ?lang=
+
+    # Logging out ends the session.
+    page.click("#logout")
+    page.wait_for_url(f"{base_url}/admin/login")
+    page.goto(f"{base_url}/admin/web/reports")
+    assert page.url == f"{base_url}/admin/login"
