@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, date, datetime
-from typing import Literal
+from typing import Literal, TypedDict
 
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
@@ -105,12 +105,26 @@ class HistoryItem(BaseModel):
     discount: int
     at: int | None = Field(description="Unix seconds (block time, or when the API recorded it).")
     tx_hash: str | None
+    scheme_kind: Kind | None = Field(
+        default=None, description="The scheme's kind (None if the scheme is unknown)."
+    )
+    unit: Literal["cents", "uses"] | None = Field(
+        default=None,
+        description="Unit of ``amount``: cents (budget) or uses (uses and discount schemes; "
+        "a discount redemption uses 1 and grants ``discount`` cents).",
+    )
+    merchant_id: int | None = Field(default=None, description="The merchant's registry id.")
+    block_number: int | None = Field(default=None, description="The block of ``tx_hash``.")
 
 
 class HistoryOut(BaseModel):
     pass_number: str
     source: Literal["index", "api_records"]
     items: list[HistoryItem] = Field(description="Newest first.")
+    offset: int = Field(default=0, description="How many newer items were skipped.")
+    next_offset: int | None = Field(
+        default=None, description="The ``offset`` of the next (older) page, if there is one."
+    )
 
 
 class MerchantPlace(BaseModel):
@@ -133,6 +147,14 @@ class OfferEntry(BaseModel):
     unlimited: bool
     open_to_all_merchants: bool
     where: list[MerchantPlace] = Field(description="Active merchants that accept it.")
+    unit: Literal["cents", "uses"] = Field(
+        default="uses", description="Unit of ``balance``: cents (budget) or uses."
+    )
+    per_redemption_cap: int | None = Field(
+        default=None,
+        description="The most one redemption may take, if capped: cents (budget), uses (uses), "
+        "or the largest discount in cents (discount).",
+    )
 
 
 class OfferCatalogueOut(BaseModel):
@@ -208,79 +230,145 @@ def balances_with_validity(runtime: Runtime, pass_number: str) -> HolderBalances
 # -- history ----------------------------------------------------------------------------------
 
 
-def _merchant_names(runtime: Runtime) -> tuple[dict[str, str], dict[int, str]]:
-    by_address: dict[str, str] = {}
+_MAX_HISTORY = 10_000
+
+
+def _merchant_names(
+    runtime: Runtime,
+) -> tuple[dict[str, tuple[int | None, str]], dict[int, str]]:
+    """Merchants by chain address (lower case) -> (id, name), and by id -> name."""
+    by_address: dict[str, tuple[int | None, str]] = {}
     by_id: dict[int, str] = {}
     for merchant in runtime.store.merchants():
-        by_address[merchant.address.lower()] = merchant.name
+        by_address[merchant.address.lower()] = (merchant.id, merchant.name)
         if merchant.id is not None:
             by_id[merchant.id] = merchant.name
     return by_address, by_id
 
 
-def history(runtime: Runtime, pass_number: str, *, limit: int = 50) -> HistoryOut:
+def _scheme_kinds(runtime: Runtime) -> dict[int, SchemeKind]:
+    return {scheme_id: terms.kind for scheme_id, terms in runtime.client.schemes()}
+
+
+#: Orders history items: (unix seconds, block number, log index); newest is largest.
+_Order = tuple[float, int, int]
+
+
+def history(runtime: Runtime, pass_number: str, *, limit: int = 50, offset: int = 0) -> HistoryOut:
+    """The pass's redemptions and reversals, newest first: ``limit`` items after skipping the
+    ``offset`` newest (``next_offset`` is set when older items follow)."""
     holder = _holder(runtime, pass_number)
     pid = _pid(holder)
     labels = runtime.store.scheme_labels()
+    kinds = _scheme_kinds(runtime)
     by_address, by_id = _merchant_names(runtime)
-    items: list[HistoryItem] = []
+    offset = max(0, min(offset, _MAX_HISTORY))
+    wanted = offset + limit + 1  # one more than the page: is there an older page?
+    items: list[tuple[_Order, HistoryItem]] = []
     if _index_is_live(runtime):
         key = "0x" + pid.hex()
         with runtime.store.session() as session:
             redemptions = session.exec(
                 select(IndexedRedemption)
                 .where(IndexedRedemption.pass_id == key)
-                .order_by(col(IndexedRedemption.block_number).desc())
-                .limit(limit)
+                .order_by(
+                    col(IndexedRedemption.block_number).desc(),
+                    col(IndexedRedemption.log_index).desc(),
+                )
+                .limit(wanted)
             ).all()
             reversals = session.exec(
                 select(IndexedReversal)
                 .where(IndexedReversal.pass_id == key)
-                .order_by(col(IndexedReversal.block_number).desc())
-                .limit(limit)
+                .order_by(
+                    col(IndexedReversal.block_number).desc(),
+                    col(IndexedReversal.log_index).desc(),
+                )
+                .limit(wanted)
             ).all()
-            items.extend(
-                HistoryItem(
-                    kind="redemption",
-                    redemption_id=r.redemption_id,
-                    scheme_id=r.scheme_id,
-                    scheme_name=labels.get(r.scheme_id, f"Scheme {r.scheme_id}"),
-                    merchant_name=by_address.get(r.merchant.lower()),
-                    amount=int(r.debited),
-                    discount=int(r.discount),
-                    at=r.block_time,
-                    tx_hash=r.transaction_hash,
+            for r in redemptions:
+                merchant_id, merchant_name = by_address.get(r.merchant.lower(), (None, None))
+                items.append(
+                    (
+                        (r.block_time, r.block_number, r.log_index),
+                        HistoryItem(
+                            kind="redemption",
+                            redemption_id=r.redemption_id,
+                            scheme_id=r.scheme_id,
+                            scheme_name=labels.get(r.scheme_id, f"Scheme {r.scheme_id}"),
+                            merchant_name=merchant_name,
+                            amount=int(r.debited),
+                            discount=int(r.discount),
+                            at=r.block_time,
+                            tx_hash=r.transaction_hash,
+                            **_kind_fields(kinds, r.scheme_id),
+                            merchant_id=merchant_id,
+                            block_number=r.block_number,
+                        ),
+                    )
                 )
-                for r in redemptions
-            )
-            items.extend(
-                HistoryItem(
-                    kind="reversal",
-                    redemption_id=v.redemption_id,
-                    scheme_id=v.scheme_id,
-                    scheme_name=labels.get(v.scheme_id, f"Scheme {v.scheme_id}"),
-                    merchant_name=by_address.get(v.merchant.lower()),
-                    amount=-int(v.debited),
-                    discount=0,
-                    at=v.block_time,
-                    tx_hash=v.transaction_hash,
+            for v in reversals:
+                merchant_id, merchant_name = by_address.get(v.merchant.lower(), (None, None))
+                items.append(
+                    (
+                        (v.block_time, v.block_number, v.log_index),
+                        HistoryItem(
+                            kind="reversal",
+                            redemption_id=v.redemption_id,
+                            scheme_id=v.scheme_id,
+                            scheme_name=labels.get(v.scheme_id, f"Scheme {v.scheme_id}"),
+                            merchant_name=merchant_name,
+                            amount=-int(v.debited),
+                            discount=0,
+                            at=v.block_time,
+                            tx_hash=v.transaction_hash,
+                            **_kind_fields(kinds, v.scheme_id),
+                            merchant_id=merchant_id,
+                            block_number=v.block_number,
+                        ),
+                    )
                 )
-                for v in reversals
-            )
         source: Literal["index", "api_records"] = "index"
     else:
-        items = _history_from_records(runtime, pid, labels, by_id)
+        items = _history_from_records(runtime, pid, labels, by_id, kinds)
         source = "api_records"
-    items.sort(key=lambda item: (item.at or 0, item.kind == "reversal"), reverse=True)
-    return HistoryOut(pass_number=holder.pass_number, source=source, items=items[:limit])
+    items.sort(key=lambda entry: entry[0], reverse=True)
+    page = [item for _, item in items[offset : offset + limit]]
+    more = len(items) > offset + limit and offset + limit < _MAX_HISTORY
+    return HistoryOut(
+        pass_number=holder.pass_number,
+        source=source,
+        items=page,
+        offset=offset,
+        next_offset=offset + limit if more else None,
+    )
+
+
+class _KindFields(TypedDict):
+    scheme_kind: Kind | None
+    unit: Literal["cents", "uses"] | None
+
+
+def _kind_fields(kinds: dict[int, SchemeKind], scheme_id: int) -> _KindFields:
+    kind = kinds.get(scheme_id)
+    if kind is None:
+        return {"scheme_kind": None, "unit": None}
+    return {
+        "scheme_kind": KIND_NAMES[kind],
+        "unit": "cents" if kind is SchemeKind.BUDGET else "uses",
+    }
 
 
 def _history_from_records(
-    runtime: Runtime, pid: bytes, labels: dict[int, str], by_id: dict[int, str]
-) -> list[HistoryItem]:
+    runtime: Runtime,
+    pid: bytes,
+    labels: dict[int, str],
+    by_id: dict[int, str],
+    kinds: dict[int, SchemeKind],
+) -> list[tuple[_Order, HistoryItem]]:
     """Without an index: this service's own succeeded redemptions whose token names the pass
     (a scan of the records: fine for a development or small deployment)."""
-    items: list[HistoryItem] = []
+    items: list[tuple[_Order, HistoryItem]] = []
     with runtime.store.session() as session:
         records = session.exec(
             select(RedemptionRecord).where(RedemptionRecord.status == RedemptionStatus.SUCCEEDED)
@@ -295,16 +383,22 @@ def _history_from_records(
             created = record.created_at
             created = created if created.tzinfo is not None else created.replace(tzinfo=UTC)
             items.append(
-                HistoryItem(
-                    kind="redemption",
-                    redemption_id=str(record.redemption_id),
-                    scheme_id=record.scheme_id,
-                    scheme_name=name,
-                    merchant_name=by_id.get(record.merchant_id),
-                    amount=record.debited or 0,
-                    discount=record.discount or 0,
-                    at=int(created.timestamp()),
-                    tx_hash=record.tx_hash,
+                (
+                    (created.timestamp(), record.block_number or 0, 0),
+                    HistoryItem(
+                        kind="redemption",
+                        redemption_id=str(record.redemption_id),
+                        scheme_id=record.scheme_id,
+                        scheme_name=name,
+                        merchant_name=by_id.get(record.merchant_id),
+                        amount=record.debited or 0,
+                        discount=record.discount or 0,
+                        at=int(created.timestamp()),
+                        tx_hash=record.tx_hash,
+                        **_kind_fields(kinds, record.scheme_id),
+                        merchant_id=record.merchant_id,
+                        block_number=record.block_number,
+                    ),
                 )
             )
             if record.reversed_at is not None:
@@ -312,16 +406,22 @@ def _history_from_records(
                 if reversed_at.tzinfo is None:
                     reversed_at = reversed_at.replace(tzinfo=UTC)
                 items.append(
-                    HistoryItem(
-                        kind="reversal",
-                        redemption_id=str(record.redemption_id),
-                        scheme_id=record.scheme_id,
-                        scheme_name=name,
-                        merchant_name=by_id.get(record.merchant_id),
-                        amount=-(record.debited or 0),
-                        discount=0,
-                        at=int(reversed_at.timestamp()),
-                        tx_hash=record.reversal_tx_hash,
+                    (
+                        (reversed_at.timestamp(), record.reversal_block_number or 0, 1),
+                        HistoryItem(
+                            kind="reversal",
+                            redemption_id=str(record.redemption_id),
+                            scheme_id=record.scheme_id,
+                            scheme_name=name,
+                            merchant_name=by_id.get(record.merchant_id),
+                            amount=-(record.debited or 0),
+                            discount=0,
+                            at=int(reversed_at.timestamp()),
+                            tx_hash=record.reversal_tx_hash,
+                            **_kind_fields(kinds, record.scheme_id),
+                            merchant_id=record.merchant_id,
+                            block_number=record.reversal_block_number,
+                        ),
                     )
                 )
     return items
@@ -374,6 +474,8 @@ def offer_catalogue(runtime: Runtime, pass_number: str) -> OfferCatalogueOut:
                 unlimited=balance == UNLIMITED,
                 open_to_all_merchants=terms.open_to_all_merchants,
                 where=where,
+                unit="cents" if terms.kind is SchemeKind.BUDGET else "uses",
+                per_redemption_cap=terms.per_redemption_cap or None,
             )
         )
     return OfferCatalogueOut(pass_number=holder.pass_number, offers=offers)

@@ -95,10 +95,12 @@ def pass_history(
     pass_number: PassNumber,
     runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000, description="Skip this many newer items.")] = 0,
 ) -> HistoryOut:
     """From the chain index when the indexer runs (``source: index``), else from this
-    service's own redemption records (``source: api_records``)."""
-    return holder_services.history(runtime, pass_number, limit=limit)
+    service's own redemption records (``source: api_records``). Paged: pass the answer's
+    ``next_offset`` as ``offset`` for the next, older page."""
+    return holder_services.history(runtime, pass_number, limit=limit, offset=offset)
 
 
 @router.get(

@@ -16,10 +16,11 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 from fastapi import APIRouter, Request, Response
@@ -27,7 +28,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from api import services
+from api import holder_services, services
 from api.auth import Auth, Kind, Principal, Scope
 from api.deps import RuntimeDep, SettingsDep, idempotency_key
 from api.i18n import LANG_COOKIE, LANGUAGES, MESSAGES, pick_language, translate
@@ -268,36 +269,137 @@ async def holder_login(request: Request, settings: SettingsDep) -> Response:
     return await _login(request, settings, "holder", "holder_login.html", "/holder")
 
 
+_HISTORY_RECENT = 10  # on the holder page, with a link to the paged history
+_HISTORY_PAGE = 25
+_HISTORY_MAX_PAGE = 400
+_CATEGORY_PREFIX = "category."
+try:
+    _LOCAL_TZ: tzinfo = ZoneInfo("Europe/Amsterdam")
+except ZoneInfoNotFoundError:  # no tz database: show UTC
+    _LOCAL_TZ = UTC
+
+
+def _holder_session(request: Request) -> str | None:
+    principal = _principal(request, "holder")
+    return None if principal is None else principal.pass_number
+
+
+def _when(lang: str, unix: int | None) -> dict[str, str] | None:
+    """A moment as ``<time>`` needs it: ISO 8601 and the local (Groningen) date and time."""
+    if unix is None:
+        return None
+    moment = datetime.fromtimestamp(max(0, unix), UTC).astimezone(_LOCAL_TZ)
+    text = moment.strftime("%d-%m-%Y %H:%M" if lang == "nl" else "%Y-%m-%d %H:%M")
+    return {"iso": moment.isoformat(timespec="minutes"), "text": text}
+
+
+def _quantity(lang: str, unit: str | None, amount: int, *, unlimited: bool = False) -> str:
+    if unlimited:
+        return translate(lang, "unit.unlimited")
+    if unit == "cents":
+        return _money(lang, amount)
+    return translate(lang, "unit.uses", n=amount)
+
+
+def _category(lang: str, category: str) -> str:
+    key = _CATEGORY_PREFIX + category.lower()
+    return translate(lang, key) if key in MESSAGES[lang] else category
+
+
+def _history_rows(lang: str, items: list[holder_services.HistoryItem]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for item in items:
+        if item.scheme_kind == "discount" and item.kind == "redemption":
+            amount = translate(lang, "holder.history.discount", amount=_money(lang, item.discount))
+        else:
+            amount = _quantity(lang, item.unit, abs(item.amount))
+        rows.append(
+            {
+                "kind": item.kind,
+                "what": translate(lang, f"holder.history.kind.{item.kind}"),
+                "merchant": item.merchant_name
+                or translate(lang, "holder.history.merchant_unknown"),
+                "scheme": item.scheme_name,
+                "amount": amount,
+                "when": _when(lang, item.at),
+            }
+        )
+    return rows
+
+
+def _offer_rows(
+    lang: str, catalogue: holder_services.OfferCatalogueOut
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The offers (what, until when, where) and the same turned around: per partner, what the
+    pass can use there."""
+    offers: list[dict[str, Any]] = []
+    places: dict[int, dict[str, Any]] = {}
+    for offer in catalogue.offers:
+        if offer.kind == "discount":
+            if offer.discount_bps:
+                pct = f"{offer.discount_bps / 100:g}"
+                pct = pct.replace(".", ",") if lang == "nl" else pct
+                what = translate(lang, "holder.offers.discount", pct=pct)
+            else:
+                what = translate(
+                    lang, "holder.offers.discount_fixed", amount=_money(lang, offer.discount_fixed)
+                )
+            if offer.per_redemption_cap:
+                cap = _money(lang, offer.per_redemption_cap)
+                what += translate(lang, "holder.offers.discount_cap", amount=cap)
+        else:
+            left = _quantity(lang, offer.unit, offer.balance, unlimited=offer.unlimited)
+            what = translate(lang, "holder.offers.left", left=left)
+        where = [
+            {"name": place.name, "category": _category(lang, place.category)}
+            for place in offer.where
+        ]
+        offers.append(
+            {
+                "name": offer.name,
+                "what": what,
+                "valid_from": None if offer.valid_now else offer.valid_from,
+                "valid_until": offer.valid_until,
+                "all": offer.open_to_all_merchants,
+                "where": where,
+            }
+        )
+        for place in offer.where:
+            entry = places.setdefault(
+                place.merchant_id,
+                {
+                    "name": place.name,
+                    "category": _category(lang, place.category),
+                    "offers": [],
+                },
+            )
+            entry["offers"].append(offer.name)
+    partners = sorted(places.values(), key=lambda entry: str(entry["name"]).casefold())
+    return offers, partners
+
+
 @router.get("/holder")
 def holder_page(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
-    principal = _principal(request, "holder")
-    if principal is None or principal.pass_number is None:
+    """The pass QR (renewed by holder.js), balances, recent history and the offers catalogue
+    with where to use them (all from :mod:`api.holder_services`, as the holder API)."""
+    pass_number = _holder_session(request)
+    if pass_number is None:
         return _redirect("/holder/login")
-    data = services.balances(runtime, principal.pass_number)
-    now = int(time.time())
-    rows: list[dict[str, Any]] = []
-    offers: list[dict[str, Any]] = []
     lang = pick_language(request)
-    for balance in data.balances:
-        terms = runtime.client.scheme_of(balance.scheme_id).terms
-        if balance.balance == 0 or terms.valid_until < now:
-            continue
-        if balance.kind == "discount":
-            offers.append(
-                {
-                    "name": balance.name,
-                    "pct": f"{terms.discount_bps / 100:g}",
-                    "valid_until": terms.valid_until,
-                }
-            )
-            continue
-        if balance.unlimited:
-            left = translate(lang, "unit.unlimited")
-        elif balance.unit == "cents":
-            left = _money(lang, balance.balance)
-        else:
-            left = translate(lang, "unit.uses", n=balance.balance)
-        rows.append({"name": balance.name, "left": left, "valid_until": terms.valid_until})
+    data = holder_services.balances_with_validity(runtime, pass_number)
+    now = int(time.time())
+    rows = [
+        {
+            "name": balance.name,
+            "left": _quantity(lang, balance.unit, balance.balance, unlimited=balance.unlimited),
+            "valid_from": None if balance.valid_now else balance.valid_from,
+            "valid_until": balance.valid_until,
+        }
+        for balance in data.balances
+        if balance.kind != "discount" and balance.valid_until >= now
+    ]
+    offers, partners = _offer_rows(lang, holder_services.offer_catalogue(runtime, pass_number))
+    recent = holder_services.history(runtime, pass_number, limit=_HISTORY_RECENT)
     return _render(
         request,
         settings,
@@ -305,8 +407,39 @@ def holder_page(request: Request, settings: SettingsDep, runtime: RuntimeDep) ->
         holder=data,
         rows=rows,
         offers=offers,
+        partners=partners,
+        history=_history_rows(lang, recent.items),
+        history_more=recent.next_offset is not None,
         qr_src=f"/holder/qr.png?v={now}",
+        qr_expires=_when(lang, now + settings.token_lifetime_s),
         refresh_s=max(10, settings.token_lifetime_s - 20),
+    )
+
+
+@router.get("/holder/history")
+def holder_history_page(
+    request: Request, settings: SettingsDep, runtime: RuntimeDep, page: str = "1"
+) -> Response:
+    """The pass's whole history, newest first, :data:`_HISTORY_PAGE` items a page."""
+    pass_number = _holder_session(request)
+    if pass_number is None:
+        return _redirect("/holder/login")
+    lang = pick_language(request)
+    number = int(page) if page.isdigit() else 1
+    number = max(1, min(number, _HISTORY_MAX_PAGE))
+    found = holder_services.history(
+        runtime, pass_number, limit=_HISTORY_PAGE, offset=(number - 1) * _HISTORY_PAGE
+    )
+    if not found.items and number > 1:
+        return _redirect("/holder/history")
+    return _render(
+        request,
+        settings,
+        "holder_history.html",
+        history=_history_rows(lang, found.items),
+        page=number,
+        newer=f"/holder/history?page={number - 1}" if number > 1 else None,
+        older=f"/holder/history?page={number + 1}" if found.next_offset is not None else None,
     )
 
 

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from api import holder_services
 from api.auth import AUDIENCE, ISSUER, encode_token
+from api.demo import DEMO_MERCHANT_NAMES
 from api.runtime import Runtime
 from ledger.passid import pass_id
 from tests.api.conftest import holder, merchant, signed_uri
@@ -19,7 +20,14 @@ OWN = "GR0000044"
 OTHER = "GR0000045"
 PROBLEM = "application/problem+json"
 ROUTES = ("token", "token?format=png", "token?format=svg", "token?format=text")
-ROUTES_ALL = (*ROUTES, "balances", "entitlements", "history", "offers")
+ROUTES_ALL = (
+    *ROUTES,
+    "balances",
+    "entitlements",
+    "history",
+    "history?limit=1&offset=1",
+    "offers",
+)
 
 
 def _problem(response: Any, status: int, code: str) -> dict[str, Any]:
@@ -120,12 +128,93 @@ def test_history_from_index_and_records(client: TestClient, runtime: Runtime) ->
 
 def test_history_limit_validated(client: TestClient) -> None:
     headers = holder(client, OWN)
-    _problem(
-        client.get(f"/holder/passes/{OWN}/history?limit=0", headers=headers),
-        422,
-        "validation_failed",
-    )
+    for query in ("limit=0", "limit=201", "offset=-1", "offset=10001", "offset=x"):
+        _problem(
+            client.get(f"/holder/passes/{OWN}/history?{query}", headers=headers),
+            422,
+            "validation_failed",
+        )
     assert client.get(f"/holder/passes/{OWN}/history?limit=1", headers=headers).status_code == 200
+
+
+PAGED = "GR0000046"  # a pass only this test redeems from
+
+
+def test_history_content_and_pages(client: TestClient, runtime: Runtime) -> None:
+    token = signed_uri(runtime, _pid(runtime, PAGED))
+    amounts = (101, 102, 103)
+    rids = []
+    for amount in amounts:
+        redeemed = client.post(
+            "/merchant/redemptions",
+            json={"token": token, "scheme_id": 1, "amount": amount},
+            headers=merchant(client, 2, f"holder-pages-{time.time_ns()}"),
+        )
+        assert redeemed.status_code == 201, redeemed.text
+        rids.append(str(redeemed.json()["redemption_id"]))
+    swim = client.post(  # the uses scheme, allowed at merchant 1 only
+        "/merchant/redemptions",
+        json={"token": token, "scheme_id": 2, "amount": 2},
+        headers=merchant(client, 1, f"holder-pages-{time.time_ns()}"),
+    )
+    assert swim.status_code == 201, swim.text
+    rids.append(str(swim.json()["redemption_id"]))
+
+    headers = holder(client, PAGED)
+    url = f"/holder/passes/{PAGED}/history"
+    deadline = time.monotonic() + 20
+    while True:  # the indexer follows the chain asynchronously
+        body = client.get(url, headers=headers).json()
+        if {i["redemption_id"] for i in body["items"]} >= set(rids):
+            break
+        assert time.monotonic() < deadline, body
+        time.sleep(0.2)
+    items = body["items"]
+    assert body["next_offset"] is None
+    assert body["offset"] == 0
+    # newest first, every item named: scheme, kind, unit, merchant
+    assert [i["redemption_id"] for i in items] == rids[::-1]
+    newest = items[0]
+    assert newest["scheme_kind"] == "uses"
+    assert newest["unit"] == "uses"
+    assert newest["amount"] == 2
+    assert newest["merchant_id"] == 1
+    assert newest["merchant_name"] == DEMO_MERCHANT_NAMES[0]
+    for item, amount in zip(items[1:], amounts[::-1], strict=True):
+        assert item["kind"] == "redemption"
+        assert (item["scheme_kind"], item["unit"], item["amount"]) == ("budget", "cents", amount)
+        assert (item["merchant_id"], item["merchant_name"]) == (2, DEMO_MERCHANT_NAMES[1])
+        assert item["scheme_name"] == runtime.store.scheme_labels()[1]
+        assert item["tx_hash"].startswith("0x")
+        assert item["block_number"] >= 1
+        assert item["at"] >= int(time.time()) - 600
+    blocks = [i["block_number"] for i in items]
+    assert blocks == sorted(blocks, reverse=True)
+
+    # paged: limit 1 at a time walks the same items in the same order, then stops
+    walked: list[str] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = client.get(f"{url}?limit=1&offset={offset}", headers=headers).json()
+        assert page["offset"] == offset
+        assert len(page["items"]) == 1
+        walked.append(page["items"][0]["redemption_id"])
+        offset = page["next_offset"]
+    assert walked == rids[::-1]
+    beyond = client.get(f"{url}?offset={len(rids)}", headers=headers).json()
+    assert beyond["items"] == []
+    assert beyond["next_offset"] is None
+
+    # the API-records fallback pages the same way
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(holder_services, "_index_is_live", lambda _runtime: False)
+        first = holder_services.history(runtime, PAGED, limit=2)
+        second = holder_services.history(runtime, PAGED, limit=2, offset=2)
+    assert first.next_offset == 2
+    assert second.next_offset is None
+    assert [i.redemption_id for i in first.items + second.items] == rids[::-1]
+    assert first.items[0].merchant_id == 1
+    assert first.items[0].unit == "uses"
 
 
 def test_offers_and_where_to_use_them(client: TestClient, runtime: Runtime) -> None:
@@ -142,6 +231,38 @@ def test_offers_and_where_to_use_them(client: TestClient, runtime: Runtime) -> N
         if offer["open_to_all_merchants"]:
             assert ids == active
         assert set(offer["where"][0]) == {"merchant_id", "name", "category"} if ids else True
+        assert offer["unit"] == ("cents" if offer["kind"] == "budget" else "uses")
+
+    # the demo schemes: a budget and the discount at every partner, swimming at the pool only
+    by_name = {offer["name"]: offer for offer in offers}
+    registry = {m.id: (m.name, m.category) for m in runtime.store.merchants() if m.active}
+    discount = next(offer for offer in offers if offer["kind"] == "discount")
+    assert discount["discount_bps"] == 2_500
+    assert discount["per_redemption_cap"] == 2_500
+    assert discount["unlimited"] is True
+    assert {p["name"] for p in discount["where"]} >= set(DEMO_MERCHANT_NAMES)
+    for place in discount["where"]:
+        assert (place["name"], place["category"]) == registry[place["merchant_id"]]
+    swimming = next(offer for name, offer in by_name.items() if name.startswith("Zwemmen"))
+    assert swimming["open_to_all_merchants"] is False
+    assert [p["name"] for p in swimming["where"]] == [DEMO_MERCHANT_NAMES[0]]
+    assert swimming["balance"] == runtime.client.balance_of(
+        swimming["scheme_id"], _pid(runtime, OWN)
+    )
+    budget = next(offer for offer in offers if offer["kind"] == "budget")
+    assert budget["unit"] == "cents"
+    assert budget["per_redemption_cap"] is None
+
+
+def test_offers_are_per_pass(client: TestClient, runtime: Runtime) -> None:
+    """A pass without a balance in a scheme is not offered it, unless it is a discount."""
+    own = client.get(f"/holder/passes/{OWN}/offers", headers=holder(client, OWN)).json()
+    assert own["pass_number"] == OWN
+    pid = _pid(runtime, OWN)
+    for offer in own["offers"]:
+        balance = runtime.client.balance_of(offer["scheme_id"], pid)
+        assert offer["balance"] == balance
+        assert offer["kind"] == "discount" or balance > 0
 
 
 # -- object-level and auth refusals -------------------------------------------------------------

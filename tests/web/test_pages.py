@@ -20,6 +20,7 @@ import pytest
 
 from api import services
 from api.auth import DEV_HOLDER_PIN, dev_terminal_id, dev_terminal_secret
+from api.demo import DEMO_MERCHANT_NAMES
 from api.main import create_app
 from api.runtime import Runtime
 from api.settings import Settings
@@ -260,3 +261,111 @@ def test_language_switch(launch: Any, base_url: str) -> None:
     page.click("button[type=submit]")
     assert "Logging in failed" in (page.text_content("[role=alert]") or "")
     assert page.get_attribute("#password", "aria-invalid") == "true"
+
+
+def _redeem(runtime: Runtime, pass_number: str, scheme_id: int, amount: int) -> int:
+    token = services.make_pass_token(runtime, runtime.settings, pass_number).token_uri
+    outcome = services.redeem(
+        runtime,
+        merchant_id=MERCHANT_ID,
+        idempotency_key=f"pages-{time.time_ns()}",
+        token=token,
+        scheme_id=scheme_id,
+        amount=amount,
+    )
+    return outcome.result.redemption_id
+
+
+def _history_row(page: Any, kind: str, redemption_merchant: str, amount: str) -> Any:
+    return (
+        page.locator(f"#history tr[data-kind={kind}]")
+        .filter(has_text=amount)
+        .filter(has_text=redemption_merchant)
+    )
+
+
+def test_holder_page_shows_history_and_offers_with_where_to_use_them(
+    launch: Any, base_url: str, runtime: Runtime
+) -> None:
+    pass_number = "GR0000002"  # not the pass the other tests redeem from
+    merchant_name = DEMO_MERCHANT_NAMES[MERCHANT_ID - 1]
+    rid = _redeem(runtime, pass_number, 1, 175)  # the budget scheme: 1,75 euro
+    services.reverse(runtime, merchant_id=MERCHANT_ID, redemption_id=rid)
+    _redeem(runtime, pass_number, 1, 1_234)  # 12,34 euro, not reversed
+
+    page = launch(locale="nl-NL")
+    blocked: list[str] = []
+    page.on(
+        "console",
+        lambda message: (
+            blocked.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    _login(page, f"{base_url}/holder/login?lang=nl", pass_number, DEV_HOLDER_PIN)
+    page.wait_for_url(f"{base_url}/holder")
+    assert page.get_attribute("html", "lang") == "nl"
+
+    # History: newest first, with merchant name, scheme, Dutch euro amounts and a date. The
+    # indexer follows the chain on its own, so the page may need a reload or two.
+    deadline = time.monotonic() + 20
+    while _history_row(page, "redemption", merchant_name, "€ 12,34").count() == 0:
+        assert time.monotonic() < deadline, page.text_content("#history")
+        page.wait_for_timeout(300)
+        page.reload()
+    history = page.locator("#history table")
+    assert "Laatste keren" in (history.locator("caption").text_content() or "")
+    headers = history.locator("thead th")
+    assert headers.count() == 5
+    assert all(headers.nth(i).get_attribute("scope") == "col" for i in range(5))
+    newest = history.locator("tbody tr").first
+    assert newest.get_attribute("data-kind") == "redemption"
+    assert "€ 12,34" in (newest.text_content() or "")
+    assert "Kindpakket" in (newest.text_content() or "")
+    assert newest.locator("th").get_attribute("scope") == "row"
+    assert newest.locator("time").get_attribute("datetime")
+    assert _history_row(page, "redemption", merchant_name, "€ 1,75").count() == 1
+    reversal = _history_row(page, "reversal", merchant_name, "€ 1,75")
+    assert reversal.count() == 1
+    assert "Teruggedraaid" in (reversal.text_content() or "")
+
+    # Offers: every scheme the pass can use, with the partners where it can be used.
+    offers = page.locator("#offers table.offers tbody tr")
+    texts = [offers.nth(i).text_content() or "" for i in range(offers.count())]
+    discount = next(text for text in texts if "25% korting bij partners" in text)
+    assert "25% korting" in discount
+    assert "Bij alle partners" in discount
+    assert all(name in discount for name in DEMO_MERCHANT_NAMES)
+    swimming = next(text for text in texts if "Zwemmen" in text)
+    assert "10 keer" in swimming
+    assert DEMO_MERCHANT_NAMES[0] in swimming
+    assert not any(name in swimming for name in DEMO_MERCHANT_NAMES[1:])
+    partners = page.locator("#offers table.partners tbody th[scope=row]")
+    assert sorted(partners.all_text_contents()) == sorted(DEMO_MERCHANT_NAMES)
+    assert page.locator("#offers caption").count() == 2
+
+    # The whole history on its own page, in English too.
+    page.goto(f"{base_url}/holder/history?lang=en")
+    assert page.get_attribute("html", "lang") == "en"
+    assert page.text_content("h1") == "History"
+    row = _history_row(page, "redemption", merchant_name, "€12.34")
+    assert row.count() == 1
+    assert "Redeemed" in (row.text_content() or "")
+    assert blocked == [], blocked
+
+
+def test_holder_page_prints_the_qr_large_without_navigation(launch: Any, base_url: str) -> None:
+    page = launch(locale="en-GB")
+    _login(page, f"{base_url}/holder/login?lang=en", PASS_NUMBER, DEV_HOLDER_PIN)
+    page.wait_for_url(f"{base_url}/holder")
+    assert page.is_visible("header.site")
+    assert not page.is_visible(".qr-card .print-only")
+    page.emulate_media(media="print")
+    assert not page.is_visible("header.site")
+    assert not page.is_visible("nav.sections")
+    assert page.is_visible("#pass-qr")
+    assert "works until" in (page.text_content(".qr-card .print-only") or "")
+    box = page.locator("#pass-qr").bounding_box()
+    assert box is not None
+    assert box["width"] >= 400
+    pdf = page.pdf(format="A4")
+    assert pdf.startswith(b"%PDF")
