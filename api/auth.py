@@ -613,8 +613,7 @@ class Auth:
     def _still_valid(self, principal: Principal) -> None:
         """A revoked terminal or a deactivated staff user loses its tokens at once."""
         if principal.kind == "terminal":
-            terminal = self.store.terminal(principal.subject)
-            if terminal is None or not terminal.active:
+            if not self.store.terminal_active(principal.subject):
                 raise _unauthorized(
                     "auth_token_revoked", "this terminal was revoked", error="invalid_token"
                 )

@@ -559,14 +559,8 @@ def scan(runtime: Runtime, *, merchant_id: int, token: str) -> ScanOut:
     state = snapshot.state
     if signed.token.serial != 0 and signed.token.serial != state.card_serial:
         raise ApiProblem(422, "token_revoked", "this card was replaced; its serial is revoked")
-    record = runtime.store.registry.find_pass_by_id(pid)
-    first_name: str | None = None
-    registry_blocked = False
-    if record is not None:
-        holder = runtime.store.holder(record.pass_number)
-        if holder is not None:
-            first_name = holder.first_name
-            registry_blocked = holder.blocked
+    view = runtime.store.scan_view(pid)
+    first_name, registry_blocked = view if view is not None else (None, False)
     if not state.registered:
         status: Literal["active", "blocked", "unregistered"] = "unregistered"
     elif state.blocked or registry_blocked:

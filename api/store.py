@@ -29,7 +29,7 @@ from sqlmodel import Column, Field, Session, SQLModel, col, select
 from ledger.registry import Registry
 from ledger.store.base import StoreError
 from ledger.store.db import Store, StoreConfig, open_store, upgrade
-from ledger.store.registry import Merchant, PassStatus
+from ledger.store.registry import Holder, Merchant, PassRecord, PassStatus
 
 __all__ = [
     "API_VERSIONS_DIR",
@@ -286,6 +286,20 @@ class ApiStore:
         views = self._view(list(self.registry.pass_holders(pass_number)))
         return views[0] if views else None
 
+    def scan_view(self, pass_id: bytes) -> tuple[str, bool] | None:
+        """The first name of ``pass_id``'s holder and whether the registry blocked the pass, in
+        one plain query (a counter scan's only registry read), or None for an unknown pass."""
+        query = (
+            select(col(Holder.first_name), col(PassRecord.status))
+            .join(Holder, col(Holder.id) == col(PassRecord.holder_id))
+            .where(col(PassRecord.pass_id) == "0x" + pass_id.hex())
+        )
+        with self.db.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return str(row[0]), row[1] is PassStatus.BLOCKED
+
     def holders(self) -> list[PassHolder]:
         """Every pass with its holder, by pass number."""
         return self._view(list(self.registry.pass_holders()))
@@ -302,8 +316,9 @@ class ApiStore:
     # -- schemes --------------------------------------------------------------------------------
 
     def scheme_labels(self) -> dict[int, str]:
-        with self.session() as session:
-            return {row.scheme_id: row.name for row in session.exec(select(SchemeLabel)).all()}
+        query = select(col(SchemeLabel.scheme_id), col(SchemeLabel.name))
+        with self.db.engine.connect() as conn:
+            return {int(scheme_id): str(name) for scheme_id, name in conn.execute(query)}
 
     def set_scheme_label(self, scheme_id: int, name: str) -> None:
         with self.session() as session:
@@ -464,6 +479,12 @@ class ApiStore:
             session.commit()
             session.refresh(user)
             return user
+
+    def terminal_active(self, terminal_id: str) -> bool:
+        """Whether ``terminal_id`` exists and is not revoked (checked on every request)."""
+        query = select(col(Terminal.active)).where(col(Terminal.terminal_id) == terminal_id)
+        with self.db.engine.connect() as conn:
+            return bool(conn.execute(query).scalar())
 
     def terminal(self, terminal_id: str) -> Terminal | None:
         with self.session() as session:

@@ -154,13 +154,14 @@ class LedgerStateCache:
 
     def merchant_allowed(self, scheme_id: int, merchant: str) -> bool:
         """Whether ``merchant`` is on ``scheme_id``'s allow-list (open schemes aside)."""
-        key = (scheme_id, to_checksum_address(merchant))
+        key = (scheme_id, merchant.lower())
         with self._lock:
             cached = self._allowed.get(key)
         if cached is not None:
             return cached
         head = self._head()
-        allowed = bool(self._client.contract.functions.isMerchantAllowed(*key).call())
+        function = self._client.contract.functions.isMerchantAllowed
+        allowed = bool(function(scheme_id, to_checksum_address(merchant)).call())
         with self._lock:
             if self._allowed_touched.get(key, -1) <= head:
                 self._allowed[key] = allowed
@@ -260,7 +261,7 @@ class LedgerStateCache:
             self._schemes_touched = max(self._schemes_touched, block)
             self._schemes = None
         elif event.name == "MerchantAllowanceChanged":
-            key = (int(args["schemeId"]), to_checksum_address(str(args["merchant"])))
+            key = (int(args["schemeId"]), str(args["merchant"]).lower())
             self._allowed_touched[key] = max(self._allowed_touched.get(key, -1), block)
             self._allowed.pop(key, None)
 
