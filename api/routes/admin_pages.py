@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api import admin_services as svc
-from api.admin_schemas import AuditIn, PayoutIn, SchemeIn
+from api.admin_schemas import AuditIn, CohortIn, PayoutIn, SchemeIn
 from api.auth import Principal, Scope
 from api.deps import RuntimeDep, SettingsDep
 from api.i18n import pick_language, translate
@@ -372,6 +372,7 @@ def _issuance_page(
     error: str | None = None,
     line_errors: list[dict[str, Any]] | None = None,
     scheme_id: int | None = None,
+    cohort: dict[str, Any] | None = None,
 ) -> Response:
     return _page(
         request,
@@ -385,6 +386,8 @@ def _issuance_page(
         line_errors=line_errors or [],
         scheme_id=scheme_id,
         max_mb=svc.MAX_CSV_BYTES // (1024 * 1024),
+        districts=runtime.store.registry.districts(),
+        cohort=cohort or {"amount": "", "min_age": "", "max_age": "", "districts": []},
     )
 
 
@@ -442,6 +445,65 @@ async def issuance_upload(request: Request, settings: SettingsDep, runtime: Runt
             scheme_id=scheme_id,
         )
     return _redirect(f"/admin/web/jobs/{job.id}")
+
+
+def _optional_int(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if text else None
+
+
+@router.post("/admin/web/cohorts")
+async def cohort_issue(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
+    """Issue to a cohort by criteria (``POST /admin/cohorts``, a job) and show its progress."""
+    principal = _staff(request, settings, Scope.ISSUE)
+    if isinstance(principal, Response):
+        return principal
+    if int(request.headers.get("content-length") or 0) > 16 * 1024:
+        raise ApiProblem(413, "body_too_large", "the form is too large")
+    async with request.form(max_files=0, max_fields=300) as raw:
+        form = {k: v for k, v in raw.items() if isinstance(v, str)}
+        districts = [v for v in raw.getlist("district_codes") if isinstance(v, str)]
+    if not _check_csrf(request, form.get("csrf")):
+        return _csrf_refused(request, settings, principal)
+    cohort = {
+        "amount": form.get("amount", ""),
+        "min_age": form.get("min_age", ""),
+        "max_age": form.get("max_age", ""),
+        "districts": districts,
+    }
+    raw_scheme = form.get("scheme_id", "")
+    scheme_id = int(raw_scheme) if raw_scheme.isdigit() and len(raw_scheme) < 12 else None
+    try:
+        body = CohortIn.model_validate(
+            {
+                "scheme_id": scheme_id,
+                "amount": form.get("amount", "").strip(),
+                "min_age": _optional_int(form.get("min_age", "")),
+                "max_age": _optional_int(form.get("max_age", "")),
+                "district_codes": districts or None,
+            }
+        )
+        job = await run_in_threadpool(svc.start_cohort, runtime, body)
+    except (ValueError, ValidationError) as exc:
+        error = translate(
+            pick_language(request), "admin.schemes.invalid", detail=str(exc).splitlines()[0]
+        )
+        status = 422
+    except ApiProblem as problem:
+        error, status = _problem_text(problem), problem.status
+    else:
+        return _redirect(f"/admin/web/jobs/{job.id}")
+    return await run_in_threadpool(
+        _issuance_page,
+        request,
+        settings,
+        runtime,
+        principal,
+        status_code=status,
+        error=error,
+        scheme_id=scheme_id,
+        cohort=cohort,
+    )
 
 
 def _job_of(runtime: Runtime, job_id: str) -> Job:

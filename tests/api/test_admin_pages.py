@@ -329,3 +329,36 @@ def test_audit_runs_and_shows_the_result(login: Login) -> None:
     assert result.status_code == 200, result.text
     assert 'id="audit-result"' in result.text
     assert 'id="audit-verdict"' in result.text
+
+
+def test_cohort_issuance_from_the_form(login: Login, runtime: Runtime) -> None:
+    client = login("issuer")
+    page = client.get("/admin/web/issuance")
+    assert 'id="cohort-form"' in page.text
+    missing = client.post(
+        "/admin/web/cohorts", data={"csrf": _csrf(page.text), "scheme_id": "1", "amount": "500"}
+    )
+    assert missing.status_code == 422
+    assert "cohort_criteria_missing" in missing.text
+    district = next(
+        holder.district_code
+        for _, holder in runtime.store.registry.pass_holders()
+        if holder.district_code is not None
+    )
+    response = client.post(
+        "/admin/web/cohorts",
+        data={
+            "csrf": _csrf(page.text),
+            "scheme_id": "1",
+            "amount": "500",
+            "min_age": "0",
+            "max_age": "150",
+            "district_codes": [district],
+        },
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
+    job = _wait_for_job(client, response.headers["location"].rsplit("/", 1)[1])
+    assert job["status"] == "done", job
+    assert job["kind"] == "cohort"
+    assert job["result"]["amount"] == 500  # type: ignore[index]
