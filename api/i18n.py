@@ -429,6 +429,18 @@ _NL.update(
         "admin.issuance.missing": "Kies een regeling en een CSV-bestand.",
         "admin.issuance.too_large": "Het bestand is te groot",
         "admin.issuance.line_errors": "Problemen per regel (er is niets uitgegeven)",
+        "admin.cohort.title": "Uitgeven aan een groep",
+        "admin.cohort.hint": (
+            "Alle actieve passen die aan alle criteria voldoen (leeftijd en/of wijk) krijgen "
+            "hetzelfde bedrag, in één transactie (Merkle-root)."
+        ),
+        "admin.cohort.amount": "Bedrag per pas",
+        "admin.cohort.amount_hint": "In centen (2500 is € 25,00) of aantal keer.",
+        "admin.cohort.min_age": "Leeftijd vanaf",
+        "admin.cohort.max_age": "Leeftijd tot en met",
+        "admin.cohort.districts": "Wijken",
+        "admin.cohort.districts_hint": "Geen wijk gekozen: alle wijken.",
+        "admin.cohort.submit": "Uitgeven aan de groep",
         "admin.job.title": "Voortgang van de uitgifte",
         "admin.job.kind": "Taak",
         "admin.job.kind.entitlements_csv": "Uitgifte uit CSV",
@@ -633,6 +645,18 @@ _EN.update(
         "admin.issuance.missing": "Choose a scheme and a CSV file.",
         "admin.issuance.too_large": "The file is too large",
         "admin.issuance.line_errors": "Problems by line (nothing was issued)",
+        "admin.cohort.title": "Issue to a cohort",
+        "admin.cohort.hint": (
+            "Every active pass meeting all criteria (age and/or district) gets the same "
+            "amount, in one transaction (Merkle root)."
+        ),
+        "admin.cohort.amount": "Amount per pass",
+        "admin.cohort.amount_hint": "In cents (2500 is €25.00) or a number of uses.",
+        "admin.cohort.min_age": "Age from",
+        "admin.cohort.max_age": "Age up to and including",
+        "admin.cohort.districts": "Districts",
+        "admin.cohort.districts_hint": "No district chosen: all districts.",
+        "admin.cohort.submit": "Issue to the cohort",
         "admin.job.title": "Issuance progress",
         "admin.job.kind": "Job",
         "admin.job.kind.entitlements_csv": "Issuance from CSV",
