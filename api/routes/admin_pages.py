@@ -37,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api import admin_services as svc
+from api import services
 from api.admin_schemas import AuditIn, CohortIn, PayoutIn, SchemeIn
 from api.auth import Principal, Scope
 from api.deps import RuntimeDep, SettingsDep
@@ -48,6 +49,7 @@ from api.routes.pages import (
     _check_csrf,
     _form,
     _login,
+    _money,
     _principal,
     _redirect,
     _render,
@@ -612,6 +614,26 @@ def _find_holders(runtime: Runtime, query: str) -> list[int]:
     return ids
 
 
+def _balances(runtime: Runtime, lang: str, pass_number: str) -> list[tuple[str, str]]:
+    """The pass's non-zero balances as (scheme name, amount text), from the holder service."""
+    try:
+        data = services.balances(runtime, pass_number)
+    except ApiProblem:
+        return []
+    rows: list[tuple[str, str]] = []
+    for balance in data.balances:
+        if balance.balance == 0:
+            continue
+        if balance.unlimited:
+            text = translate(lang, "unit.unlimited")
+        elif balance.unit == "cents":
+            text = _money(lang, balance.balance)
+        else:
+            text = translate(lang, "unit.uses", n=balance.balance)
+        rows.append((balance.name, text))
+    return rows
+
+
 @router.get("/admin/web/holders")
 def holders_page(
     request: Request,
@@ -623,6 +645,10 @@ def holders_page(
     if isinstance(principal, Response):
         return principal
     holders = [svc.get_holder(runtime, holder_id) for holder_id in _find_holders(runtime, q)]
+    lang = pick_language(request)
+    balances = {
+        p.pass_number: _balances(runtime, lang, p.pass_number) for h in holders for p in h.passes
+    }
     return _page(
         request,
         settings,
@@ -631,6 +657,7 @@ def holders_page(
         section="/admin/web/holders",
         q=q,
         holders=holders,
+        balances=balances,
         searched=bool(q.strip()),
         can_issue=Scope.ISSUE in principal.scopes,
         notice=_notice(request),

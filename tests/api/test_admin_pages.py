@@ -226,6 +226,7 @@ def test_holders_block_unblock_and_card(login: Login, runtime: Runtime) -> None:
     found = client.get("/admin/web/holders?q=gr0000007")
     assert found.status_code == 200
     assert 'id="pass-GR0000007"' in found.text
+    assert 'class="data balances-table"' in found.text  # the demo budget, from the holder service
     csrf = _csrf(found.text)
     blocked = client.post(
         "/admin/web/passes/GR0000007/block", data={"csrf": csrf, "q": "GR0000007"}
