@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pypdfium2 as pdfium
+import pypdfium2 as pdfium  # type: ignore[import-untyped]
 import pytest
 from eth_account import Account
 from PIL import Image
@@ -379,7 +379,8 @@ def test_household_refusals_change_nothing(client: TestClient, runtime: Runtime)
         "validation_failed",
     )
     member = f"/admin/households/{hid}/members/{holder['id']}"
-    for body in ({}, {"role": "boss"}, {"role": "child", "x": 1}, {"role": 3}):
+    bodies: list[dict[str, Any]] = [{}, {"role": "boss"}, {"role": "child", "x": 1}, {"role": 3}]
+    for body in bodies:
         _problem(client.put(member, json=body, headers=_admin(client)), 422, "validation_failed")
     _problem(
         client.put(
