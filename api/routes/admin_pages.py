@@ -927,6 +927,37 @@ def _chart(build: Callable[[], Any], fmt: str) -> bytes:
     return out.getvalue()
 
 
+def _first_scheme(report: DistrictReport) -> int | None:
+    ids = sorted({c.scheme_id for c in report.cells if c.scheme_id is not None and c.district})
+    return ids[0] if ids else None
+
+
+def _localise(
+    figure: Any,
+    *,
+    title: str,
+    ylabel: str | None = None,
+    names: dict[str, str] | None = None,
+    texts: dict[str, str] | None = None,
+) -> Any:
+    """Put the page's language on a chart of :mod:`ledger.reports.charts` (titles, legend)."""
+    axes = figure.axes[0]
+    axes.set_title(title)
+    if ylabel is not None:
+        axes.set_ylabel(ylabel)
+    if names:
+        for line in axes.get_lines():
+            label = str(line.get_label())
+            if label in names:
+                line.set_label(names[label])
+        if axes.get_legend() is not None:
+            axes.legend(loc="best")
+    for text in axes.texts:
+        if texts and text.get_text() in texts:
+            text.set_text(texts[text.get_text()])
+    return figure
+
+
 def _report_file(
     report: SchemeReport | MerchantReport | DistrictReport, fmt: str, name: str
 ) -> Response:
@@ -952,28 +983,58 @@ def report_file(
     if isinstance(principal, Response):
         return principal
     rq = _report_query(request)
+    lang = pick_language(request)
+    labels = runtime.store.scheme_labels()
+
+    def t(key: str, **values: object) -> str:
+        return translate(lang, key, **values)
+
     report: SchemeReport | MerchantReport | DistrictReport
     build: Callable[[], Any]
     if kind == "schemes":
         scheme_rep = _scheme_report(runtime, rq)
         report = scheme_rep
+        names = {f"scheme {sid}": f"{sid} · {name}" for sid, name in labels.items()}
 
         def build() -> Any:
-            return scheme_chart(scheme_rep, metric=rq.scheme_metric)
+            return _localise(
+                scheme_chart(scheme_rep, metric=rq.scheme_metric),
+                title=t(
+                    "admin.chart.schemes",
+                    metric=t(f"admin.metric.{rq.scheme_metric}"),
+                    by=t(f"admin.reports.by.{rq.by.value}"),
+                ),
+                ylabel=t("admin.chart.unit"),
+                names=names,
+            )
 
     elif kind == "merchants":
         merchant_rep = merchant_report(runtime.store.db.engine, period=rq.period)
         report = merchant_rep
 
         def build() -> Any:
-            return merchant_chart(merchant_rep, metric=rq.merchant_metric)
+            return _localise(
+                merchant_chart(merchant_rep, metric=rq.merchant_metric),
+                title=t("admin.chart.merchants", metric=t(f"admin.metric.{rq.merchant_metric}")),
+            )
 
     else:
         district_rep = _district_report(runtime, rq)
         report = district_rep
 
         def build() -> Any:
-            return district_chart(district_rep, metric=rq.district_metric, scheme_id=rq.scheme)
+            figure = district_chart(district_rep, metric=rq.district_metric, scheme_id=rq.scheme)
+            shown = rq.scheme if rq.scheme is not None else _first_scheme(district_rep)
+            return _localise(
+                figure,
+                title=t(
+                    "admin.chart.districts",
+                    metric=t(f"admin.metric.{rq.district_metric}"),
+                    scheme=labels.get(shown, str(shown)) if shown is not None else "",
+                    k=district_rep.k,
+                ),
+                texts={"suppressed": t("admin.reports.suppressed")},
+            )
 
     if fmt in ("csv", "json"):
         return _report_file(report, fmt, kind)
