@@ -484,10 +484,21 @@ def _card_fonts() -> tuple[str, str]:
     return _FONT_REGULAR, _FONT_BOLD
 
 
-def _fit(text: str, font: str, size: float, width: float) -> float:
-    """The largest font size <= ``size`` at which ``text`` fits in ``width`` points."""
+_MIN_FONT_SIZE: Final = 6.0
+
+
+def _fit(text: str, font: str, size: float, width: float) -> tuple[str, float]:
+    """``text`` at the largest font size <= ``size`` (>= 6 pt) that fits in ``width`` points;
+    shortened with an ellipsis if it does not fit even at 6 pt."""
     measured = pdfmetrics.stringWidth(text, font, size)
-    return size if measured <= width else max(5.0, size * width / measured)
+    if measured <= width:
+        return text, size
+    scaled = size * width / measured * 0.99  # widths scale linearly with the size
+    if scaled >= _MIN_FONT_SIZE:
+        return text, scaled
+    while len(text) > 1 and pdfmetrics.stringWidth(text, font, _MIN_FONT_SIZE) > width:
+        text = text[:-2] + "…"
+    return text, _MIN_FONT_SIZE
 
 
 def card_pdf(runtime: Runtime, pass_number: str) -> bytes:
@@ -532,12 +543,12 @@ def card_pdf(runtime: Runtime, pass_number: str) -> bytes:
     text_width = width - text_left - _MARGIN_MM * mm
     pdf.setFont(bold, 9)
     pdf.drawString(text_left, height - _MARGIN_MM * mm - 9, "Stadjerspas")
-    number_size = _fit(record.pass_number, bold, 13, text_width)
+    number, number_size = _fit(record.pass_number, bold, 13, text_width)
     pdf.setFont(bold, number_size)
-    pdf.drawString(text_left, height / 2 + 2 * mm, record.pass_number)
-    name_size = _fit(holder.first_name, regular, 11, text_width)
+    pdf.drawString(text_left, height / 2 + 2 * mm, number)
+    name, name_size = _fit(holder.first_name, regular, 11, text_width)
     pdf.setFont(regular, name_size)
-    pdf.drawString(text_left, height / 2 - 4 * mm, holder.first_name)
+    pdf.drawString(text_left, height / 2 - 4 * mm, name)
     pdf.showPage()
     pdf.save()
     return out.getvalue()

@@ -25,6 +25,7 @@ from eth_account import Account
 from PIL import Image
 from pydantic import ValidationError
 from pypdf import PdfReader
+from reportlab.pdfbase.pdfmetrics import stringWidth
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
@@ -598,6 +599,16 @@ def test_printable_card_pdf_decodes_to_the_card_token(
     assert (right - left) / px_per_mm >= 30
     assert abs((right - left) - (bottom - top)) <= 2
     assert left / px_per_mm >= 3 + 4 * 0.6  # a margin plus the white quiet zone
+
+
+def test_card_text_always_fits_the_card() -> None:
+    regular, _ = admin_services._card_fonts()
+    for name, shortened in (("Zoë", False), ("Maximiliaan-Alexander", False), ("A" * 120, True)):
+        text, size = admin_services._fit(name, regular, 11, 88)
+        assert stringWidth(text, regular, size) <= 88
+        assert size >= 6
+        assert (text != name) is shortened
+        assert text.endswith("…") is shortened
 
 
 # -- erasure ----------------------------------------------------------------------------------
