@@ -289,8 +289,14 @@ def _when(lang: str, unix: int | None) -> dict[str, str] | None:
     if unix is None:
         return None
     moment = datetime.fromtimestamp(max(0, unix), UTC).astimezone(_LOCAL_TZ)
-    text = moment.strftime("%d-%m-%Y %H:%M" if lang == "nl" else "%Y-%m-%d %H:%M")
-    return {"iso": moment.isoformat(timespec="minutes"), "text": text}
+    day = moment.strftime("%d-%m-%Y" if lang == "nl" else "%Y-%m-%d")
+    clock = moment.strftime("%H:%M")
+    return {
+        "iso": moment.isoformat(timespec="minutes"),
+        "text": f"{day} {clock}",
+        "day": day,
+        "clock": clock,
+    }
 
 
 def _quantity(lang: str, unit: str | None, amount: int, *, unlimited: bool = False) -> str:
@@ -309,10 +315,16 @@ def _category(lang: str, category: str) -> str:
 def _history_rows(lang: str, items: list[holder_services.HistoryItem]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for item in items:
-        if item.scheme_kind == "discount" and item.kind == "redemption":
-            amount = translate(lang, "holder.history.discount", amount=_money(lang, item.discount))
+        if item.scheme_kind == "discount":
+            if item.kind == "redemption":
+                money = _money(lang, item.discount)
+                amount = translate(lang, "holder.history.discount", amount=money)
+            else:
+                amount = translate(lang, "holder.history.discount_reversed")
         else:
             amount = _quantity(lang, item.unit, abs(item.amount))
+            if item.kind == "reversal":
+                amount = translate(lang, "holder.history.returned", amount=amount)
         rows.append(
             {
                 "kind": item.kind,
@@ -320,7 +332,7 @@ def _history_rows(lang: str, items: list[holder_services.HistoryItem]) -> list[d
                 "merchant": item.merchant_name
                 or translate(lang, "holder.history.merchant_unknown"),
                 "scheme": item.scheme_name,
-                "amount": amount,
+                "amount": amount.replace("€ ", "€\u00a0"),  # never "€" alone on a line
                 "when": _when(lang, item.at),
             }
         )
