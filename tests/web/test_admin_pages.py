@@ -259,6 +259,14 @@ def test_language_switch(new_page: Any, base_url: str) -> None:
     page.goto(f"{base_url}/admin/login")
     assert page.get_attribute("html", "lang") == "nl"
     assert page.text_content("h1") == "Inloggen voor medewerkers"
+    assert page.get_attribute("#username", "autocapitalize") == "none"  # usernames: lower case
+
+    # A wrong password is announced as an alert, in Dutch.
+    page.fill("#username", "admin")
+    page.fill("#password", "wrong-password")
+    page.click("button[type=submit]")
+    assert "Inloggen is niet gelukt" in (page.text_content("[role=alert]") or "")
+    assert page.get_attribute("#password", "aria-invalid") == "true"
     page.fill("#username", "admin")
     page.fill("#password", DEV_STAFF["admin"][1])
     page.click("button[type=submit]")
