@@ -352,7 +352,20 @@ def test_holder_page_shows_history_and_offers_with_where_to_use_them(
     row = _history_row(page, "redemption", merchant_name, "€12.34")
     assert row.count() == 1
     assert "Redeemed" in (row.text_content() or "")
+    assert page.locator("#history-older").count() == 0  # three items: one page
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    # A page past the end goes back to the first; garbage is page 1.
+    page.goto(f"{base_url}/holder/history?page=999")
+    page.wait_for_url(f"{base_url}/holder/history")
+    page.goto(f"{base_url}/holder/history?page=x")
+    assert _history_row(page, "redemption", merchant_name, "€12.34").count() == 1
     assert blocked == [], blocked
+
+    # Logged out, the history page sends to the login page.
+    other = launch()
+    other.goto(f"{base_url}/holder/history")
+    other.wait_for_url(f"{base_url}/holder/login")
 
 
 def test_holder_page_prints_the_qr_large_without_navigation(launch: Any, base_url: str) -> None:
