@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import threading
 import warnings
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlencode
 
 import matplotlib.pyplot as plt
+from eth_typing import HexStr
 from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
@@ -77,6 +79,7 @@ from ledger.store.payouts import PayoutRun
 __all__ = ["router"]
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger(__name__)
 
 #: The sections of the admin pages: (i18n key, path, scope needed).
 SECTIONS: Final = (
@@ -523,13 +526,17 @@ def _indexed(runtime: Runtime, job: Job) -> bool:
     tx_hash = job.result.get("tx_hash") or (transactions[-1] if transactions else None)
     if not isinstance(tx_hash, str):
         return True
-    block = int(runtime.w3.eth.get_transaction_receipt(tx_hash)["blockNumber"])  # type: ignore[arg-type]
-    state = index_state(
-        runtime.store.db,
-        runtime.w3,
-        contract=runtime.deployment.ledger_address,
-        start_block=runtime.deployment.deployed_block,
-    )
+    try:
+        block = int(runtime.w3.eth.get_transaction_receipt(HexStr(tx_hash))["blockNumber"])
+        state = index_state(
+            runtime.store.db,
+            runtime.w3,
+            contract=runtime.deployment.ledger_address,
+            start_block=runtime.deployment.deployed_block,
+        )
+    except Exception:  # node or index unreachable: the page keeps polling and says "updating"
+        log.warning("cannot tell whether job %s is indexed", job.id, exc_info=True)
+        return False
     return state.checkpoint is not None and state.checkpoint >= block
 
 
