@@ -8,13 +8,16 @@ handlers turn those into RFC 9457 responses.
 Redemption and idempotency
 --------------------------
 A merchant sends an ``Idempotency-Key`` with each redemption. Requests with the same key (per
-merchant) run one at a time. The first request verifies the token offline, preflights the call,
-then atomically stores a *pending* record with the next dense redemption id and submits
-``redeem`` through the merchant's relayer; the record is completed with the receipt (or the
-contract's refusal). A retry with the same key and body returns the stored outcome; one whose
-first attempt is still pending waits for the same transaction, or (after a restart) resubmits
-the *same* redemption id, which the contract accepts at most once, so a retry can never redeem
-twice. The same key with another body is refused with ``idempotency_key_reused``.
+merchant) run one at a time. The first request verifies the token offline and checks it against
+the state cache (:func:`_precheck`: what the contract would surely refuse is refused with the
+same typed error, and nothing is stored), then atomically stores a *pending* record with the
+next dense redemption id and queues it on the merchant's :class:`~ledger.batcher.
+RedemptionBatcher`. When the batch is mined, :func:`record_batch` saves every record of the batch
+in one transaction (outcome, balance after); a refusal on chain is stored with its key too. A
+retry with the same key and body returns the stored outcome; one whose first attempt is still
+pending waits for the same batch, or (after a restart) resubmits the *same* redemption id, which
+the contract accepts at most once, so a retry can never redeem twice. The same key with another
+body is refused with ``idempotency_key_reused``.
 """
 
 from __future__ import annotations
@@ -94,6 +97,9 @@ KIND_NAMES: dict[SchemeKind, Literal["budget", "uses", "discount"]] = {
     SchemeKind.USES: "uses",
     SchemeKind.DISCOUNT: "discount",
 }
+
+
+_MAX_ID_ATTEMPTS = 32
 
 
 def _gas(estimate: int) -> int:
@@ -384,7 +390,9 @@ def record_batch(runtime: Runtime, outcomes: Sequence[BatchOutcome]) -> None:
     runtime.finish(runtime.store.complete_redemptions(updates))
 
 
-def _settle(runtime: Runtime, record: RedemptionRecord, outcome: BatchOutcome) -> RedemptionOut:
+def _settle(
+    runtime: Runtime, record: RedemptionRecord, outcome: BatchOutcome, attempt: int = 1
+) -> RedemptionOut:
     """The result of ``record``'s mined outcome: the record :func:`record_batch` saved, or (if
     that did not happen) store it now."""
     saved = runtime.collect(record.redemption_id)
@@ -393,10 +401,12 @@ def _settle(runtime: Runtime, record: RedemptionRecord, outcome: BatchOutcome) -
             return _result(saved)
         if isinstance(outcome, RedemptionRefused) and saved.status is RedemptionStatus.FAILED:
             raise outcome.error
-    return _apply(runtime, record, outcome)
+    return _apply(runtime, record, outcome, attempt)
 
 
-def _apply(runtime: Runtime, record: RedemptionRecord, outcome: BatchOutcome) -> RedemptionOut:
+def _apply(
+    runtime: Runtime, record: RedemptionRecord, outcome: BatchOutcome, attempt: int = 1
+) -> RedemptionOut:
     """Store the batcher's outcome of ``record`` and return it (or raise the refusal)."""
     if isinstance(outcome, RedemptionAccepted):
         balance = _balance_at(
@@ -410,6 +420,10 @@ def _apply(runtime: Runtime, record: RedemptionRecord, outcome: BatchOutcome) ->
         earlier = _redeemed_event(runtime, record, address)
         if earlier is not None:
             return _succeed(runtime, record, earlier)
+        if attempt < _MAX_ID_ATTEMPTS:  # used outside this store (e.g. a database restored
+            # from an older backup): move the record to a fresh id past it and send again
+            moved = runtime.store.reassign_redemption_id(record)
+            return _submit(runtime, moved, decode_token_uri(moved.token_uri), attempt + 1)
     raise _fail(runtime, record, error)
 
 
@@ -424,7 +438,9 @@ def _wait(runtime: Runtime, future: Future[BatchOutcome]) -> BatchOutcome:
         ) from None
 
 
-def _submit(runtime: Runtime, record: RedemptionRecord, signed: SignedPassToken) -> RedemptionOut:
+def _submit(
+    runtime: Runtime, record: RedemptionRecord, signed: SignedPassToken, attempt: int = 1
+) -> RedemptionOut:
     """Queue ``record``'s redemption on the merchant's batcher and wait for its outcome (bounded
     by the receipt timeout); concurrent redemptions of a merchant share ``redeemBatch`` txs."""
     call = RedemptionRequest(
@@ -443,7 +459,7 @@ def _submit(runtime: Runtime, record: RedemptionRecord, signed: SignedPassToken)
         if future.done():
             with runtime.inflight_lock:
                 runtime.inflight.pop(slot, None)
-    return _settle(runtime, record, outcome)
+    return _settle(runtime, record, outcome, attempt)
 
 
 def _resume(runtime: Runtime, record: RedemptionRecord) -> RedemptionOut:
@@ -488,23 +504,13 @@ def redeem(
 
         signed = decode_token_uri(token)
         _verify(runtime, signed)
-        relayer = runtime.merchant_relayer(merchant_id)
-        # Preflight before allocating, so a refused request uses up no id and stores nothing.
-        for _ in range(32):
-            candidate = runtime.store.peek_redemption_id()
-            call = RedemptionRequest(
-                redemption_id=candidate, scheme_id=scheme_id, amount=amount, token=signed
-            )
-            try:
-                _eth_call(
-                    runtime,
-                    runtime.client.redeem_data(call),
-                    sender=relayer.address,
-                    block="latest",
-                )
-                break
-            except ce.RedemptionIdUsed:  # used outside this store (e.g. a reset database)
-                runtime.store.skip_redemption_ids(candidate)
+        _precheck(
+            runtime,
+            merchant=_merchant_address(runtime, merchant_id),
+            signed=signed,
+            scheme_id=scheme_id,
+            amount=amount,
+        )
         try:
             allocated = runtime.store.allocate_redemption(
                 merchant_id=merchant_id,
@@ -517,6 +523,45 @@ def redeem(
         except IdempotencyConflict:
             raise _key_reused(idempotency_key) from None
         return RedemptionOutcome(_submit(runtime, allocated.record, signed), replayed=False)
+
+
+def _precheck(
+    runtime: Runtime, *, merchant: str, signed: SignedPassToken, scheme_id: int, amount: int
+) -> None:
+    """Refuse, before an id is allocated or anything stored, what the contract's
+    ``_tryRedeem`` would refuse given the state cache (same checks, same order, same typed
+    errors; ``redemptionId`` 0 means none was allocated). The contract still decides: what
+    passes here and is refused on chain (the cache was a poll interval behind) is stored as a
+    refusal with its key."""
+    schemes = dict(runtime.state.schemes())
+    terms = schemes.get(scheme_id)
+    if terms is None:
+        raise ce.RedemptionSchemeUnknown({"redemptionId": 0, "schemeId": scheme_id})
+    now = int(time.time())
+    if now < terms.valid_from:
+        raise ce.RedemptionSchemeNotStarted({"redemptionId": 0, "validFrom": terms.valid_from})
+    if now > terms.valid_until:
+        raise ce.RedemptionSchemeEnded({"redemptionId": 0, "validUntil": terms.valid_until})
+    if not terms.open_to_all_merchants and not runtime.state.merchant_allowed(scheme_id, merchant):
+        raise ce.RedemptionMerchantNotAllowed({"redemptionId": 0, "merchant": merchant})
+    token = signed.token
+    snapshot = runtime.state.pass_snapshot(token.pass_id)
+    if not snapshot.state.registered:
+        raise ce.RedemptionPassUnknown({"redemptionId": 0, "passId": token.pass_id})
+    if snapshot.state.blocked:
+        raise ce.RedemptionPassBlocked({"redemptionId": 0, "passId": token.pass_id})
+    if token.serial != 0 and token.serial != snapshot.state.card_serial:
+        raise ce.RedemptionCardRevoked({"redemptionId": 0, "serial": token.serial})
+    if token.amount_cap != 0 and amount > token.amount_cap:
+        raise ce.RedemptionAmountOverTokenCap({"redemptionId": 0, "amountCap": token.amount_cap})
+    if terms.kind is SchemeKind.DISCOUNT:
+        return  # a discount debits one use; its reimbursement budget is the contract's to check
+    cap = terms.per_redemption_cap
+    if cap != 0 and amount > cap:
+        raise ce.RedemptionAmountOverSchemeCap({"redemptionId": 0, "perRedemptionCap": cap})
+    available = snapshot.balances.get(scheme_id, 0)
+    if available < amount:
+        raise ce.RedemptionAmountOverBalance({"redemptionId": 0, "available": available})
 
 
 def _key_reused(key: str) -> ApiProblem:

@@ -343,6 +343,28 @@ class ApiStore:
             session.add(row)
             session.commit()
 
+    def reassign_redemption_id(self, record: RedemptionRecord) -> RedemptionRecord:
+        """Give ``record`` (still pending) the next id past its current one, which was found
+        used on chain by someone else; return the updated record."""
+        with self._lock, self.session() as session:
+            session.expire_on_commit = False
+            seq = session.get(Sequence_, _REDEMPTION_SEQUENCE, with_for_update=True) or Sequence_(
+                name=_REDEMPTION_SEQUENCE
+            )
+            seq.value = max(seq.value, record.redemption_id) + 1
+            stored = session.get(
+                RedemptionRecord, (record.merchant_id, record.idempotency_key), with_for_update=True
+            )
+            if stored is None:
+                raise LookupError(f"no redemption record {record.idempotency_key!r}")
+            stored.redemption_id = seq.value
+            stored.updated_at = _now()
+            session.add(seq)
+            session.add(stored)
+            session.commit()
+            session.expunge(stored)
+            return stored
+
     def redemption(self, merchant_id: int, idempotency_key: str) -> RedemptionRecord | None:
         with self.session() as session:
             return session.get(RedemptionRecord, (merchant_id, idempotency_key))

@@ -87,8 +87,11 @@ class _Pending:
 class RedemptionBatcher:
     """Collects one merchant's redemptions into ``redeemBatch`` transactions.
 
-    ``on_outcomes`` (optional) is called on the relayer's watcher thread with every outcome of
-    a mined batch, in submission order, before any caller's future resolves.
+    At most ``max_in_flight`` batches are sent and not yet mined at any time; redemptions that
+    arrive meanwhile wait for the next batch (up to ``max_items``). ``linger_s`` is how long a
+    batch waits for more items when the node is idle. ``on_outcomes`` (optional) is called on
+    the relayer's watcher thread with every outcome of a mined batch, in submission order,
+    before any caller's future resolves.
     """
 
     def __init__(
@@ -98,19 +101,24 @@ class RedemptionBatcher:
         relayer: Relayer,
         max_items: int = 100,
         linger_s: float = 0.02,
+        max_in_flight: int = 2,
         on_outcomes: Callable[[Sequence[RedemptionOutcome]], None] | None = None,
     ) -> None:
         if not 1 <= max_items <= 500:
             raise ValueError(f"max_items must be between 1 and 500, got {max_items}")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self._client = client
         self._relayer = relayer
         self._max_items = max_items
         self._linger_s = linger_s
         self._on_outcomes = on_outcomes
+        self._slots = threading.BoundedSemaphore(max_in_flight)
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._closed = False
         self._lock = threading.Lock()
         self.batches_sent = 0
+        self.items_sent = 0
         self._thread = threading.Thread(target=self._run, name="redemption-batcher", daemon=True)
         self._thread.start()
 
@@ -145,6 +153,9 @@ class RedemptionBatcher:
             first = self._queue.get()
             if first is None:
                 break
+            # While max_in_flight batches are being mined, redemptions queue up behind them, so
+            # a batch grows with the load instead of the node mining many small ones.
+            self._slots.acquire()
             batch = [first]
             deadline = time.monotonic() + self._linger_s
             while len(batch) < self._max_items:
@@ -171,13 +182,21 @@ class RedemptionBatcher:
         try:
             handle = self._relayer.submit(request)
         except Exception as exc:  # every caller learns why
+            self._slots.release()
             for pending in batch:
                 pending.future.set_exception(exc)
             return
         self.batches_sent += 1
+        self.items_sent += len(batch)
         handle.future.add_done_callback(lambda _: self._resolve(batch, handle))
 
     def _resolve(self, batch: Sequence[_Pending], handle: TxHandle) -> None:
+        try:
+            self._resolve_batch(batch, handle)
+        finally:
+            self._slots.release()
+
+    def _resolve_batch(self, batch: Sequence[_Pending], handle: TxHandle) -> None:
         try:
             receipt = handle.future.result()
         except Exception as exc:
