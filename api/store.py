@@ -16,8 +16,9 @@ from __future__ import annotations
 import enum
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,22 @@ class PassHolder:
 
 
 _REDEMPTION_SEQUENCE = "redemption_id"
+_MAX_GROUP = 500
+
+
+@dataclass(slots=True)
+class _Allocation:
+    """One waiting :meth:`ApiStore.allocate_redemption` call."""
+
+    merchant_id: int
+    idempotency_key: str
+    request_hash: str
+    token_uri: str
+    scheme_id: int
+    amount: int
+    future: Future[AllocatedRedemption] = field(default_factory=Future)
+
+
 #: Tables of the thin slice before the registry (created with create_all, no Alembic).
 _PRE_ALEMBIC_TABLES = {"holder", "merchant", "redemption_request", "marker"}
 
@@ -216,6 +233,10 @@ class ApiStore:
         self.db = db
         self.registry = Registry(db)
         self._lock = threading.Lock()
+        self._allocations: list[_Allocation] = []
+        self._allocations_ready = threading.Condition()
+        self._allocator: threading.Thread | None = None
+        self._closed = False
 
     @classmethod
     def open(cls, url: str) -> ApiStore:
@@ -242,6 +263,11 @@ class ApiStore:
         return self.db.url
 
     def close(self) -> None:
+        with self._allocations_ready:
+            self._closed = True
+            self._allocations_ready.notify_all()
+        if self._allocator is not None:
+            self._allocator.join(timeout=10.0)
         self.db.close()
 
     @contextmanager
@@ -382,31 +408,92 @@ class ApiStore:
         """Return the record of ``idempotency_key``; create it with the next dense redemption id
         if the key is new. Raises :class:`IdempotencyConflict` if the key came with another body.
 
+        Group commit: concurrent calls are written together, in one transaction per group by one
+        writer thread, so a busy counter costs one database write per group, not per request.
         The sequence row is locked (``FOR UPDATE`` on PostgreSQL; SQLite serialises writers), so
-        several API processes never hand out the same id."""
+        several API processes never hand out the same id. Returns when the record is committed.
+        """
+        request = _Allocation(
+            merchant_id=merchant_id,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            token_uri=token_uri,
+            scheme_id=scheme_id,
+            amount=amount,
+        )
+        with self._allocations_ready:
+            if self._closed:
+                raise StoreError("the API store is closed; nothing was allocated")
+            self._allocations.append(request)
+            if self._allocator is None:
+                self._allocator = threading.Thread(
+                    target=self._allocate_groups, name="redemption-allocator", daemon=True
+                )
+                self._allocator.start()
+            self._allocations_ready.notify()
+        return request.future.result()
+
+    def _allocate_groups(self) -> None:
+        while True:
+            with self._allocations_ready:
+                while not self._allocations and not self._closed:
+                    self._allocations_ready.wait()
+                if not self._allocations:
+                    return
+                group = self._allocations[:_MAX_GROUP]
+                del self._allocations[:_MAX_GROUP]
+            try:
+                results = self._allocate_group(group)
+            except Exception:  # e.g. another process took a key: one at a time, each its own
+                results = []
+                for request in group:
+                    try:
+                        results.extend(self._allocate_group([request]))
+                    except Exception as exc:
+                        results.append(exc)
+            for request, result in zip(group, results, strict=True):
+                if isinstance(result, BaseException):
+                    request.future.set_exception(result)
+                else:
+                    request.future.set_result(result)
+
+    def _allocate_group(
+        self, group: list[_Allocation]
+    ) -> list[AllocatedRedemption | BaseException]:
+        results: list[AllocatedRedemption | BaseException] = []
         with self._lock, self.session() as session:
-            existing = session.get(RedemptionRecord, (merchant_id, idempotency_key))
-            if existing is not None:
-                if existing.request_hash != request_hash:
-                    raise IdempotencyConflict(idempotency_key)
-                return AllocatedRedemption(existing, created=False)
+            session.expire_on_commit = False
             seq = session.get(Sequence_, _REDEMPTION_SEQUENCE, with_for_update=True) or Sequence_(
                 name=_REDEMPTION_SEQUENCE
             )
-            seq.value += 1
-            record = RedemptionRecord(
-                merchant_id=merchant_id,
-                idempotency_key=idempotency_key,
-                request_hash=request_hash,
-                redemption_id=seq.value,
-                token_uri=token_uri,
-                scheme_id=scheme_id,
-                amount=amount,
-            )
+            written: dict[tuple[int, str], RedemptionRecord] = {}
+            for request in group:
+                key = (request.merchant_id, request.idempotency_key)
+                existing = written.get(key) or session.get(RedemptionRecord, key)
+                if existing is not None:
+                    if existing.request_hash != request.request_hash:
+                        results.append(IdempotencyConflict(request.idempotency_key))
+                    else:
+                        results.append(AllocatedRedemption(existing, created=False))
+                    continue
+                seq.value += 1
+                record = RedemptionRecord(
+                    merchant_id=request.merchant_id,
+                    idempotency_key=request.idempotency_key,
+                    request_hash=request.request_hash,
+                    redemption_id=seq.value,
+                    token_uri=request.token_uri,
+                    scheme_id=request.scheme_id,
+                    amount=request.amount,
+                )
+                session.add(record)
+                written[key] = record
+                results.append(AllocatedRedemption(record, created=True))
             session.add(seq)
-            session.add(record)
             session.commit()
-            return AllocatedRedemption(record, created=True)
+            for record in written.values():
+                session.expunge(record)
+        return results
 
     def save_redemption(self, record: RedemptionRecord) -> RedemptionRecord:
         record.updated_at = _now()
