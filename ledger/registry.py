@@ -21,7 +21,10 @@ and the rule:
   the clear once and stored only as a scrypt hash;
 - merchants have an 8-digit KvK number, a chain address and optionally an IBAN validated with
   ``schwifty`` (country format, length and mod-97 check digits); a merchant without an IBAN is
-  allowed (payouts report it).
+  allowed (payouts report it);
+- a merchant's public location is optional: street and house number, a Dutch postcode and a
+  town, all three or none (:class:`InvalidLocation`), plus optionally an ``http(s)://`` website
+  and opening hours as short free text (:func:`merchant_location`).
 
 Several calls can share one database transaction: ``with registry.transaction(): ...``.
 """
@@ -85,11 +88,13 @@ __all__ = [
     "InvalidHousehold",
     "InvalidIban",
     "InvalidKvk",
+    "InvalidLocation",
     "InvalidMerchant",
     "InvalidPassNumber",
     "InvalidPostcode",
     "IssuedPass",
     "LineError",
+    "MerchantLocation",
     "PassBlocked",
     "PossibleDuplicate",
     "Registry",
@@ -101,6 +106,8 @@ __all__ = [
     "UnknownMerchant",
     "UnknownPass",
     "UnknownPostcode",
+    "format_postcode",
+    "merchant_location",
     "normalize_postcode",
 ]
 
@@ -118,6 +125,8 @@ _POSTCODE = re.compile(r"([1-9][0-9]{3}) ?([A-Za-z]{2})")
 _DISTRICT_CODE = re.compile(r"WK[0-9]{6}")
 _PASS_NUMBER = re.compile(r"GR[0-9]{7}")
 _KVK = re.compile(r"[0-9]{8}")
+_WEBSITE = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s]*)?", re.IGNORECASE)
+_STREET_MAX, _TOWN_MAX, _WEBSITE_MAX, _HOURS_MAX, _HOURS_LINES = 200, 100, 200, 500, 10
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _EARLIEST_BIRTH = date(1900, 1, 1)
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
@@ -207,6 +216,11 @@ class InvalidKvk(InvalidMerchant):
 
 class InvalidIban(InvalidMerchant):
     """An IBAN whose format, length or mod-97 check digits are wrong."""
+
+
+class InvalidLocation(InvalidMerchant):
+    """A merchant's street, town, website or opening hours break a rule (a bad postcode is
+    :class:`InvalidPostcode`)."""
 
 
 class DuplicateMerchant(RegistryError):
@@ -327,6 +341,86 @@ def normalize_postcode(value: str) -> str:
             "2 letters, e.g. 9712AB)"
         )
     return (match.group(1) + match.group(2)).upper()
+
+
+def format_postcode(postcode: str) -> str:
+    """``"9712AB"`` -> ``"9712 AB"``, as written on an address."""
+    compact = normalize_postcode(postcode)
+    return f"{compact[:4]} {compact[4:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantLocation:
+    """A merchant's public location, validated (:func:`merchant_location`): ``postcode`` without
+    a space (``9712AB``), ``opening_hours`` as lines (at most 10)."""
+
+    street: str
+    postcode: str
+    town: str
+    website: str | None = None
+    opening_hours: str | None = None
+
+
+def _location_text(value: str, what: str, max_length: int) -> str:
+    cleaned = " ".join(value.split())
+    if not cleaned:
+        raise InvalidLocation(f"{what} is empty; it must be given with the postcode and town")
+    if len(cleaned) > max_length:
+        raise InvalidLocation(f"{what} {cleaned[:20]!r}... is longer than {max_length} characters")
+    if any(not ch.isprintable() for ch in cleaned):
+        raise InvalidLocation(f"{what} {cleaned!r} contains control characters")
+    return cleaned
+
+
+def merchant_location(
+    *,
+    street: str,
+    postcode: str,
+    town: str,
+    website: str | None = None,
+    opening_hours: str | None = None,
+) -> MerchantLocation:
+    """Validate and normalise a merchant's location: street (1-200 characters), a Dutch postcode
+    (``9712 ab`` -> ``9712AB``), town (1-100), optionally a website (``http(s)://host/...``, at
+    most 200 characters, no spaces) and opening hours (at most 10 lines, 500 characters).
+    Raises :class:`InvalidLocation` or :class:`InvalidPostcode`, quoting the bad value."""
+    cleaned_street = _location_text(street, "street", _STREET_MAX)
+    compact = normalize_postcode(postcode)
+    cleaned_town = _location_text(town, "town", _TOWN_MAX)
+    cleaned_website: str | None = None
+    if website is not None and website.strip():
+        cleaned_website = website.strip()
+        if len(cleaned_website) > _WEBSITE_MAX or not _WEBSITE.fullmatch(cleaned_website):
+            raise InvalidLocation(
+                f"website {cleaned_website[:60]!r} is not a web address (http:// or https://, "
+                f"a host name, no spaces, at most {_WEBSITE_MAX} characters)"
+            )
+    hours: str | None = None
+    if opening_hours is not None and opening_hours.strip():
+        lines = [" ".join(line.split()) for line in opening_hours.strip().splitlines()]
+        lines = [line for line in lines if line]
+        hours = "\n".join(lines)
+        if len(lines) > _HOURS_LINES or len(hours) > _HOURS_MAX:
+            raise InvalidLocation(
+                f"opening hours are longer than {_HOURS_LINES} lines or {_HOURS_MAX} characters"
+            )
+        if any(not ch.isprintable() for line in lines for ch in line):
+            raise InvalidLocation(f"opening hours {hours[:40]!r} contain control characters")
+    return MerchantLocation(
+        street=cleaned_street,
+        postcode=compact,
+        town=cleaned_town,
+        website=cleaned_website,
+        opening_hours=hours,
+    )
+
+
+def _place(merchant: Merchant, location: MerchantLocation | None) -> None:
+    merchant.street = location.street if location else None
+    merchant.postcode = location.postcode if location else None
+    merchant.town = location.town if location else None
+    merchant.website = location.website if location else None
+    merchant.opening_hours = location.opening_hours if location else None
 
 
 def _name(value: str, what: str, *, max_length: int = 120) -> str:
@@ -1286,9 +1380,11 @@ class Registry:
         category: str,
         iban: str | None = None,
         merchant_id: int | None = None,
+        location: MerchantLocation | None = None,
     ) -> Merchant:
         """Register a partner. ``iban`` may be omitted (payouts report the merchant);
-        ``merchant_id`` pins the id (e.g. to match a keystore's position)."""
+        ``merchant_id`` pins the id (e.g. to match a keystore's position); ``location`` (from
+        :func:`merchant_location`) may be set now or later (:meth:`set_merchant_location`)."""
         cleaned_name = " ".join(name.split())
         if not cleaned_name or len(cleaned_name) > 200:
             raise InvalidMerchant(f"merchant name {name!r} must be 1-200 characters")
@@ -1313,6 +1409,7 @@ class Registry:
                 address=checksummed,
                 active=True,
             )
+            _place(merchant, location)
             session.add(merchant)
             session.flush()
             if merchant_id is not None and self.store.dialect == "postgresql":
@@ -1372,6 +1469,18 @@ class Registry:
             if other is not None and other != merchant_id:
                 raise DuplicateMerchant(f"a merchant with address {checksummed} is registered")
             merchant.address = checksummed
+            session.add(merchant)
+            session.flush()
+            return merchant
+
+    def set_merchant_location(
+        self, merchant_id: int, location: MerchantLocation | None
+    ) -> Merchant:
+        """Set (or, with None, clear) the merchant's public location (from
+        :func:`merchant_location`)."""
+        with self._unit() as session:
+            merchant = self._merchant(session, merchant_id)
+            _place(merchant, location)
             session.add(merchant)
             session.flush()
             return merchant

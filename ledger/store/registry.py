@@ -149,7 +149,13 @@ class PrintedCard(SQLModel, table=True):
 
 
 class Merchant(SQLModel, table=True):
-    """A partner organisation: its chain address, KvK number, IBAN (for payouts) and category."""
+    """A partner organisation: its chain address, KvK number, IBAN (for payouts) and category.
+
+    Its public location (revision ``0004``), all optional and set together: ``street`` (street
+    and house number), ``postcode`` (``9712AB``, no space, as the holders' postcodes), ``town``,
+    and optionally ``website`` and ``opening_hours`` (free text, a few lines). A
+    merchant is a business: the holder page shows its location.
+    """
 
     __tablename__ = "registry_merchant"
 
@@ -161,3 +167,8 @@ class Merchant(SQLModel, table=True):
     category: str = Field(max_length=64)
     address: str = Field(unique=True, max_length=42, description="chain address (MERCHANT_ROLE)")
     active: bool = True
+    street: str | None = Field(default=None, max_length=200)
+    postcode: str | None = Field(default=None, max_length=6)
+    town: str | None = Field(default=None, max_length=100)
+    website: str | None = Field(default=None, max_length=200)
+    opening_hours: str | None = Field(default=None, max_length=500)

@@ -56,6 +56,40 @@ def test_empty_to_head_matches_the_metadata_and_back(database_url: str) -> None:
         store.close()
 
 
+def test_merchant_location_revision_keeps_existing_merchants(database_url: str) -> None:
+    """0003 -> 0004 adds the (empty) location columns to merchants already registered, and
+    back down drops them, keeping the merchants."""
+    store = open_store(StoreConfig(database_url))
+    insert = text(
+        "INSERT INTO registry_merchant (id, name, kvk_number, category, address, active) "
+        "VALUES (7, 'Zwembad', '01234567', 'sport', :address, :active)"
+    )
+    try:
+        upgrade(store, target="0003")
+        with store.engine.begin() as connection:
+            connection.execute(insert, {"address": "0x" + "11" * 20, "active": True})
+        upgrade(store)
+        assert current_revision(store) == head_revision()
+        columns = {c["name"] for c in inspect(store.engine).get_columns("registry_merchant")}
+        assert {"street", "postcode", "town", "website", "opening_hours"} <= columns
+        with store.engine.connect() as connection:
+            row = connection.execute(
+                text("SELECT name, street, postcode, town FROM registry_merchant WHERE id = 7")
+            ).one()
+        assert tuple(row) == ("Zwembad", None, None, None)
+        assert schema_differences(store, ledger_metadata()) == []
+
+        downgrade(store, target="0003")
+        columns = {c["name"] for c in inspect(store.engine).get_columns("registry_merchant")}
+        assert "street" not in columns
+        assert "opening_hours" not in columns
+        with store.engine.connect() as connection:
+            names = connection.execute(text("SELECT name FROM registry_merchant")).scalars()
+            assert list(names) == ["Zwembad"]
+    finally:
+        store.close()
+
+
 def test_registry_and_index_tables_are_separate_groups() -> None:
     names = ledger_table_names()
     assert {"registry_holder", "registry_pass", "registry_merchant", "registry_card"} <= names

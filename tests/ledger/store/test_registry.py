@@ -26,6 +26,7 @@ from ledger.registry import (
     InvalidHousehold,
     InvalidIban,
     InvalidKvk,
+    InvalidLocation,
     InvalidMerchant,
     InvalidPassNumber,
     InvalidPostcode,
@@ -40,6 +41,8 @@ from ledger.registry import (
     UnknownMerchant,
     UnknownPass,
     UnknownPostcode,
+    format_postcode,
+    merchant_location,
     normalize_postcode,
 )
 from ledger.store.db import Store
@@ -49,6 +52,7 @@ from ledger.store.registry import (
     Holder,
     Household,
     HouseholdRole,
+    Merchant,
     PassRecord,
     PassStatus,
     PrintedCard,
@@ -533,6 +537,100 @@ def test_pinned_merchant_ids_leave_the_sequence_clear(registry: Registry) -> Non
     )
     assert later.id is not None
     assert later.id > 3
+
+
+def test_merchant_location(registry: Registry, migrated_store: Store) -> None:
+    location = merchant_location(
+        street="  Kraneweg   90 ",
+        postcode="9718 jn",
+        town="Groningen",
+        website=" https://noorderbad.example/openingstijden ",
+        opening_hours="ma-vr  7:00-21:00\r\n\n za-zo 9:00-17:00 ",
+    )
+    assert location.street == "Kraneweg 90"
+    assert location.postcode == "9718JN"
+    assert location.website == "https://noorderbad.example/openingstijden"
+    assert location.opening_hours == "ma-vr 7:00-21:00\nza-zo 9:00-17:00"
+    assert format_postcode(location.postcode) == "9718 JN"
+
+    placed = registry.register_merchant(
+        name="Zwembad", kvk_number="01234567", address=MERCHANT, category="sport", location=location
+    )
+    plain = registry.register_merchant(
+        name="Winkel", kvk_number="12345678", address=OTHER_MERCHANT, category="shop"
+    )
+    assert placed.id is not None
+    assert plain.id is not None
+    stored = registry.merchant(placed.id)
+    assert (stored.street, stored.postcode, stored.town) == ("Kraneweg 90", "9718JN", "Groningen")
+    assert stored.opening_hours == "ma-vr 7:00-21:00\nza-zo 9:00-17:00"
+    assert registry.merchant(plain.id).street is None
+
+    only_required = merchant_location(
+        street="Herestraat 1", postcode="9711LC", town="Groningen", website="", opening_hours=" "
+    )
+    registry.set_merchant_location(plain.id, only_required)
+    again = registry.merchant(plain.id)
+    assert (again.street, again.postcode, again.town) == ("Herestraat 1", "9711LC", "Groningen")
+    assert (again.website, again.opening_hours) == (None, None)
+    registry.set_merchant_location(placed.id, None)
+    cleared = registry.merchant(placed.id)
+    assert (cleared.street, cleared.postcode, cleared.town, cleared.website) == (None,) * 4
+    assert cleared.opening_hours is None
+    with pytest.raises(UnknownMerchant, match="no merchant has id 99"):
+        registry.set_merchant_location(99, only_required)
+    # the longest values fit the columns on both databases
+    longest = merchant_location(
+        street="s" * 200,
+        postcode="9999ZZ",
+        town="t" * 100,
+        website="https://" + "w" * 192,
+        opening_hours="\n".join(["h" * 49] * 10),
+    )
+    registry.set_merchant_location(placed.id, longest)
+    with migrated_store.session() as session:
+        row = session.get(Merchant, placed.id)
+        assert row is not None
+        assert (len(row.street or ""), len(row.town or ""), len(row.website or "")) == (
+            200,
+            100,
+            200,
+        )
+        assert len(row.opening_hours or "") == 499
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error", "message"),
+    [
+        ("street", " ", InvalidLocation, "street is empty"),
+        ("street", "x" * 201, InvalidLocation, "longer than 200"),
+        ("street", "Straat\x001", InvalidLocation, "control characters"),
+        ("town", "", InvalidLocation, "town is empty"),
+        ("town", "t" * 101, InvalidLocation, "longer than 100"),
+        ("postcode", "9718", InvalidPostcode, "not a Dutch postcode"),
+        ("postcode", "0718 JN", InvalidPostcode, "not a Dutch postcode"),
+        ("postcode", "9718 J N", InvalidPostcode, "not a Dutch postcode"),
+        ("website", "noorderbad.example", InvalidLocation, "not a web address"),
+        ("website", "javascript:alert(1)", InvalidLocation, "not a web address"),
+        ("website", "https://a b.example", InvalidLocation, "not a web address"),
+        ("website", "https://" + "w" * 193, InvalidLocation, "not a web address"),
+        ("opening_hours", "\n".join(["ma"] * 11), InvalidLocation, "10 lines"),
+        ("opening_hours", "x" * 501, InvalidLocation, "500 characters"),
+        ("opening_hours", "ma\x07 9-17", InvalidLocation, "control characters"),
+    ],
+)
+def test_merchant_location_rules(
+    registry: Registry, field: str, value: str, error: type[Exception], message: str
+) -> None:
+    values = {"street": "Kraneweg 90", "postcode": "9718 JN", "town": "Groningen"}
+    merchant = registry.register_merchant(
+        name="Zwembad", kvk_number="01234567", address=MERCHANT, category="sport"
+    )
+    assert merchant.id is not None
+    with pytest.raises(error, match=message):
+        registry.set_merchant_location(merchant.id, merchant_location(**(values | {field: value})))
+    assert issubclass(InvalidLocation, RegistryError)
+    assert registry.merchant(merchant.id).street is None
 
 
 # -- erasure --------------------------------------------------------------------------------------
