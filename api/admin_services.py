@@ -29,6 +29,7 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 
+from api import cohort_claims
 from api.admin_schemas import (
     AuditIn,
     AuditOut,
@@ -866,6 +867,7 @@ def start_cohort(runtime: Runtime, body: CohortIn) -> Job:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+        cohort_claims.register(runtime, document)  # counters see the shares at once
         progress.advance(1)
         return {
             "scheme_id": scheme_id,

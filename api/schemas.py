@@ -123,8 +123,15 @@ class Balance(BaseModel):
     name: str
     kind: Literal["budget", "uses", "discount"]
     unit: Literal["cents", "uses"]
-    balance: int
+    balance: int = Field(
+        description="What is left, including an unclaimed cohort share (claimed on first use)."
+    )
     unlimited: bool = Field(description="True for an offer that never runs out.")
+    unclaimed: int = Field(
+        default=0,
+        description="Of ``balance``, a cohort share not yet claimed on chain; the first "
+        "redemption in this scheme claims it.",
+    )
 
 
 class BalancesOut(BaseModel):
@@ -301,8 +308,15 @@ class Redeemable(BaseModel):
     name: str
     kind: Literal["budget", "uses", "discount"]
     unit: Literal["cents", "uses"]
-    balance: int = Field(description="What is left: cents (budget) or uses.")
+    balance: int = Field(
+        description="What is left: cents (budget) or uses, including an unclaimed cohort share."
+    )
     unlimited: bool
+    unclaimed: int = Field(
+        default=0,
+        description="Of ``balance``, a cohort share not yet claimed on chain; the first "
+        "redemption in this scheme claims it (one transaction with the redemption).",
+    )
     valid_from: int = Field(description="Unix seconds.")
     valid_until: int = Field(description="Unix seconds.")
     valid_now: bool

@@ -36,6 +36,7 @@ from typing import Any, Literal
 from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 
+from api import cohort_claims
 from api.problems import ApiProblem, contract_status
 from api.runtime import Runtime
 from api.schemas import (
@@ -212,7 +213,9 @@ def balances(runtime: Runtime, pass_number: str) -> BalancesOut:
     out: list[Balance] = []
     for scheme_id, terms in runtime.state.schemes():
         kind = terms.kind
-        balance = snapshot.balances.get(scheme_id, 0)
+        balance, unclaimed = cohort_claims.balance_with_share(
+            runtime, pid, scheme_id, snapshot.balances.get(scheme_id, 0)
+        )
         out.append(
             Balance(
                 scheme_id=scheme_id,
@@ -221,6 +224,7 @@ def balances(runtime: Runtime, pass_number: str) -> BalancesOut:
                 unit="cents" if kind is SchemeKind.BUDGET else "uses",
                 balance=balance,
                 unlimited=balance == UNLIMITED,
+                unclaimed=unclaimed,
             )
         )
     return BalancesOut(
@@ -522,6 +526,11 @@ def redeem(
             )
         except IdempotencyConflict:
             raise _key_reused(idempotency_key) from None
+        # first use of an unclaimed cohort share: one claimAndRedeem, not batched (cohort_claims)
+        claim = cohort_claims.claim_and_redeem(runtime, allocated.record, signed)
+        if claim is not None:
+            outcome = _wait(runtime, claim)
+            return RedemptionOutcome(_settle(runtime, allocated.record, outcome), replayed=False)
         return RedemptionOutcome(_submit(runtime, allocated.record, signed), replayed=False)
 
 
@@ -560,6 +569,7 @@ def _precheck(
     if cap != 0 and amount > cap:
         raise ce.RedemptionAmountOverSchemeCap({"redemptionId": 0, "perRedemptionCap": cap})
     available = snapshot.balances.get(scheme_id, 0)
+    available += cohort_claims.unclaimed_amount(runtime, token.pass_id, scheme_id)
     if available < amount:
         raise ce.RedemptionAmountOverBalance({"redemptionId": 0, "available": available})
 
@@ -617,7 +627,9 @@ def scan(runtime: Runtime, *, merchant_id: int, token: str) -> ScanOut:
     redeemable: list[Redeemable] = []
     if status == "active":
         for scheme_id, terms in _allowed_schemes(runtime, merchant_id):
-            balance = snapshot.balances.get(scheme_id, 0)
+            balance, unclaimed = cohort_claims.balance_with_share(
+                runtime, pid, scheme_id, snapshot.balances.get(scheme_id, 0)
+            )
             if balance == 0:
                 continue
             redeemable.append(
@@ -628,6 +640,7 @@ def scan(runtime: Runtime, *, merchant_id: int, token: str) -> ScanOut:
                     unit="cents" if terms.kind is SchemeKind.BUDGET else "uses",
                     balance=balance,
                     unlimited=balance == UNLIMITED,
+                    unclaimed=unclaimed,
                     valid_from=terms.valid_from,
                     valid_until=terms.valid_until,
                     valid_now=terms.valid_from <= now <= terms.valid_until,

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -108,6 +108,7 @@ class LedgerStateCache:
         self._watermark = -1  # the follower has applied every log up to this block
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._listeners: list[Callable[[Sequence[DecodedEvent]], None]] = []
         self.stats = CacheStats()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -238,9 +239,29 @@ class LedgerStateCache:
 
     def observe(self, events: Iterable[DecodedEvent]) -> None:
         """Forget every entry the ``events`` may have changed."""
+        events = list(events)
         with self._lock:
             for event in events:
                 self._forget(event)
+        self._tell(events)
+
+    def add_listener(self, listener: Callable[[Sequence[DecodedEvent]], None]) -> None:
+        """Hand ``listener`` every event this cache applies (followed logs and observed
+        receipts), after the cache forgot what they changed; it runs outside the cache's lock on
+        the caller's thread, so it must be quick. An error it raises is logged, never raised."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def _tell(self, events: Sequence[DecodedEvent]) -> None:
+        if not events:
+            return
+        with self._lock:
+            listeners = tuple(self._listeners)
+        for listener in listeners:
+            try:
+                listener(events)
+            except Exception:
+                log.exception("state cache: a listener failed on %d events", len(events))
 
     def _forget(self, event: DecodedEvent) -> None:  # holds self._lock
         args = event.args
@@ -298,6 +319,7 @@ class LedgerStateCache:
             self._watermark = head
             self.stats.last_block = head
             self._prune(head)
+        self._tell(events)
         return head
 
     def _prune(self, head: int) -> None:  # holds self._lock
