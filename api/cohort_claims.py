@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
@@ -76,6 +77,8 @@ log = logging.getLogger(__name__)
 _CLAIM_AND_REDEEM_GAS = 260_000
 _CLAIM_GAS = 160_000
 _GAS_PER_PROOF_NODE = 4_000
+#: A cohort directory unchanged for this long is not listed again until its mtime changes.
+_QUIET_NS = 2_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,7 @@ class CohortShares:
         self._rpc = rpc
         self._lock = threading.Lock()
         self._stamp: int | None = None  # the directory's mtime when its files were loaded
+        self._settled = False  # ... and it was older than _QUIET_NS then
         self._files: dict[str, bytes] = {}  # file name -> root
         self._by_pass: dict[bytes, list[Share]] = {}
         self._issued: set[bytes] = set()  # roots known to be on chain
@@ -122,7 +126,7 @@ class CohortShares:
         except FileNotFoundError:
             stamp = -1
         with self._lock:
-            if stamp == self._stamp:
+            if stamp == self._stamp and self._settled:
                 return
         names = sorted(p.name for p in self._directory.glob("0x*.json")) if stamp != -1 else []
         with self._lock:
@@ -144,6 +148,9 @@ class CohortShares:
             if removed:
                 self._drop(removed)
             self._stamp = stamp
+            # a file added in the same clock tick as the listing leaves the mtime unchanged:
+            # list again until the directory has been quiet for a while
+            self._settled = time.time_ns() - stamp > _QUIET_NS
 
     def _add(self, name: str, shares: Sequence[Share]) -> None:  # holds self._lock
         root = shares[0].root

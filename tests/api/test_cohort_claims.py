@@ -8,12 +8,15 @@ first result without a second transaction; concurrent first uses claim the share
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from eth_utils import to_checksum_address
 from eth_utils.crypto import keccak
 from fastapi.testclient import TestClient
 from hexbytes import HexBytes
@@ -281,12 +284,13 @@ def test_first_use_claims_and_redeems_in_one_transaction(
     assert second.json()["balance"] == SHARE - 1_400
 
     # a retry of the first key returns the first result, and sends nothing
-    nonce = runtime.w3.eth.get_transaction_count(runtime.merchant_relayer(1).address)
+    sender = to_checksum_address(runtime.merchant_relayer(1).address)
+    nonce = runtime.w3.eth.get_transaction_count(sender)
     again = _redeem(client, runtime, cohort, member, 1_000, "first-use-1", token=token)
     assert again.status_code == 201, again.text
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json() == result
-    assert runtime.w3.eth.get_transaction_count(runtime.merchant_relayer(1).address) == nonce
+    assert runtime.w3.eth.get_transaction_count(sender) == nonce
     assert _balance(runtime, cohort, member) == SHARE - 1_400
     assert len(_claims(runtime, cohort, member)) == 1
     # the same key with another body is refused
@@ -406,3 +410,82 @@ def test_concurrent_first_uses_over_the_share(
     assert again.status_code == 409
     assert again.json()["code"] == "redemption_amount_over_balance"
     assert _balance(runtime, cohort, member) == SHARE - 2_000
+
+
+# -- the index itself -------------------------------------------------------------------------
+
+
+def test_a_fresh_index_reads_the_files_and_the_chain(
+    client: TestClient, runtime: Runtime, cohort: Cohort
+) -> None:
+    """After a restart the index is rebuilt from ``<var>/cohorts`` and the claim bitmap: a
+    claimed share is not shown again, an unclaimed one is; a file whose cohort never reached
+    the chain (its ``issueCohort`` failed or is not yet mined) gives no share."""
+    directory = runtime.settings.var_dir / "cohorts"
+    fresh = cohort_claims.CohortShares(directory, runtime.client, runtime.rpc)
+    claimed, unclaimed = _pid(runtime, cohort.members[0]), _pid(runtime, cohort.members[5])
+    assert fresh.unclaimed(claimed) == []
+    assert [(s.root, s.amount) for s in fresh.unclaimed(unclaimed)] == [(cohort.root, SHARE)]
+    assert fresh.amounts(unclaimed) == {cohort.scheme_id: SHARE}
+    assert fresh.unclaimed(_pid(runtime, cohort.outsider)) == []
+
+    bogus_root = keccak(text="never issued")
+    stray = directory / f"0x{bogus_root.hex()}.json"
+    stray.write_text(
+        json.dumps(
+            {
+                "scheme_id": cohort.scheme_id,
+                "root": "0x" + bogus_root.hex(),
+                "holder_count": 1,
+                "total_amount": 777,
+                "leaves": [
+                    {"index": 0, "pass_id": "0x" + unclaimed.hex(), "amount": 777, "proof": []}
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    try:
+        os.utime(directory, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+        assert fresh.amounts(unclaimed) == {cohort.scheme_id: SHARE}
+        assert cohort_claims.unclaimed_amount(runtime, unclaimed, cohort.scheme_id) == SHARE
+    finally:
+        stray.unlink()
+        os.utime(directory, ns=(time.time_ns(), time.time_ns() + 2_000_000))
+    assert fresh.amounts(unclaimed) == {cohort.scheme_id: SHARE}
+
+
+def test_two_unclaimed_shares_in_one_scheme_are_both_claimed(
+    client: TestClient, runtime: Runtime, cohort: Cohort
+) -> None:
+    """A second cohort in the same scheme (1,000 each): the pass that has claimed neither sees
+    both; its first use claims the one with a plain ``claim`` sent just before, the other in
+    the ``claimAndRedeem`` (runs last: every member gets the second share)."""
+    criteria = {
+        "scheme_id": cohort.scheme_id,
+        "amount": 1_000,
+        "min_age": 94,
+        "max_age": 94,
+        "age_at": "2026-01-01",
+    }
+    response = client.post("/admin/cohorts", json=criteria, headers=_staff(client, "issuer"))
+    assert response.status_code == 202, response.text
+    job = _wait_job(client, response.json()["id"])
+    assert job["status"] == "done", job
+    member = cohort.members[5]
+    item = _scan_item(client, runtime, cohort, member)
+    assert item is not None
+    assert (item["balance"], item["unclaimed"]) == (SHARE + 1_000, SHARE + 1_000)
+
+    done = _redeem(client, runtime, cohort, member, SHARE + 500, "two-shares-1")
+    assert done.status_code == 201, done.text
+    assert done.json()["balance"] == 500
+    assert _tx_events(runtime, done.json()["tx_hash"])[0] == "claimAndRedeem"
+    assert len(_claims(runtime, cohort, member)) == 1  # the first cohort's leaf
+    second_root = bytes.fromhex(job["result"]["root"][2:])
+    second = Cohort(cohort.scheme_id, second_root, cohort.members, cohort.outsider)
+    assert len(_claims(runtime, second, member)) == 1
+    assert _balance(runtime, cohort, member) == 500
+    item = _scan_item(client, runtime, cohort, member)
+    assert item is not None
+    assert (item["balance"], item["unclaimed"]) == (500, 0)
