@@ -213,7 +213,7 @@ class Runtime:
         self.indexer: Indexer | None = None
         self._indexer_thread: threading.Thread | None = None
         self._indexer_rpc: RpcClient | None = None
-        self._cache_rpc = RpcClient(rpc_url)
+        self._cache_rpc = RpcClient(rpc_url, max_connections=64)
         #: Scheme terms, allowances and pass snapshots for scans (see ledger.state_cache).
         self.state = LedgerStateCache(
             client, self._cache_rpc, poll_interval_s=settings.state_cache_poll_ms / 1000

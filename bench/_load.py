@@ -1,5 +1,6 @@
 """The load-generating client of :mod:`bench.api`: a separate process that talks to a running
-service over loopback HTTP (httpx + asyncio) and prints one JSON object as its last line.
+service over loopback HTTP and prints one JSON object as its last line. The timed phases use
+:mod:`bench._http` (one cheap keep-alive connection per worker); the set-up uses httpx.
 
 Phases:
 
@@ -39,6 +40,7 @@ from eth_utils.crypto import keccak
 from api.auth import DEV_HOLDER_PIN, dev_terminal_id, dev_terminal_secret
 from api.demo import DEMO_HOLDER_COUNT, demo_pass_number
 from api.runtime import DEV_ACCOUNT_INDEX
+from bench._http import Connection, HttpError
 from ledger.node import DEV_MNEMONIC
 from wallet import Domain, decode_token_uri, verify_pass_token
 
@@ -117,7 +119,7 @@ async def _budget_scheme(client: httpx.AsyncClient, terminal: str, uri: str) -> 
 
 
 async def _scan_phase(
-    client: httpx.AsyncClient, terminals: Sequence[str], uris: Sequence[str], cfg: LoadConfig
+    terminals: Sequence[str], uris: Sequence[str], cfg: LoadConfig
 ) -> tuple[_Tally, float]:
     tally = _Tally()
     deadline = time.perf_counter() + cfg.scan_seconds
@@ -125,14 +127,22 @@ async def _scan_phase(
 
     async def worker(n: int) -> None:
         headers = {"Authorization": f"Bearer {terminals[n % len(terminals)]}"}
-        while time.perf_counter() < deadline:
-            i = next(counter)
-            start = time.perf_counter()
-            response = await client.post(
-                "/merchant/scan", json={"token": uris[i % len(uris)]}, headers=headers
-            )
-            tally.latencies.append(time.perf_counter() - start)
-            tally.statuses[str(response.status_code)] += 1
+        connection = Connection(cfg.base_url)  # one keep-alive connection per worker
+        try:
+            while time.perf_counter() < deadline:
+                i = next(counter)
+                start = time.perf_counter()
+                try:
+                    response = await connection.post(
+                        "/merchant/scan", {"token": uris[i % len(uris)]}, headers
+                    )
+                except HttpError:
+                    tally.statuses["connection error"] += 1
+                    continue
+                tally.latencies.append(time.perf_counter() - start)
+                tally.statuses[str(response.status_code)] += 1
+        finally:
+            await connection.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(n) for n in range(cfg.scan_concurrency)))
@@ -140,7 +150,6 @@ async def _scan_phase(
 
 
 async def _redeem_phase(
-    client: httpx.AsyncClient,
     terminals: Sequence[str],
     uris: Sequence[str],
     scheme_id: int,
@@ -152,6 +161,13 @@ async def _redeem_phase(
     run_id = uuid.uuid4().hex[:8]
 
     async def worker(merchant_index: int) -> None:
+        connection = Connection(cfg.base_url)  # one keep-alive connection per terminal
+        try:
+            await redeem_until_done(connection, merchant_index)
+        finally:
+            await connection.close()
+
+    async def redeem_until_done(connection: Connection, merchant_index: int) -> None:
         headers = {"Authorization": f"Bearer {terminals[merchant_index]}"}
         while time.perf_counter() < deadline:
             i = next(counter)
@@ -164,12 +180,10 @@ async def _redeem_phase(
             response = None
             for _attempt in range(2):  # a dropped keep-alive connection: retry, same key
                 try:
-                    response = await client.post(
-                        "/merchant/redemptions", json=body, headers=key_headers
-                    )
+                    response = await connection.post("/merchant/redemptions", body, key_headers)
                     break
-                except httpx.HTTPError as exc:
-                    tally.statuses[type(exc).__name__] += 1
+                except HttpError:
+                    tally.statuses["connection error"] += 1
             if response is None:
                 continue
             tally.latencies.append(time.perf_counter() - start)
@@ -274,12 +288,12 @@ async def run(cfg: LoadConfig) -> dict[str, Any]:
                 json={"token": uri},
                 headers={"Authorization": f"Bearer {terminals[0]}"},
             )
-        scan, scan_elapsed = await _scan_phase(client, terminals, uris, cfg)
+        scan, scan_elapsed = await _scan_phase(terminals, uris, cfg)
 
         merchants = _merchant_addresses(cfg.merchants)
         before_chain = [await _merchant_redeemed(client, cfg.rpc_url, ledger, m) for m in merchants]
         before_balances = await _budget_total(client, holders, scheme_id)
-        redeem, redeem_elapsed = await _redeem_phase(client, terminals, uris, scheme_id, cfg)
+        redeem, redeem_elapsed = await _redeem_phase(terminals, uris, scheme_id, cfg)
         after_chain = [await _merchant_redeemed(client, cfg.rpc_url, ledger, m) for m in merchants]
         after_balances = await _budget_total(client, holders, scheme_id)
         head = (await client.get("/health")).json()["head_block"]

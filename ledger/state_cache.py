@@ -48,6 +48,8 @@ __all__ = ["CacheStats", "LedgerStateCache", "PassSnapshot"]
 
 log = logging.getLogger(__name__)
 
+#: Redeemed events applied to one snapshot before it is read again instead.
+_MAX_APPLIED = 256
 #: Events that change a pass's state (not only its balances).
 _PASS_STATE_EVENTS = frozenset(
     {"PassRegistered", "HolderKeyChanged", "CardReplaced", "PassBlockStatusChanged"}
@@ -56,11 +58,13 @@ _PASS_STATE_EVENTS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class PassSnapshot:
-    """A pass's on-chain state and its balance in every scheme, as of ``block`` or later."""
+    """A pass's on-chain state and its balance in every scheme: as read at ``block``, plus the
+    ``Redeemed`` events after it that were applied since (``applied``: block and log index)."""
 
     state: PassState
     balances: Mapping[int, int]
     block: int
+    applied: frozenset[tuple[int, int]] = frozenset()
 
 
 @dataclass(slots=True)
@@ -68,6 +72,7 @@ class CacheStats:
     pass_hits: int = 0
     pass_misses: int = 0
     invalidations: int = 0
+    debits: int = 0
     polls: int = 0
     follower_errors: int = 0
     last_block: int = -1
@@ -106,6 +111,7 @@ class LedgerStateCache:
         self._states: OrderedDict[bytes, PassState] = OrderedDict()
         self._state_touched: dict[bytes, int] = {}  # ... of the last pass-state event
         self._watermark = -1  # the follower has applied every log up to this block
+        self._known_head = 0  # the highest block seen (follower or receipts): reads are at it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[Sequence[DecodedEvent]], None]] = []
@@ -118,6 +124,7 @@ class LedgerStateCache:
         head = int(str(self._rpc.call("eth_blockNumber")), 16)
         with self._lock:
             self._watermark = head
+            self._known_head = max(self._known_head, head)
         self._thread = threading.Thread(target=self._follow, name="state-cache", daemon=True)
         self._thread.start()
         return self
@@ -211,19 +218,22 @@ class LedgerStateCache:
         to = client.address
         datas = [client.call_data("passOf", pass_id)]
         datas += [client.call_data("balanceOf", scheme_id, pass_id) for scheme_id in scheme_ids]
-        calls: list[tuple[str, Sequence[Any]]] = [("eth_blockNumber", [])]
-        calls += [("eth_call", [{"to": to, "data": "0x" + data.hex()}, "latest"]) for data in datas]
+        with self._lock:
+            block = self._known_head
+        at = hex(block)
+        calls: list[tuple[str, Sequence[Any]]] = [
+            ("eth_call", [{"to": to, "data": "0x" + data.hex()}, at]) for data in datas
+        ]
         replies = self._rpc.batch(calls)
         for reply in replies:
             if isinstance(reply, RpcError):
                 raise reply
-        block = int(str(replies[0]), 16)
         registered, blocked, holder_key, serial = decode(
-            ["bool", "bool", "address", "uint64"], bytes.fromhex(str(replies[1])[2:])
+            ["bool", "bool", "address", "uint64"], bytes.fromhex(str(replies[0])[2:])
         )
         balances = {
             scheme_id: int(decode(["uint256"], bytes.fromhex(str(reply)[2:]))[0])
-            for scheme_id, reply in zip(scheme_ids, replies[2:], strict=True)
+            for scheme_id, reply in zip(scheme_ids, replies[1:], strict=True)
         }
         state = PassState(
             bool(registered), bool(blocked), to_checksum_address(holder_key), int(serial)
@@ -271,6 +281,9 @@ class LedgerStateCache:
             pass_ids.append(bytes(args["passId"]))
         if "passIds" in args:
             pass_ids.extend(bytes(pid) for pid in args["passIds"])
+        self._known_head = max(self._known_head, block)
+        if event.name == "Redeemed" and self._debit(event):
+            return
         for pid in pass_ids:
             self._touched[pid] = max(self._touched.get(pid, -1), block)
             if self._passes.pop(pid, None) is not None:
@@ -285,6 +298,35 @@ class LedgerStateCache:
             key = (int(args["schemeId"]), str(args["merchant"]).lower())
             self._allowed_touched[key] = max(self._allowed_touched.get(key, -1), block)
             self._allowed.pop(key, None)
+
+    def _debit(self, event: DecodedEvent) -> bool:  # holds self._lock
+        """Apply a ``Redeemed`` event to a cached snapshot (the contract takes exactly
+        ``debited`` from the balance), once; False if there is no snapshot to apply it to."""
+        args = event.args
+        pid = bytes(args["passId"])
+        # a read still in flight from before this event must not be stored over the snapshot
+        self._touched[pid] = max(self._touched.get(pid, -1), event.block_number)
+        cached = self._passes.get(pid)
+        if cached is None:
+            return True
+        where = (event.block_number, event.log_index)
+        if event.block_number <= cached.block or where in cached.applied:
+            return True  # already in the snapshot
+        scheme_id = int(args["schemeId"])
+        if scheme_id not in cached.balances or len(cached.applied) >= _MAX_APPLIED:
+            return False
+        balances = dict(cached.balances)
+        balances[scheme_id] -= int(args["debited"])
+        if balances[scheme_id] < 0:  # cannot happen on a true snapshot: read it again
+            return False
+        self._passes[pid] = PassSnapshot(
+            state=cached.state,
+            balances=balances,
+            block=cached.block,
+            applied=cached.applied | {where},
+        )
+        self.stats.debits += 1
+        return True
 
     # -- follower -------------------------------------------------------------------------------
 
@@ -317,6 +359,7 @@ class LedgerStateCache:
             for event in events:
                 self._forget(event)
             self._watermark = head
+            self._known_head = max(self._known_head, head)
             self.stats.last_block = head
             self._prune(head)
         self._tell(events)
@@ -339,6 +382,7 @@ class LedgerStateCache:
             self._state_touched.clear()
             self._allowed_touched.clear()
             self._watermark = head
+            self._known_head = head
 
     def clear(self) -> None:
         """Forget everything (e.g. after restoring a node snapshot in development)."""
