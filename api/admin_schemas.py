@@ -7,6 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ledger.registry import format_postcode
+from ledger.store.registry import Merchant
+
 __all__ = [
     "AuditIn",
     "AuditOut",
@@ -26,6 +29,8 @@ __all__ = [
     "IssuedPassOut",
     "JobOut",
     "MerchantIn",
+    "MerchantLocationIn",
+    "MerchantLocationOut",
     "MerchantOut",
     "PassIn",
     "PassOut",
@@ -280,6 +285,64 @@ class JobOut(BaseModel):
     )
 
 
+_LOCATION_EXAMPLE: dict[str, Any] = {
+    "street": "Kraneweg 90",
+    "postcode": "9718 JN",
+    "town": "Groningen",
+    "website": "https://noorderbad.example",
+    "opening_hours": "ma-vr 7:00-21:00\nza-zo 9:00-17:00",
+}
+
+
+class MerchantLocationIn(_In):
+    """Where the merchant is: street and house number, Dutch postcode and town (all three), and
+    optionally a website and opening hours. Public: holders see it with the offers."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={"examples": [_LOCATION_EXAMPLE]},
+    )
+
+    street: str = Field(min_length=1, max_length=200, description="Street and house number")
+    postcode: str = Field(
+        min_length=1,
+        max_length=16,
+        description="Dutch postcode: 4 digits (the first not 0) and 2 letters, `9718 JN` or "
+        "`9718JN` (else 422 `postcode_invalid`)",
+    )
+    town: str = Field(min_length=1, max_length=100)
+    website: str | None = Field(
+        default=None, max_length=200, description="`http://` or `https://` address (as text)"
+    )
+    opening_hours: str | None = Field(
+        default=None, max_length=500, description="Free text, at most 10 lines"
+    )
+
+
+class MerchantLocationOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_LOCATION_EXAMPLE]})
+
+    street: str
+    postcode: str = Field(description="As written on an address: `9718 JN`")
+    town: str
+    website: str | None = None
+    opening_hours: str | None = Field(default=None, description="Lines separated by `\\n`")
+
+    @classmethod
+    def of(cls, merchant: Merchant) -> MerchantLocationOut | None:
+        """The registry row's location (postcode as ``9718 JN``), or None if not set."""
+        if merchant.street is None or merchant.postcode is None or merchant.town is None:
+            return None
+        return cls(
+            street=merchant.street,
+            postcode=format_postcode(merchant.postcode),
+            town=merchant.town,
+            website=merchant.website,
+            opening_hours=merchant.opening_hours,
+        )
+
+
 class MerchantIn(_In):
     """A partner; its chain address gets the merchant role on the ledger."""
 
@@ -304,6 +367,9 @@ class MerchantIn(_In):
     address: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
     category: str = Field(min_length=1, max_length=64)
     iban: str | None = Field(default=None, max_length=42)
+    location: MerchantLocationIn | None = Field(
+        default=None, description="Optional; set or change later at `PUT .../location`"
+    )
 
 
 class MerchantOut(BaseModel):
@@ -316,6 +382,9 @@ class MerchantOut(BaseModel):
     bic: str | None
     active: bool
     merchant_role: bool = Field(description="Whether the address holds the merchant role")
+    location: MerchantLocationOut | None = Field(
+        default=None, description="Where the merchant is (public), if set"
+    )
 
 
 class AuditIn(_In):

@@ -47,6 +47,8 @@ from api.admin_schemas import (
     HouseholdPage,
     IssuedPassOut,
     MerchantIn,
+    MerchantLocationIn,
+    MerchantLocationOut,
     MerchantOut,
     PassIn,
     PassOut,
@@ -119,6 +121,7 @@ __all__ = [
     "register_merchant",
     "registry_errors",
     "run_audit",
+    "set_merchant_location",
     "start_cohort",
     "start_csv_issuance",
     "unlink_member",
@@ -156,6 +159,7 @@ _REGISTRY_PROBLEMS: Final[list[tuple[type[reg.RegistryError], int, str]]] = [
     (reg.InvalidAddress, 422, "address_invalid"),
     (reg.InvalidIban, 422, "iban_invalid"),
     (reg.InvalidKvk, 422, "kvk_invalid"),
+    (reg.InvalidLocation, 422, "location_invalid"),
     (reg.InvalidMerchant, 422, "merchant_invalid"),
     (reg.PassBlocked, 409, "pass_blocked"),
     (reg.DuplicatePassNumber, 409, "pass_number_taken"),
@@ -894,6 +898,16 @@ def load_cohort(runtime: Runtime, root: bytes) -> dict[str, Any] | None:
 # -- merchants --------------------------------------------------------------------------------
 
 
+def _location(body: MerchantLocationIn) -> reg.MerchantLocation:
+    return reg.merchant_location(
+        street=body.street,
+        postcode=body.postcode,
+        town=body.town,
+        website=body.website,
+        opening_hours=body.opening_hours,
+    )
+
+
 def _merchant_out(runtime: Runtime, merchant: MerchantRow) -> MerchantOut:
     assert merchant.id is not None
     return MerchantOut(
@@ -906,6 +920,7 @@ def _merchant_out(runtime: Runtime, merchant: MerchantRow) -> MerchantOut:
         bic=merchant.bic,
         active=merchant.active,
         merchant_role=runtime.client.has_role("merchant", merchant.address),
+        location=MerchantLocationOut.of(merchant),
     )
 
 
@@ -914,12 +929,14 @@ def register_merchant(runtime: Runtime, body: MerchantIn) -> MerchantOut:
     address the merchant role from the admin account, in one registry transaction."""
     registry = runtime.store.registry
     with registry_errors(), registry.transaction():
+        location = _location(body.location) if body.location is not None else None
         merchant = registry.register_merchant(
             name=body.name,
             kvk_number=body.kvk_number,
             address=body.address,
             category=body.category,
             iban=body.iban,
+            location=location,
         )
         if not runtime.client.has_role("merchant", merchant.address):
             with runtime.key_locks.hold("admin-account"):
@@ -931,6 +948,18 @@ def register_merchant(runtime: Runtime, body: MerchantIn) -> MerchantOut:
 
 def list_merchants(runtime: Runtime) -> list[MerchantOut]:
     return [_merchant_out(runtime, m) for m in runtime.store.registry.merchants()]
+
+
+def set_merchant_location(
+    runtime: Runtime, merchant_id: int, body: MerchantLocationIn | None
+) -> MerchantOut:
+    """Set (``body``) or clear (None) the merchant's public location; checked first, so a
+    refusal changes nothing."""
+    registry = runtime.store.registry
+    with registry_errors():
+        location = _location(body) if body is not None else None
+        merchant = registry.set_merchant_location(merchant_id, location)
+    return _merchant_out(runtime, merchant)
 
 
 # -- audit ------------------------------------------------------------------------------------

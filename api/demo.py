@@ -7,7 +7,9 @@ and a marker records completion, so a restart never seeds twice and an interrupt
 Holders are enrolled through the registry (:class:`ledger.registry.Registry`) at postcodes of
 the shipped Groningen sample, so each has a district (wijk); every fifth holder is a parent with
 a child in the same household. Each gets pass ``GR0000001`` .. ``GR0000050`` (enrolment and pass
-in one transaction). Merchants have sample KvK numbers and valid test IBANs.
+in one transaction). Merchants have sample KvK numbers, valid test IBANs and a location in
+Groningen (fictional house numbers, ``.example`` websites); a merchant the registry already has
+gets its demo location only if it has none (so an edit by staff stays).
 
 On chain the holders appear only as pass ids (HMAC of the pass number under the pass's own
 secret); their pass numbers, secrets and names stay in the registry.
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from ledger.client import UNLIMITED, SchemeKind, SchemeTerms
 from ledger.passid import pass_id
-from ledger.registry import Registry
+from ledger.registry import MerchantLocation, Registry, merchant_location
 
 if TYPE_CHECKING:
     from api.runtime import Runtime
@@ -34,10 +36,13 @@ __all__ = [
     "DEMO_MERCHANT_NAMES",
     "DEMO_SCHEMES",
     "DemoMerchant",
+    "DemoPlace",
     "DemoScheme",
     "demo_merchant",
+    "demo_merchant_location",
     "demo_pass_number",
     "enrol_demo_holders",
+    "locate_demo_merchants",
     "seed_demo",
 ]
 
@@ -47,19 +52,60 @@ DEMO_HOLDER_COUNT = 50
 
 
 @dataclass(frozen=True, slots=True)
+class DemoPlace:
+    street: str
+    postcode: str
+    town: str
+    website: str | None = None
+    opening_hours: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DemoMerchant:
     name: str
     kvk_number: str
     category: str
     iban: str | None
+    place: DemoPlace | None = None
 
 
 #: Merchant ``i`` is entry ``i - 1`` (and the i-th merchant key). Sample KvK numbers; the IBANs
-#: are well-known valid test numbers (mod-97 checked), not real accounts.
+#: are well-known valid test numbers (mod-97 checked), not real accounts; the streets are in
+#: Groningen, the house numbers and websites made up.
 DEMO_MERCHANTS = (
-    DemoMerchant("Zwembad Noorderbad", "01234567", "sport", "NL91ABNA0417164300"),
-    DemoMerchant("Boekhandel Het Gulden Boek", "12345678", "culture", "NL20INGB0001234567"),
-    DemoMerchant("Sportwinkel Stad", "23456789", "shop", "NL39RABO0300065264"),
+    DemoMerchant(
+        "Zwembad Noorderbad",
+        "01234567",
+        "sport",
+        "NL91ABNA0417164300",
+        DemoPlace(
+            "Kraneweg 90",
+            "9718 JN",
+            "Groningen",
+            "https://noorderbad.example",
+            "ma-vr 7:00-21:00\nza-zo 9:00-17:00",
+        ),
+    ),
+    DemoMerchant(
+        "Boekhandel Het Gulden Boek",
+        "12345678",
+        "culture",
+        "NL20INGB0001234567",
+        DemoPlace(
+            "Oude Ebbingestraat 21",
+            "9712 HB",
+            "Groningen",
+            None,
+            "di-za 10:00-18:00\ndo tot 21:00",
+        ),
+    ),
+    DemoMerchant(
+        "Sportwinkel Stad",
+        "23456789",
+        "shop",
+        "NL39RABO0300065264",
+        DemoPlace("Herestraat 45", "9711 LC", "Groningen", "https://sportwinkelstad.example"),
+    ),
 )
 DEMO_MERCHANT_NAMES = tuple(merchant.name for merchant in DEMO_MERCHANTS)
 _LAST_NAMES = (
@@ -131,6 +177,37 @@ def demo_merchant(merchant_id: int) -> DemoMerchant:
     return DemoMerchant(f"Merchant {merchant_id}", "00000000", "other", None)
 
 
+def demo_merchant_location(merchant_id: int) -> MerchantLocation | None:
+    """The demo location of merchant ``merchant_id``, validated as the registry wants it (None
+    past the demo's three)."""
+    place = demo_merchant(merchant_id).place
+    if place is None:
+        return None
+    return merchant_location(
+        street=place.street,
+        postcode=place.postcode,
+        town=place.town,
+        website=place.website,
+        opening_hours=place.opening_hours,
+    )
+
+
+def locate_demo_merchants(registry: Registry) -> int:
+    """Give each demo merchant (same id and name) without a location its demo location;
+    returns how many got one now."""
+    located = 0
+    for merchant in registry.merchants():
+        if merchant.id is None or merchant.street is not None:
+            continue
+        if demo_merchant(merchant.id).name != merchant.name:
+            continue
+        location = demo_merchant_location(merchant.id)
+        if location is not None:
+            registry.set_merchant_location(merchant.id, location)
+            located += 1
+    return located
+
+
 def enrol_demo_holders(registry: Registry, count: int = DEMO_HOLDER_COUNT) -> int:
     """Enrol the demo holders that are missing, each with its pass; returns how many now."""
     if not registry.postcodes():
@@ -165,6 +242,7 @@ def seed_demo(runtime: Runtime, *, report: Callable[[str], None] | None = None) 
     """Seed the demo data unless done before; returns True if it seeded now."""
     say = report or (lambda message: log.info("%s", message))
     store, client, issuer = runtime.store, runtime.client, runtime.keys.issuer
+    locate_demo_merchants(store.registry)  # also for a demo seeded before merchants had places
     if store.marker(_MARKER) is not None:
         return False
 

@@ -2,7 +2,8 @@
 
 Every function takes the pass number the route already checked (object-level rule in
 :mod:`api.deps`: a holder reaches only their own pass). Nothing here returns another holder's
-data or a merchant's personal data (merchants are organisations: name and category only).
+data or a merchant's personal data (merchants are organisations: name, category and their public
+location, if the municipality registered one).
 
 History comes from the chain index (``index_redemption`` / ``index_reversal`` by pass id) when
 the indexer has a checkpoint for this chain and contract, else from this service's own
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import col, select
 from web3 import Web3
 
+from api.admin_schemas import MerchantLocationOut
 from api.problems import ApiProblem
 from api.runtime import Runtime
 from api.services import KIND_NAMES
@@ -131,6 +133,9 @@ class MerchantPlace(BaseModel):
     merchant_id: int
     name: str
     category: str
+    location: MerchantLocationOut | None = Field(
+        default=None, description="Where it is (street, postcode, town, ...), if registered."
+    )
 
 
 class OfferEntry(BaseModel):
@@ -438,6 +443,7 @@ def offer_catalogue(runtime: Runtime, pass_number: str) -> OfferCatalogueOut:
     client = runtime.client
     labels = runtime.store.scheme_labels()
     merchants = [m for m in runtime.store.merchants() if m.active and m.id is not None]
+    locations = {m.id: MerchantLocationOut.of(m) for m in merchants}
     now = int(time.time())
     offers: list[OfferEntry] = []
     for scheme_id, terms in runtime.client.schemes():
@@ -447,7 +453,12 @@ def offer_catalogue(runtime: Runtime, pass_number: str) -> OfferCatalogueOut:
         if terms.valid_until < now:
             continue
         where = [
-            MerchantPlace(merchant_id=m.id, name=m.name, category=m.category)
+            MerchantPlace(
+                merchant_id=m.id,
+                name=m.name,
+                category=m.category,
+                location=locations[m.id],
+            )
             for m in merchants
             if m.id is not None
             and (

@@ -6,7 +6,7 @@ checks the same scope as the API route it mirrors, and shows a 403 page otherwis
 
 - schemes, CSV issuance and its job: ``issue``;
 - holders (registry look-up): ``admin``; block, unblock, replace card, card PNG: ``issue``;
-- merchants: ``admin``; payout runs: ``finance``; reports and audit: ``audit``.
+- merchants and their locations: ``admin``; payout runs: ``finance``; reports and audit: ``audit``.
 
 Handlers are thin: they call :mod:`api.admin_services` and :mod:`ledger.reports` (as the API
 routes do) and render the result. Every POST carries the CSRF token (double submit). Pages live
@@ -40,7 +40,14 @@ from starlette.datastructures import UploadFile
 
 from api import admin_services as svc
 from api import services
-from api.admin_schemas import AuditIn, CohortIn, PayoutIn, SchemeIn
+from api.admin_schemas import (
+    AuditIn,
+    CohortIn,
+    MerchantLocationIn,
+    MerchantLocationOut,
+    PayoutIn,
+    SchemeIn,
+)
 from api.auth import Principal, Scope
 from api.deps import RuntimeDep, SettingsDep
 from api.i18n import pick_language, translate
@@ -75,6 +82,7 @@ from ledger.reports import (
 from ledger.reports.charts import district_chart, merchant_chart, scheme_chart
 from ledger.reports.writers import as_dict, to_csv
 from ledger.store.payouts import PayoutRun
+from ledger.store.registry import Merchant
 
 __all__ = ["router"]
 
@@ -98,12 +106,24 @@ POLL_MS: Final = 500
 SCHEME_METRICS: Final = ("issued", "redeemed", "remaining", "reversed", "expired")
 MERCHANT_METRICS: Final = ("owed", "credited", "settled", "redemptions")
 _NOTICES: Final = frozenset(
-    {"blocked", "unblocked", "card", "scheme_created", "payout_created", "payout_confirmed"}
+    {
+        "blocked",
+        "unblocked",
+        "card",
+        "scheme_created",
+        "payout_created",
+        "payout_confirmed",
+        "location_saved",
+        "location_cleared",
+    }
 )
 _CHART_LOCK = threading.Lock()
 
 PassNumber = Annotated[str, PathParam(max_length=32)]
 RunReference = Annotated[str, PathParam(max_length=35)]
+MerchantId = Annotated[int, PathParam(ge=1, le=2**62)]
+#: The location form's fields (as ``MerchantLocationIn``).
+LOCATION_FIELDS: Final = ("street", "postcode", "town", "website", "opening_hours")
 ChartFormat = Literal["png", "svg", "csv", "json"]
 
 
@@ -757,7 +777,116 @@ def merchants_page(request: Request, settings: SettingsDep, runtime: RuntimeDep)
         "admin_merchants.html",
         section="/admin/web/merchants",
         merchants=svc.list_merchants(runtime),
+        notice=_notice(request),
     )
+
+
+def _location_page(
+    request: Request,
+    settings: Settings,
+    principal: Principal,
+    merchant: Merchant,
+    form: dict[str, str],
+    *,
+    status_code: int = 200,
+    error: str | None = None,
+) -> Response:
+    return _page(
+        request,
+        settings,
+        principal,
+        "admin_merchant_location.html",
+        section="/admin/web/merchants",
+        status_code=status_code,
+        merchant=merchant,
+        form=form,
+        error=error,
+    )
+
+
+@router.get("/admin/web/merchants/{merchant_id}/location")
+def merchant_location_page(
+    merchant_id: MerchantId, request: Request, settings: SettingsDep, runtime: RuntimeDep
+) -> Response:
+    """The form to set, change or remove a merchant's public location (as
+    ``PUT``/``DELETE /admin/merchants/{id}/location``)."""
+    principal = _staff(request, settings, Scope.ADMIN)
+    if isinstance(principal, Response):
+        return principal
+    merchant = runtime.store.registry.find_merchant(merchant_id)
+    if merchant is None:
+        return _problem_page(request, settings, principal, 404, "admin.merchants.unknown")
+    location = MerchantLocationOut.of(merchant)
+    form = dict.fromkeys(LOCATION_FIELDS, "")
+    if location is not None:
+        form.update(
+            {
+                key: value or ""
+                for key, value in location.model_dump().items()
+                if key in LOCATION_FIELDS
+            }
+        )
+    return _location_page(request, settings, principal, merchant, form)
+
+
+def _validation_detail(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+    )
+
+
+@router.post("/admin/web/merchants/{merchant_id}/location")
+async def merchant_location_save(
+    merchant_id: MerchantId, request: Request, settings: SettingsDep, runtime: RuntimeDep
+) -> Response:
+    """Save the location (street, postcode and town together; website and opening hours
+    optional); every field empty removes it. A refusal shows the form again, nothing saved."""
+    principal = _staff(request, settings, Scope.ADMIN)
+    if isinstance(principal, Response):
+        return principal
+    if int(request.headers.get("content-length") or 0) > 16 * 1024:
+        raise ApiProblem(413, "body_too_large", "the form is too large")
+    async with request.form(max_files=0, max_fields=20) as raw:
+        posted = {k: v for k, v in raw.items() if isinstance(v, str)}
+    if not _check_csrf(request, posted.get("csrf")):
+        return _csrf_refused(request, settings, principal)
+    merchant = await run_in_threadpool(runtime.store.registry.find_merchant, merchant_id)
+    if merchant is None:
+        return _problem_page(request, settings, principal, 404, "admin.merchants.unknown")
+    form = {name: posted.get(name, "") for name in LOCATION_FIELDS}
+    body: MerchantLocationIn | None = None
+    if any(value.strip() for value in form.values()):
+        try:
+            body = MerchantLocationIn.model_validate(
+                {
+                    "street": form["street"],
+                    "postcode": form["postcode"],
+                    "town": form["town"],
+                    "website": form["website"] or None,
+                    "opening_hours": form["opening_hours"] or None,
+                }
+            )
+        except ValidationError as exc:
+            error = translate(
+                pick_language(request), "admin.schemes.invalid", detail=_validation_detail(exc)
+            )
+            return _location_page(
+                request, settings, principal, merchant, form, status_code=422, error=error
+            )
+    try:
+        await run_in_threadpool(svc.set_merchant_location, runtime, merchant_id, body)
+    except ApiProblem as problem:
+        return _location_page(
+            request,
+            settings,
+            principal,
+            merchant,
+            form,
+            status_code=problem.status,
+            error=_problem_text(problem),
+        )
+    done = "location_saved" if body is not None else "location_cleared"
+    return _redirect(f"/admin/web/merchants?done={done}#merchant-{merchant_id}")
 
 
 # -- reports ----------------------------------------------------------------------------------

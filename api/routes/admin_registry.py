@@ -31,6 +31,7 @@ from api.admin_schemas import (
     IssuedPassOut,
     JobOut,
     MerchantIn,
+    MerchantLocationIn,
     MerchantOut,
     PassIn,
     PassOut,
@@ -62,6 +63,8 @@ _INVALID = (422, "validation_failed", "body.birth_date: Input should be a valid 
 PassNumber = Annotated[str, Path(max_length=32, examples=["GR0000001"])]
 HolderId = Annotated[int, Path(ge=1, le=2**62)]
 HouseholdId = Annotated[int, Path(ge=1, le=2**62)]
+MerchantId = Annotated[int, Path(ge=1, le=2**62)]
+_MERCHANT_UNKNOWN = (404, "merchant_unknown", "no merchant has id 999")
 _HOUSEHOLD_UNKNOWN = (404, "household_unknown", "no household has id 999")
 
 
@@ -427,6 +430,8 @@ def get_job(job_id: Annotated[str, Path(max_length=64)], runtime: RuntimeDep) ->
         (409, "merchant_duplicate", "a merchant with address 0x90F7... is registered"),
         (422, "iban_invalid", "IBAN 'NL00 BANK 0000 0000 00' is invalid"),
         (422, "kvk_invalid", "KvK number '12' must be 8 digits"),
+        (422, "postcode_invalid", "postcode '97' is not a Dutch postcode"),
+        (422, "location_invalid", "website 'noorderbad' is not a web address"),
         _INVALID,
     ),
 )
@@ -443,7 +448,40 @@ def register_merchant(body: MerchantIn, runtime: RuntimeDep) -> MerchantOut:
     responses=problem_responses(*_AUTH),
 )
 def list_merchants(runtime: RuntimeDep) -> list[MerchantOut]:
+    """Every merchant with its location (if set)."""
     return svc.list_merchants(runtime)
+
+
+@router.put(
+    "/merchants/{merchant_id}/location",
+    dependencies=_ADMIN,
+    summary="Set a merchant's location",
+    responses=problem_responses(
+        *_AUTH,
+        _MERCHANT_UNKNOWN,
+        (422, "postcode_invalid", "postcode '97' is not a Dutch postcode"),
+        (422, "location_invalid", "town is empty; it must be given with the postcode and town"),
+        _INVALID,
+    ),
+)
+def set_merchant_location(
+    merchant_id: MerchantId, body: MerchantLocationIn, runtime: RuntimeDep
+) -> MerchantOut:
+    """Street and house number, postcode (``9718 JN``) and town, optionally a website and
+    opening hours; replaces the whole location. Public: holders see it with the offers. A
+    refusal changes nothing."""
+    return svc.set_merchant_location(runtime, merchant_id, body)
+
+
+@router.delete(
+    "/merchants/{merchant_id}/location",
+    dependencies=_ADMIN,
+    summary="Remove a merchant's location",
+    responses=problem_responses(*_AUTH, _MERCHANT_UNKNOWN),
+)
+def clear_merchant_location(merchant_id: MerchantId, runtime: RuntimeDep) -> MerchantOut:
+    """The merchant no longer shows a location (the holder page lists it by name only)."""
+    return svc.set_merchant_location(runtime, merchant_id, None)
 
 
 # -- audit (scope audit) ----------------------------------------------------------------------

@@ -342,8 +342,9 @@ def _history_rows(lang: str, items: list[holder_services.HistoryItem]) -> list[d
 def _offer_rows(
     lang: str, catalogue: holder_services.OfferCatalogueOut
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The offers (what, until when, where) and the same turned around: per partner, what the
-    pass can use there."""
+    """The offers (what, until when, where) and the same turned around: per partner, where it
+    is (if registered: as text, no map, nothing fetched from elsewhere) and what the pass can
+    use there."""
     offers: list[dict[str, Any]] = []
     places: dict[int, dict[str, Any]] = {}
     for offer in catalogue.offers:
@@ -363,7 +364,11 @@ def _offer_rows(
             left = _quantity(lang, offer.unit, offer.balance, unlimited=offer.unlimited)
             what = translate(lang, "holder.offers.left", left=left)
         where = [
-            {"name": place.name, "category": _category(lang, place.category)}
+            {
+                "name": place.name,
+                "category": _category(lang, place.category),
+                "location": place.location,
+            }
             for place in offer.where
         ]
         offers.append(
@@ -382,6 +387,10 @@ def _offer_rows(
                 {
                     "name": place.name,
                     "category": _category(lang, place.category),
+                    "location": place.location,
+                    "hours": place.location.opening_hours.splitlines()
+                    if place.location is not None and place.location.opening_hours
+                    else [],
                     "offers": [],
                 },
             )

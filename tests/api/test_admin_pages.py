@@ -250,6 +250,91 @@ def test_holders_block_unblock_and_card(login: Login, runtime: Runtime) -> None:
     assert "Zwembad Noorderbad" in merchants.text
 
 
+def test_merchant_location_shown_and_edited(login: Login, runtime: Runtime) -> None:
+    registry = runtime.store.registry
+    client = login("admin")
+    page = client.get("/admin/web/merchants")
+    assert page.status_code == 200
+    assert "Kraneweg 90<br>9718 JN&nbsp;Groningen" in page.text  # the demo pool
+    assert 'href="/admin/web/merchants/2/location"' in page.text
+    issuer = login("issuer")
+    assert issuer.get("/admin/web/merchants/2/location").status_code == 403
+    refused = issuer.post("/admin/web/merchants/2/location", data={"csrf": "x", "street": "X"})
+    assert refused.status_code == 403
+    unknown = client.get("/admin/web/merchants/999/location")
+    assert unknown.status_code == 404
+    assert 'id="problem"' in unknown.text
+    assert client.get("/admin/web/merchants/abc/location").status_code == 422
+
+    form_page = client.get("/admin/web/merchants/2/location")
+    assert form_page.status_code == 200
+    assert 'value="Oude Ebbingestraat 21"' in form_page.text
+    assert 'value="9712 HB"' in form_page.text
+    csrf = _csrf(form_page.text)
+    before = registry.merchant(2)
+    new = {
+        "street": "Vismarkt 7",
+        "postcode": "9712cs",
+        "town": "Groningen",
+        "website": "",
+        "opening_hours": "ma-za 9:00-18:00\r\nzo gesloten",
+    }
+
+    def unchanged() -> None:
+        after = registry.merchant(2)
+        assert (after.street, after.postcode, after.town, after.opening_hours) == (
+            before.street,
+            before.postcode,
+            before.town,
+            before.opening_hours,
+        )
+
+    no_csrf = client.post("/admin/web/merchants/2/location", data=new)
+    assert no_csrf.status_code == 403
+    unchanged()
+    for change, fragment in (
+        ({"postcode": "97 12"}, "postcode_invalid"),
+        ({"website": "vismarkt.example"}, "location_invalid"),
+        ({"town": ""}, "town"),
+        ({"street": "x" * 201}, "street"),
+    ):
+        bad = client.post("/admin/web/merchants/2/location", data={**new, **change, "csrf": csrf})
+        assert bad.status_code == 422, change
+        error = re.search(r'id="error">(.*?)</div>', bad.text, re.DOTALL)
+        assert error is not None, change
+        assert fragment in error.group(1)
+        assert 'value="Vismarkt 7"' in bad.text or "x" * 201 in bad.text  # the input is kept
+        unchanged()
+
+    saved = client.post(
+        "/admin/web/merchants/2/location", data={**new, "csrf": csrf}, follow_redirects=False
+    )
+    assert saved.status_code == 303, saved.text
+    assert saved.headers["location"].startswith("/admin/web/merchants?done=location_saved")
+    listed = client.get("/admin/web/merchants?done=location_saved")
+    assert 'id="notice"' in listed.text
+    assert "Vismarkt 7<br>9712 CS&nbsp;Groningen" in listed.text
+    assert '<span class="hours">zo gesloten</span>' in listed.text
+    row = registry.merchant(2)
+    assert (row.street, row.postcode, row.opening_hours) == (
+        "Vismarkt 7",
+        "9712CS",
+        "ma-za 9:00-18:00\nzo gesloten",
+    )
+
+    cleared = client.post(
+        "/admin/web/merchants/2/location",
+        data={"csrf": csrf, "street": " ", "postcode": "", "town": ""},
+        follow_redirects=False,
+    )
+    assert cleared.status_code == 303
+    assert "done=location_cleared" in cleared.headers["location"]
+    assert registry.merchant(2).street is None
+    listed = client.get("/admin/web/merchants")
+    assert 'id="edit-location-2"' in listed.text
+    assert "no address" in listed.text
+
+
 def test_create_scheme_from_the_form(login: Login, runtime: Runtime) -> None:
     client = login("issuer")
     page = client.get("/admin/web/schemes")

@@ -911,6 +911,87 @@ def test_register_merchant_validates_and_grants_the_role(
     assert created.json()["id"] in {m["id"] for m in listed}
 
 
+def test_merchant_location_set_listed_and_cleared(client: TestClient, runtime: Runtime) -> None:
+    address = Account.create().address
+    location = {
+        "street": "Kraneweg  90",
+        "postcode": "9718jn",
+        "town": "Groningen",
+        "website": "https://noorderbad.example",
+        "opening_hours": "ma-vr 7:00-21:00\nza-zo 9:00-17:00",
+    }
+    body = {"name": "Zwembad De Parrel", "kvk_number": "01012346", "address": address}
+    body |= {"category": "sport"}
+    count = len(runtime.store.registry.merchants())
+    # a bad location refuses the whole registration: no merchant, no role
+    for bad, status, code in (
+        ({"postcode": "97 18"}, 422, "postcode_invalid"),
+        ({"website": "javascript:alert(1)"}, 422, "location_invalid"),
+        ({"street": " "}, 422, "validation_failed"),
+        ({"town": None}, 422, "validation_failed"),
+        ({"country": "NL"}, 422, "validation_failed"),
+    ):
+        response = client.post(
+            "/admin/merchants",
+            json={**body, "location": {**location, **bad}},
+            headers=_admin(client),
+        )
+        _problem(response, status, code)
+    assert len(runtime.store.registry.merchants()) == count
+    assert not runtime.client.has_role("merchant", address)
+
+    created = client.post(
+        "/admin/merchants", json={**body, "location": location}, headers=_admin(client)
+    )
+    assert created.status_code == 201, created.text
+    merchant_id = created.json()["id"]
+    expected = location | {"street": "Kraneweg 90", "postcode": "9718 JN"}
+    assert created.json()["location"] == expected
+
+    path = f"/admin/merchants/{merchant_id}/location"
+    new = {"street": "Helperzoom 3", "postcode": "9722 BZ", "town": "Groningen"}
+    refusals: tuple[tuple[dict[str, object], int, str], ...] = (
+        ({"postcode": "0718 JN"}, 422, "postcode_invalid"),
+        ({"postcode": "9718"}, 422, "postcode_invalid"),
+        ({"postcode": 9718}, 422, "validation_failed"),
+        ({"website": "https://a b"}, 422, "location_invalid"),
+        ({"opening_hours": "\n".join(["ma"] * 11)}, 422, "location_invalid"),
+        ({"opening_hours": "x" * 501}, 422, "validation_failed"),
+        ({"street": "Straat\u00071"}, 422, "location_invalid"),
+        ({"town": "t" * 101}, 422, "validation_failed"),
+    )
+    for change, status, code in refusals:
+        _problem(client.put(path, json={**new, **change}, headers=_admin(client)), status, code)
+    _problem(client.put(path, json=[new], headers=_admin(client)), 422, "validation_failed")
+    _problem(client.put(path, content=b"{", headers=_admin(client)), 422, "validation_failed")
+    _problem(client.put(path, json=new, headers=_issuer(client)), 403, "insufficient_scope")
+    _problem(client.delete(path, headers=_issuer(client)), 403, "insufficient_scope")
+    _problem(
+        client.put("/admin/merchants/999999/location", json=new, headers=_admin(client)),
+        404,
+        "merchant_unknown",
+    )
+    listed = {m["id"]: m for m in client.get("/admin/merchants", headers=_admin(client)).json()}
+    assert listed[merchant_id]["location"] == expected  # nothing changed by the refusals
+
+    updated = client.put(path, json=new, headers=_admin(client))
+    assert updated.status_code == 200, updated.text
+    assert updated.json()["location"] == new | {"website": None, "opening_hours": None}
+    row = runtime.store.registry.merchant(merchant_id)
+    assert (row.street, row.postcode, row.town, row.website) == (
+        "Helperzoom 3",
+        "9722BZ",
+        "Groningen",
+        None,
+    )
+    cleared = client.delete(path, headers=_admin(client))
+    assert cleared.status_code == 200, cleared.text
+    assert cleared.json()["location"] is None
+    listed = {m["id"]: m for m in client.get("/admin/merchants", headers=_admin(client)).json()}
+    assert listed[merchant_id]["location"] is None
+    assert runtime.store.registry.merchant(merchant_id).street is None
+
+
 def test_audit_returns_differences(client: TestClient, runtime: Runtime) -> None:
     auditor = logins(client).staff("auditor")
     _problem(client.post("/admin/audit", headers=_issuer(client)), 403, "insufficient_scope")

@@ -216,6 +216,7 @@ def _csv(scheme_id: int, body: bytes) -> Call:
 
 
 _INVALID = (422, "validation_failed")
+_LOCATION = {"street": "Kraneweg 90", "postcode": "9718 JN", "town": "Groningen"}
 _MEMBER = "/admin/households/{household}/members/{holder}"
 
 ROUTES: dict[tuple[str, str], Route] = {
@@ -378,6 +379,22 @@ ROUTES: dict[tuple[str, str], Route] = {
     # -- merchants --
     ("POST", "/admin/merchants"): Route(Scope.ADMIN, Call("/admin/merchants", json={}), _INVALID),
     ("GET", "/admin/merchants"): Route(Scope.ADMIN, Call("/admin/merchants"), (200, None)),
+    ("PUT", "/admin/merchants/{merchant_id}/location"): Route(
+        Scope.ADMIN,
+        Call(f"/admin/merchants/{UNKNOWN_ID}/location", json=_LOCATION),
+        (404, "merchant_unknown"),
+        unknown=[
+            (Call(f"/admin/merchants/{UNKNOWN_ID}/location", json=_LOCATION), "merchant_unknown")
+        ],
+        malformed=[Call("/admin/merchants/abc/location", json=_LOCATION)],
+    ),
+    ("DELETE", "/admin/merchants/{merchant_id}/location"): Route(
+        Scope.ADMIN,
+        Call(f"/admin/merchants/{UNKNOWN_ID}/location"),
+        (404, "merchant_unknown"),
+        unknown=[(Call(f"/admin/merchants/{UNKNOWN_ID}/location"), "merchant_unknown")],
+        malformed=[Call("/admin/merchants/0/location")],
+    ),
     # -- audit and reports --
     ("POST", "/admin/audit"): Route(
         Scope.AUDIT, Call("/admin/audit", json={"to_block": -1}), _INVALID
@@ -435,6 +452,7 @@ def _state(runtime: Runtime) -> tuple[int, ...]:
         registry.household_count(),
         registry.pass_count(),
         len(registry.merchants()),
+        sum(m.street is not None for m in registry.merchants()),
         runtime.client.scheme_count(),
     )
 

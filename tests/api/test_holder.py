@@ -3,17 +3,20 @@ history (index and API records), offers with where to use them, and the object-l
 
 from __future__ import annotations
 
+import re
 import time
+import warnings
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from api import holder_services
-from api.auth import AUDIENCE, ISSUER, encode_token
-from api.demo import DEMO_MERCHANT_NAMES
+from api.auth import AUDIENCE, DEV_HOLDER_PIN, ISSUER, encode_token
+from api.demo import DEMO_MERCHANT_NAMES, DEMO_MERCHANTS
 from api.runtime import Runtime
 from ledger.passid import pass_id
+from ledger.registry import merchant_location
 from tests.api.conftest import holder, merchant, signed_uri
 
 OWN = "GR0000044"
@@ -230,7 +233,8 @@ def test_offers_and_where_to_use_them(client: TestClient, runtime: Runtime) -> N
         assert ids <= active
         if offer["open_to_all_merchants"]:
             assert ids == active
-        assert set(offer["where"][0]) == {"merchant_id", "name", "category"} if ids else True
+        for place in offer["where"]:
+            assert set(place) == {"merchant_id", "name", "category", "location"}
         assert offer["unit"] == ("cents" if offer["kind"] == "budget" else "uses")
 
     # the demo schemes: a budget and the discount at every partner, swimming at the pool only
@@ -243,6 +247,17 @@ def test_offers_and_where_to_use_them(client: TestClient, runtime: Runtime) -> N
     assert {p["name"] for p in discount["where"]} >= set(DEMO_MERCHANT_NAMES)
     for place in discount["where"]:
         assert (place["name"], place["category"]) == registry[place["merchant_id"]]
+    # where the demo partners are: street, postcode, town (and website, hours if given)
+    places = {p["name"]: p["location"] for p in discount["where"]}
+    for demo in DEMO_MERCHANTS:
+        assert demo.place is not None
+        assert places[demo.name] == {
+            "street": demo.place.street,
+            "postcode": demo.place.postcode,
+            "town": demo.place.town,
+            "website": demo.place.website,
+            "opening_hours": demo.place.opening_hours,
+        }
     swimming = next(offer for name, offer in by_name.items() if name.startswith("Zwemmen"))
     assert swimming["open_to_all_merchants"] is False
     assert [p["name"] for p in swimming["where"]] == [DEMO_MERCHANT_NAMES[0]]
@@ -252,6 +267,77 @@ def test_offers_and_where_to_use_them(client: TestClient, runtime: Runtime) -> N
     budget = next(offer for offer in offers if offer["kind"] == "budget")
     assert budget["unit"] == "cents"
     assert budget["per_redemption_cap"] is None
+
+
+def test_offers_show_a_changed_or_removed_location(client: TestClient, runtime: Runtime) -> None:
+    """What the admin sets is what the holder sees; a merchant without a location is listed by
+    name only. Restores the demo location afterwards."""
+    registry = runtime.store.registry
+    before = registry.merchant(3)
+    assert before.street is not None
+    try:
+        registry.set_merchant_location(3, None)
+        offers = client.get(f"/holder/passes/{OWN}/offers", headers=holder(client, OWN)).json()
+        discount = next(o for o in offers["offers"] if o["kind"] == "discount")
+        place = next(p for p in discount["where"] if p["merchant_id"] == 3)
+        assert place["location"] is None
+        assert place["name"] == before.name
+    finally:
+        location = merchant_location(
+            street=before.street,
+            postcode=before.postcode or "",
+            town=before.town or "",
+            website=before.website,
+            opening_hours=before.opening_hours,
+        )
+        registry.set_merchant_location(3, location)
+    assert registry.merchant(3).street == before.street
+
+
+def _holder_page(client: TestClient, pass_number: str, lang: str) -> str:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+        page_client = TestClient(client.app, raise_server_exceptions=False)
+    with page_client:
+        login = page_client.get(f"/holder/login?lang={lang}")
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', login.text)
+        assert csrf is not None
+        response = page_client.post(
+            "/holder/login",
+            data={"username": pass_number, "password": DEV_HOLDER_PIN, "csrf": csrf.group(1)},
+            follow_redirects=False,
+        )
+        assert response.status_code == 303, response.text
+        page = page_client.get("/holder")
+        assert page.status_code == 200, page.text
+        return str(page.text)
+
+
+@pytest.mark.parametrize(
+    ("lang", "hours", "website"),
+    [("nl", "Openingstijden:", "Website:"), ("en", "Opening hours:", "Website:")],
+)
+def test_holder_page_shows_where_partners_are(
+    client: TestClient, lang: str, hours: str, website: str
+) -> None:
+    html = _holder_page(client, OWN, lang)
+    offers = html[html.index('id="offers"') :]
+    for demo in DEMO_MERCHANTS:
+        assert demo.place is not None
+        # in the offers' where lists: name, street and town; in the partners table the address
+        assert f"{demo.name} <" in offers
+        assert f", {demo.place.street}, {demo.place.town}</span>" in offers
+        assert f"{demo.place.street}<br>{demo.place.postcode}&nbsp;{demo.place.town}" in offers
+        if demo.place.website:
+            assert f'<span class="website">{demo.place.website}</span>' in offers
+        for line in (demo.place.opening_hours or "").splitlines():
+            assert f"<br>{line}" in offers
+    assert hours in offers
+    assert website in offers
+    # text only: no link to a map or any other site, nothing loaded from elsewhere
+    assert "maps" not in offers.lower()
+    assert 'href="http' not in html
+    assert 'src="http' not in html
 
 
 def test_offers_are_per_pass(client: TestClient, runtime: Runtime) -> None:
