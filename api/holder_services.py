@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import col, select
 from web3 import Web3
 
+from api import cohort_claims
 from api.admin_schemas import MerchantLocationOut
 from api.problems import ApiProblem
 from api.runtime import Runtime
@@ -54,8 +55,12 @@ class HolderBalance(BaseModel):
     name: str
     kind: Kind
     unit: Literal["cents", "uses"]
-    balance: int
+    balance: int = Field(description="What is left, including an unclaimed cohort share.")
     unlimited: bool = Field(description="True for an offer that never runs out.")
+    unclaimed: int = Field(
+        default=0,
+        description="Of ``balance``, a cohort share not yet claimed; the first use claims it.",
+    )
     valid_from: int = Field(description="Unix seconds the scheme opens.")
     valid_until: int = Field(description="Unix seconds the scheme (and this balance) expires.")
     valid_from_date: date
@@ -206,7 +211,9 @@ def balances_with_validity(runtime: Runtime, pass_number: str) -> HolderBalances
     now = int(time.time())
     out: list[HolderBalance] = []
     for scheme_id, terms in runtime.client.schemes():
-        balance = client.balance_of(scheme_id, pid)
+        balance, unclaimed = cohort_claims.balance_with_share(
+            runtime, pid, scheme_id, client.balance_of(scheme_id, pid)
+        )
         if balance == 0:
             continue
         out.append(
@@ -217,6 +224,7 @@ def balances_with_validity(runtime: Runtime, pass_number: str) -> HolderBalances
                 unit="cents" if terms.kind is SchemeKind.BUDGET else "uses",
                 balance=balance,
                 unlimited=balance == UNLIMITED,
+                unclaimed=unclaimed,
                 valid_from=terms.valid_from,
                 valid_until=terms.valid_until,
                 valid_from_date=_day(terms.valid_from),
@@ -447,7 +455,9 @@ def offer_catalogue(runtime: Runtime, pass_number: str) -> OfferCatalogueOut:
     now = int(time.time())
     offers: list[OfferEntry] = []
     for scheme_id, terms in runtime.client.schemes():
-        balance = client.balance_of(scheme_id, pid)
+        balance, _ = cohort_claims.balance_with_share(
+            runtime, pid, scheme_id, client.balance_of(scheme_id, pid)
+        )
         if terms.kind is not SchemeKind.DISCOUNT and balance == 0:
             continue
         if terms.valid_until < now:

@@ -22,7 +22,7 @@ from eth_utils.crypto import keccak
 from fastapi.testclient import TestClient
 from hexbytes import HexBytes
 
-from api import admin_services, cohort_claims, services
+from api import admin_services, cohort_claims, holder_services, services
 from api.main import create_app
 from api.runtime import Runtime
 from ledger.events import DecodedEvent
@@ -262,6 +262,14 @@ def test_scan_and_balances_show_the_unclaimed_share(
     assert (entry.balance, entry.unclaimed) == (SHARE, SHARE)
     # other schemes are untouched: no share there
     assert all(b.unclaimed == 0 for b in holder.balances if b.scheme_id != cohort.scheme_id)
+    # the holder's entitlements (with dates) and offer catalogue count it too
+    dated = holder_services.balances_with_validity(runtime, member)
+    entry_dated = next(b for b in dated.balances if b.scheme_id == cohort.scheme_id)
+    assert (entry_dated.balance, entry_dated.unclaimed) == (SHARE, SHARE)
+    offers = holder_services.offer_catalogue(runtime, member)
+    assert any(o.scheme_id == cohort.scheme_id and o.balance == SHARE for o in offers.offers)
+    outsider_dated = holder_services.balances_with_validity(runtime, cohort.outsider)
+    assert all(b.scheme_id != cohort.scheme_id for b in outsider_dated.balances)
     # a pass outside the cohort has no share: nothing to redeem in that scheme
     assert _scan_item(client, runtime, cohort, cohort.outsider) is None
     outside = services.balances(runtime, cohort.outsider)
