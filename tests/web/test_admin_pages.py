@@ -304,6 +304,7 @@ def test_pages_fit_a_phone(new_page: Any, base_url: str) -> None:
         "/admin/web/issuance",
         "/admin/web/holders?q=GR0000001",
         "/admin/web/merchants",
+        "/admin/web/merchants/1/location",
         "/admin/web/reports",
         "/admin/web/payouts",
         "/admin/web/audit",

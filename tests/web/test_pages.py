@@ -20,7 +20,7 @@ import pytest
 
 from api import services
 from api.auth import DEV_HOLDER_PIN, dev_terminal_id, dev_terminal_secret
-from api.demo import DEMO_MERCHANT_NAMES
+from api.demo import DEMO_MERCHANT_NAMES, DEMO_MERCHANTS
 from api.main import create_app
 from api.runtime import Runtime
 from api.settings import Settings
@@ -344,6 +344,15 @@ def test_holder_page_shows_history_and_offers_with_where_to_use_them(
     partners = page.locator("#offers table.partners tbody th[scope=row] .partner-name")
     assert sorted(partners.all_text_contents()) == sorted(DEMO_MERCHANT_NAMES)
     assert page.locator("#offers table.partners caption").count() == 1
+    # where each partner is: street, postcode and town as text (no map, no link elsewhere)
+    addresses = page.locator("#offers table.partners address.place").all_text_contents()
+    for demo in DEMO_MERCHANTS:
+        assert demo.place is not None
+        assert any(
+            demo.place.street in text and f"{demo.place.postcode}\xa0{demo.place.town}" in text
+            for text in addresses
+        ), addresses
+    assert page.locator("#offers a[href^='http']").count() == 0
 
     # The whole history on its own page, in English too.
     page.goto(f"{base_url}/holder/history?lang=en")
