@@ -617,9 +617,7 @@ class Auth:
                 raise _unauthorized(
                     "auth_token_revoked", "this terminal was revoked", error="invalid_token"
                 )
-        elif principal.kind == "staff":
-            user = self.store.staff_user(principal.subject)
-            if user is None or not user.active:
-                raise _unauthorized(
-                    "auth_token_revoked", "this staff login was disabled", error="invalid_token"
-                )
+        elif principal.kind == "staff" and not self.store.staff_active(principal.subject):
+            raise _unauthorized(
+                "auth_token_revoked", "this staff login was disabled", error="invalid_token"
+            )

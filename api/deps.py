@@ -46,17 +46,17 @@ __all__ = [
 ]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def get_auth(request: Request) -> Auth:
+async def get_auth(request: Request) -> Auth:
     auth: Auth = request.app.state.auth
     return auth
 
@@ -74,9 +74,11 @@ oauth2_scheme = OAuth2PasswordBearer(
 )
 
 
-def current_principal(
+async def current_principal(
     auth: AuthDep, token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> Principal:
+    # On the event loop: a token is checked in memory; the still-active check reads the
+    # database at most once per ``auth_recheck_s`` per login (a quick indexed query).
     return auth.authenticate(token)
 
 
@@ -107,7 +109,7 @@ def _check(principal: Principal, scopes: list[str], kind: Kind | None) -> Princi
 def require_scopes(*scopes: str, kind: Kind | None = None) -> Any:
     """A ``Security`` dependency returning the principal if it has ``scopes`` (and ``kind``)."""
 
-    def checker(security_scopes: SecurityScopes, principal: CurrentPrincipal) -> Principal:
+    async def checker(security_scopes: SecurityScopes, principal: CurrentPrincipal) -> Principal:
         return _check(principal, security_scopes.scopes, kind)
 
     checker.__name__ = f"require_{'_'.join(s.replace(':', '_') for s in scopes) or 'login'}"
@@ -115,7 +117,7 @@ def require_scopes(*scopes: str, kind: Kind | None = None) -> Any:
 
 
 def _kind(kind: Kind) -> Any:
-    def checker(principal: CurrentPrincipal) -> Principal:
+    async def checker(principal: CurrentPrincipal) -> Principal:
         return _check(principal, [], kind)
 
     checker.__name__ = f"current_{kind}"
@@ -129,7 +131,7 @@ RedeemingTerminal = Annotated[Principal, require_scopes(Scope.MERCHANT_REDEEM, k
 ReadingTerminal = Annotated[Principal, require_scopes(Scope.MERCHANT_READ, kind="terminal")]
 
 
-def _merchant_id(runtime: RuntimeDep, terminal: RedeemingTerminal) -> int:
+async def _merchant_id(runtime: RuntimeDep, terminal: RedeemingTerminal) -> int:
     merchant_id = terminal.merchant_id
     assert merchant_id is not None  # a terminal token always names its merchant
     if runtime.keys.merchant(merchant_id) is None:
@@ -142,7 +144,7 @@ MerchantId = Annotated[int, Depends(_merchant_id)]
 _holder_read = require_scopes(Scope.HOLDER_READ, kind="holder")
 
 
-def _own_pass(
+async def _own_pass(
     pass_number: Annotated[str, Path()],
     holder: Annotated[Principal, _holder_read],
 ) -> Principal:
@@ -152,7 +154,7 @@ def _own_pass(
     return holder
 
 
-def idempotency_key(
+async def idempotency_key(
     key: Annotated[
         str | None,
         Header(
@@ -163,6 +165,11 @@ def idempotency_key(
         ),
     ] = None,
 ) -> str:
+    return parse_idempotency_key(key)
+
+
+def parse_idempotency_key(key: str | None) -> str:
+    """The stripped key, or a 400 problem when it is missing or malformed."""
     if key is None or not key.strip():
         raise ApiProblem(
             400, "idempotency_key_missing", "send an Idempotency-Key header with each redemption"

@@ -254,11 +254,11 @@ def _request_hash(token: str, scheme_id: int, amount: int) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def _verify(runtime: Runtime, signed: SignedPassToken) -> None:
+def _verify(runtime: Runtime, signed: SignedPassToken, *, cached_only: bool = False) -> None:
     """Offline checks: this chain and contract, not expired, signed by the pass signer or the
     pass's own holder key (read from the chain)."""
     allowed = {runtime.keys.pass_signer.address}
-    holder_key = runtime.state.pass_state(signed.token.pass_id).holder_key
+    holder_key = runtime.state.pass_state(signed.token.pass_id, cached_only=cached_only).holder_key
     if holder_key != _ZERO_ADDRESS:
         allowed.add(holder_key)
     verify_pass_token(
@@ -593,24 +593,30 @@ def _merchant_address(runtime: Runtime, merchant_id: int) -> str:
     return relayer.address
 
 
-def _allowed_schemes(runtime: Runtime, merchant_id: int) -> list[tuple[int, SchemeTerms]]:
+def _allowed_schemes(
+    runtime: Runtime, merchant_id: int, *, cached_only: bool = False
+) -> list[tuple[int, SchemeTerms]]:
     """The schemes ``merchant_id`` may redeem: open to all merchants, or allowed for it."""
     address = _merchant_address(runtime, merchant_id)
+    state = runtime.state
     return [
         (scheme_id, terms)
-        for scheme_id, terms in runtime.state.schemes()
-        if terms.open_to_all_merchants or runtime.state.merchant_allowed(scheme_id, address)
+        for scheme_id, terms in state.schemes(cached_only=cached_only)
+        if terms.open_to_all_merchants
+        or state.merchant_allowed(scheme_id, address, cached_only=cached_only)
     ]
 
 
-def scan(runtime: Runtime, *, merchant_id: int, token: str) -> ScanOut:
+def scan(runtime: Runtime, *, merchant_id: int, token: str, cached_only: bool = False) -> ScanOut:
     """Verify a scanned token offline, then read the pass's state and balances at this merchant.
 
-    Returns the holder's first name and nothing else personal (no pass number, no last name)."""
+    Returns the holder's first name and nothing else personal (no pass number, no last name).
+    ``cached_only``: raise :class:`ledger.state_cache.CacheMiss` rather than read the chain (the
+    route first tries this on its event loop, and only on a miss moves to a worker thread)."""
     signed = decode_token_uri(token.strip())
-    _verify(runtime, signed)
+    _verify(runtime, signed, cached_only=cached_only)
     pid = signed.token.pass_id
-    snapshot = runtime.state.pass_snapshot(pid)
+    snapshot = runtime.state.pass_snapshot(pid, cached_only=cached_only)
     state = snapshot.state
     if signed.token.serial != 0 and signed.token.serial != state.card_serial:
         raise ApiProblem(422, "token_revoked", "this card was replaced; its serial is revoked")
@@ -626,7 +632,7 @@ def scan(runtime: Runtime, *, merchant_id: int, token: str) -> ScanOut:
     now = int(time.time())
     redeemable: list[Redeemable] = []
     if status == "active":
-        for scheme_id, terms in _allowed_schemes(runtime, merchant_id):
+        for scheme_id, terms in _allowed_schemes(runtime, merchant_id, cached_only=cached_only):
             balance, unclaimed = cohort_claims.balance_with_share(
                 runtime, pid, scheme_id, snapshot.balances.get(scheme_id, 0)
             )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -237,6 +238,11 @@ class ApiStore:
         self._allocations_ready = threading.Condition()
         self._allocator: threading.Thread | None = None
         self._closed = False
+        #: How long a login's active flag and the scheme labels are trusted before reading them
+        #: again (changes through this store apply at once; other processes' within this).
+        self.recheck_s = 1.0
+        self._active_cache: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._labels: tuple[float, dict[int, str]] | None = None
 
     @classmethod
     def open(cls, url: str) -> ApiStore:
@@ -342,14 +348,21 @@ class ApiStore:
     # -- schemes --------------------------------------------------------------------------------
 
     def scheme_labels(self) -> dict[int, str]:
+        """Scheme id -> name (read again after ``recheck_s``; at once after a change here)."""
+        cached = self._labels
+        if cached is not None and time.monotonic() < cached[0]:
+            return cached[1]
         query = select(col(SchemeLabel.scheme_id), col(SchemeLabel.name))
         with self.db.engine.connect() as conn:
-            return {int(scheme_id): str(name) for scheme_id, name in conn.execute(query)}
+            labels = {int(scheme_id): str(name) for scheme_id, name in conn.execute(query)}
+        self._labels = (time.monotonic() + self.recheck_s, labels)
+        return labels
 
     def set_scheme_label(self, scheme_id: int, name: str) -> None:
         with self.session() as session:
             session.merge(SchemeLabel(scheme_id=scheme_id, name=name))
             session.commit()
+        self._labels = None
 
     # -- redemption ids and requests ------------------------------------------------------------
 
@@ -590,10 +603,30 @@ class ApiStore:
             return user
 
     def terminal_active(self, terminal_id: str) -> bool:
-        """Whether ``terminal_id`` exists and is not revoked (checked on every request)."""
-        query = select(col(Terminal.active)).where(col(Terminal.terminal_id) == terminal_id)
+        """Whether ``terminal_id`` exists and is not revoked (checked on every request: read
+        again after ``recheck_s``, at once after a revocation through this store)."""
+        return self._active(("terminal", terminal_id))
+
+    def staff_active(self, username: str) -> bool:
+        """Whether staff login ``username`` exists and is active (as :meth:`terminal_active`)."""
+        return self._active(("staff", username))
+
+    def _active(self, key: tuple[str, str]) -> bool:
+        now = time.monotonic()
+        cached = self._active_cache.get(key)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        kind, name = key
+        if kind == "terminal":
+            query = select(col(Terminal.active)).where(col(Terminal.terminal_id) == name)
+        else:
+            query = select(col(StaffUser.active)).where(col(StaffUser.username) == name)
         with self.db.engine.connect() as conn:
-            return bool(conn.execute(query).scalar())
+            active = bool(conn.execute(query).scalar())
+        if len(self._active_cache) > 10_000:
+            self._active_cache.clear()
+        self._active_cache[key] = (now + self.recheck_s, active)
+        return active
 
     def terminal(self, terminal_id: str) -> Terminal | None:
         with self.session() as session:
@@ -627,6 +660,7 @@ class ApiStore:
                 session.add(row)
                 session.commit()
                 session.refresh(row)
+            self._active_cache.pop(("terminal", terminal_id), None)
             return row
 
     def holder_pin(self, pass_number: str) -> str | None:

@@ -44,7 +44,7 @@ from ledger.events import DecodedEvent
 from ledger.relayer import TxReceipt
 from ledger.rpc import RpcClient, RpcError
 
-__all__ = ["CacheStats", "LedgerStateCache", "PassSnapshot"]
+__all__ = ["CacheMiss", "CacheStats", "LedgerStateCache", "PassSnapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ _MAX_APPLIED = 256
 _PASS_STATE_EVENTS = frozenset(
     {"PassRegistered", "HolderKeyChanged", "CardReplaced", "PassBlockStatusChanged"}
 )
+
+
+class CacheMiss(LookupError):
+    """A ``cached_only`` read found nothing cached (nothing was read from the chain)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +151,15 @@ class LedgerStateCache:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def schemes(self) -> tuple[tuple[int, SchemeTerms], ...]:
-        """Every scheme's id and terms, in id order."""
+    def schemes(self, *, cached_only: bool = False) -> tuple[tuple[int, SchemeTerms], ...]:
+        """Every scheme's id and terms, in id order. ``cached_only``: raise :class:`CacheMiss`
+        instead of reading the chain (for callers that must not block, e.g. an event loop)."""
         with self._lock:
             cached = self._schemes
         if cached is not None:
             return cached
+        if cached_only:
+            raise CacheMiss("schemes")
         head = self._head()
         schemes = tuple(self._client.schemes())
         with self._lock:
@@ -160,13 +167,15 @@ class LedgerStateCache:
                 self._schemes = schemes
         return schemes
 
-    def merchant_allowed(self, scheme_id: int, merchant: str) -> bool:
+    def merchant_allowed(self, scheme_id: int, merchant: str, *, cached_only: bool = False) -> bool:
         """Whether ``merchant`` is on ``scheme_id``'s allow-list (open schemes aside)."""
         key = (scheme_id, merchant.lower())
         with self._lock:
             cached = self._allowed.get(key)
         if cached is not None:
             return cached
+        if cached_only:
+            raise CacheMiss(f"allowance of scheme {scheme_id}")
         head = self._head()
         function = self._client.contract.functions.isMerchantAllowed
         allowed = bool(function(scheme_id, to_checksum_address(merchant)).call())
@@ -175,15 +184,17 @@ class LedgerStateCache:
                 self._allowed[key] = allowed
         return allowed
 
-    def pass_snapshot(self, pass_id: bytes) -> PassSnapshot:
+    def pass_snapshot(self, pass_id: bytes, *, cached_only: bool = False) -> PassSnapshot:
         """``pass_id``'s state and balances in every scheme (one JSON-RPC batch on a miss)."""
-        schemes = self.schemes()
+        schemes = self.schemes(cached_only=cached_only)
         with self._lock:
             cached = self._passes.get(pass_id)
             if cached is not None and all(sid in cached.balances for sid, _ in schemes):
                 self._passes.move_to_end(pass_id)
                 self.stats.pass_hits += 1
                 return cached
+            if cached_only:
+                raise CacheMiss(f"pass 0x{pass_id.hex()}")
             self.stats.pass_misses += 1
         snapshot = self._read_pass(pass_id, [sid for sid, _ in schemes])
         with self._lock:
@@ -199,7 +210,7 @@ class LedgerStateCache:
                     self._states.popitem(last=False)
         return snapshot
 
-    def pass_state(self, pass_id: bytes) -> PassState:
+    def pass_state(self, pass_id: bytes, *, cached_only: bool = False) -> PassState:
         """``pass_id``'s registration, block flag, holder key and card serial. Kept apart from
         the balances: it changes rarely, while every redemption changes a balance."""
         with self._lock:
@@ -207,7 +218,7 @@ class LedgerStateCache:
             if cached is not None:
                 self._states.move_to_end(pass_id)
                 return cached
-        snapshot = self.pass_snapshot(pass_id)
+        snapshot = self.pass_snapshot(pass_id, cached_only=cached_only)
         return snapshot.state
 
     def _head(self) -> int:

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Path, Query, Response, status
+from starlette.concurrency import run_in_threadpool
 
 from api import services
 from api.deps import IdempotencyKey, MerchantId, ReadingTerminal, RuntimeDep
@@ -29,6 +30,7 @@ from api.schemas import (
 )
 from api.store import RedemptionStatus
 from ledger.reports.periods import DEFAULT_TZ
+from ledger.state_cache import CacheMiss
 
 router = APIRouter(prefix="/merchant", tags=["merchant"])
 
@@ -55,13 +57,18 @@ RedemptionId = Annotated[int, Path(ge=1, le=2**63 - 1, examples=[7])]
         _INVALID,
     ),
 )
-def scan(body: ScanIn, merchant_id: MerchantId, runtime: RuntimeDep) -> ScanOut:
+async def scan(body: ScanIn, merchant_id: MerchantId, runtime: RuntimeDep) -> ScanOut:
     """Verify the token offline (this chain and contract, not expired, signed by the pass signer
     or the pass's holder key), then read the pass on chain: ``active``/``blocked``, and for each
     scheme this merchant may redeem with something left: kind, amount left, validity dates and
     the per-redemption cap. The holder appears by first name only. Scopes: ``merchant:redeem``.
     """
-    return services.scan(runtime, merchant_id=merchant_id, token=body.token)
+    try:  # from the state cache, on the event loop: no thread hop, no chain read
+        return services.scan(runtime, merchant_id=merchant_id, token=body.token, cached_only=True)
+    except CacheMiss:
+        return await run_in_threadpool(
+            services.scan, runtime, merchant_id=merchant_id, token=body.token
+        )
 
 
 @router.post(

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import holder_services, services
 from api.auth import Auth, Kind, Principal, Scope
-from api.deps import RuntimeDep, SettingsDep, idempotency_key
+from api.deps import RuntimeDep, SettingsDep, parse_idempotency_key
 from api.i18n import LANG_COOKIE, LANGUAGES, MESSAGES, pick_language, translate
 from api.problems import ApiProblem
 from api.schemas import RedemptionIn, RedemptionOut, ReversalOut, ScanIn, ScanOut
@@ -529,7 +529,7 @@ def merchant_web_redeem(
 ) -> RedemptionOut:
     """The scanner page's redeem call, with the page's Idempotency-Key."""
     merchant_id = _terminal_merchant(request, runtime)
-    key = idempotency_key(request.headers.get("Idempotency-Key"))
+    key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
     outcome = services.redeem(
         runtime,
         merchant_id=merchant_id,
