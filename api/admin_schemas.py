@@ -357,6 +357,11 @@ class MerchantIn(_In):
                     "address": "0x90F79bf6EB2c4f870365E785982E1f101E93b906",
                     "category": "sport",
                     "iban": "NL91 ABNA 0417 1643 00",
+                    "location": {
+                        "street": "Concourslaan 17",
+                        "postcode": "9727 KC",
+                        "town": "Groningen",
+                    },
                 }
             ]
         },
