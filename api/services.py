@@ -446,14 +446,17 @@ def _submit(
     runtime: Runtime, record: RedemptionRecord, signed: SignedPassToken, attempt: int = 1
 ) -> RedemptionOut:
     """Queue ``record``'s redemption on the merchant's batcher and wait for its outcome (bounded
-    by the receipt timeout); concurrent redemptions of a merchant share ``redeemBatch`` txs."""
+    by the receipt timeout); concurrent redemptions of a merchant share ``redeemBatch`` txs.
+    The first use of an unclaimed cohort share is one ``claimAndRedeem`` instead, not batched
+    (:mod:`api.cohort_claims`); so is its resubmission after a restart."""
     call = RedemptionRequest(
         redemption_id=record.redemption_id,
         scheme_id=record.scheme_id,
         amount=record.amount,
         token=signed,
     )
-    future = runtime.merchant_batcher(record.merchant_id).submit(call)
+    claim = cohort_claims.claim_and_redeem(runtime, record, signed)
+    future = claim or runtime.merchant_batcher(record.merchant_id).submit(call)
     slot = (record.merchant_id, record.idempotency_key)
     with runtime.inflight_lock:
         runtime.inflight[slot] = future
@@ -526,11 +529,6 @@ def redeem(
             )
         except IdempotencyConflict:
             raise _key_reused(idempotency_key) from None
-        # first use of an unclaimed cohort share: one claimAndRedeem, not batched (cohort_claims)
-        claim = cohort_claims.claim_and_redeem(runtime, allocated.record, signed)
-        if claim is not None:
-            outcome = _wait(runtime, claim)
-            return RedemptionOutcome(_settle(runtime, allocated.record, outcome), replayed=False)
         return RedemptionOutcome(_submit(runtime, allocated.record, signed), replayed=False)
 
 
