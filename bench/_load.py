@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
@@ -31,6 +33,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -48,6 +51,9 @@ __all__ = ["DEFAULTS", "LoadConfig", "main", "percentile", "run"]
 
 MERCHANTS = 3
 REDEEM_AMOUNT = 100  # cents
+_DUMP = os.environ.get("BENCH_DUMP")  # debugging: write "due_s latency_ms" per scan there
+_DUMP_ROWS: list[tuple[float, float]] = []
+
 _MERCHANT_ACCOUNT = keccak(text="merchantAccount(address)")[:4]
 
 
@@ -56,6 +62,10 @@ class LoadConfig:
     base_url: str
     rpc_url: str
     scan_seconds: float = 10.0
+    scan_warmup_seconds: float = 1.0
+    scan_rps: float = 400.0
+    scan_connections: int = 16
+    scan_max_seconds: float = 5.0
     scan_concurrency: int = 4
     redeem_seconds: float = 20.0
     redeem_count: int = 3_000
@@ -118,11 +128,67 @@ async def _budget_scheme(client: httpx.AsyncClient, terminal: str, uri: str) -> 
     raise RuntimeError("the demo pass has no budget scheme to redeem from")
 
 
+async def _scan_at_rate(
+    terminals: Sequence[str], uris: Sequence[str], cfg: LoadConfig
+) -> tuple[_Tally, float]:
+    """Open loop: request ``i`` is due at ``start + i / scan_rps`` and its latency counts from
+    then (a request sent late because every connection was busy is charged the wait, so a slow
+    server cannot hide behind fewer requests: no coordinated omission). Every connection is
+    opened and used once before the clock starts, and the first ``scan_warmup_seconds`` at the
+    rate are not counted (the service's first burst after idling)."""
+    tally = _Tally()
+    interval = 1.0 / cfg.scan_rps
+    warmup = int(cfg.scan_warmup_seconds * cfg.scan_rps)
+    total = warmup + int(cfg.scan_seconds * cfg.scan_rps)
+    counter = itertools.count()
+    loop = asyncio.get_running_loop()
+    connections = [Connection(cfg.base_url) for _ in range(cfg.scan_connections)]
+    headers = [
+        {"Authorization": f"Bearer {terminals[n % len(terminals)]}"}
+        for n in range(cfg.scan_connections)
+    ]
+    for n, connection in enumerate(connections):  # warm-up, not timed
+        await connection.post("/merchant/scan", {"token": uris[n % len(uris)]}, headers[n])
+    start = loop.time() + 0.05
+
+    async def worker(n: int) -> None:
+        connection = connections[n]
+        while (i := next(counter)) < total:
+            due = start + i * interval
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                response = await connection.post(
+                    "/merchant/scan", {"token": uris[i % len(uris)]}, headers[n]
+                )
+            except HttpError:
+                tally.statuses["connection error"] += 1
+                continue
+            if i < warmup:
+                continue
+            tally.latencies.append(loop.time() - due)
+            tally.statuses[str(response.status_code)] += 1
+            if _DUMP:
+                _DUMP_ROWS.append((due - start, loop.time() - due))
+
+    try:
+        await asyncio.gather(*(worker(n) for n in range(cfg.scan_connections)))
+    finally:
+        for connection in connections:
+            await connection.close()
+    measured_from = start + warmup * interval
+    if _DUMP:
+        Path(_DUMP).write_text("\n".join(f"{a:.4f} {b * 1000:.2f}" for a, b in sorted(_DUMP_ROWS)))
+    return tally, loop.time() - measured_from
+
+
 async def _scan_phase(
     terminals: Sequence[str], uris: Sequence[str], cfg: LoadConfig
 ) -> tuple[_Tally, float]:
+    """Closed loop: ``scan_concurrency`` workers back to back (the capacity figure)."""
     tally = _Tally()
-    deadline = time.perf_counter() + cfg.scan_seconds
+    deadline = time.perf_counter() + cfg.scan_max_seconds
     counter = itertools.count()
 
     async def worker(n: int) -> None:
@@ -288,7 +354,10 @@ async def run(cfg: LoadConfig) -> dict[str, Any]:
                 json={"token": uri},
                 headers={"Authorization": f"Bearer {terminals[0]}"},
             )
-        scan, scan_elapsed = await _scan_phase(terminals, uris, cfg)
+        gc.collect()
+        gc.freeze()  # the load process's own collector pauses would count as latency
+        scan, scan_elapsed = await _scan_at_rate(terminals, uris, cfg)
+        scan_max, scan_max_elapsed = await _scan_phase(terminals, uris, cfg)
 
         merchants = _merchant_addresses(cfg.merchants)
         before_chain = [await _merchant_redeemed(client, cfg.rpc_url, ledger, m) for m in merchants]
@@ -315,6 +384,11 @@ async def run(cfg: LoadConfig) -> dict[str, Any]:
         "verify_rps": round(scan_ok / scan_elapsed, 1),
         "verify_requests": len(scan.latencies),
         "verify_ok": scan_ok,
+        "verify_offered_rps": cfg.scan_rps,
+        "verify_connections": cfg.scan_connections,
+        "verify_max_rps": round(scan_max.statuses["200"] / scan_max_elapsed, 1),
+        "verify_max_p50_ms": _ms(percentile(scan_max.latencies, 0.50)),
+        "verify_max_p99_ms": _ms(percentile(scan_max.latencies, 0.99)),
         "verify_concurrency": cfg.scan_concurrency,
         "verify_inprocess_p99_ms": _ms(percentile(inproc, 0.99)),
         "verify_inprocess_p50_ms": _ms(percentile(inproc, 0.50)),
@@ -344,6 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--rpc-url", required=True)
     parser.add_argument("--scan-seconds", type=float, default=DEFAULTS.scan_seconds)
+    parser.add_argument("--scan-rps", type=float, default=DEFAULTS.scan_rps)
+    parser.add_argument("--scan-connections", type=int, default=DEFAULTS.scan_connections)
+    parser.add_argument("--scan-max-seconds", type=float, default=DEFAULTS.scan_max_seconds)
     parser.add_argument("--scan-concurrency", type=int, default=DEFAULTS.scan_concurrency)
     parser.add_argument("--redeem-seconds", type=float, default=DEFAULTS.redeem_seconds)
     parser.add_argument("--redeem-count", type=int, default=DEFAULTS.redeem_count)
@@ -355,6 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_url=args.base_url,
         rpc_url=args.rpc_url,
         scan_seconds=args.scan_seconds,
+        scan_rps=args.scan_rps,
+        scan_connections=args.scan_connections,
+        scan_max_seconds=args.scan_max_seconds,
         scan_concurrency=args.scan_concurrency,
         redeem_seconds=args.redeem_seconds,
         redeem_count=args.redeem_count,

@@ -162,6 +162,12 @@ def _load(svc: Service, cfg: LoadConfig) -> dict[str, Any]:
         svc.rpc_url,
         "--scan-seconds",
         str(cfg.scan_seconds),
+        "--scan-rps",
+        str(cfg.scan_rps),
+        "--scan-connections",
+        str(cfg.scan_connections),
+        "--scan-max-seconds",
+        str(cfg.scan_max_seconds),
         "--scan-concurrency",
         str(cfg.scan_concurrency),
         "--redeem-seconds",
@@ -212,7 +218,17 @@ def table(figures: dict[str, Any]) -> str:
             f"{figures['verify_rps']:.0f}",
             _meets("verify_rps", figures["verify_rps"]),
         ),
-        ("scan concurrency", str(figures["verify_concurrency"]), ""),
+        (
+            "scan offered rate (open loop)",
+            f"{figures['verify_offered_rps']:.0f}/s on {figures['verify_connections']} conns",
+            "",
+        ),
+        (
+            "scan capacity (closed loop)",
+            f"{figures['verify_max_rps']:.0f}/s, p99 {figures['verify_max_p99_ms']:.1f} ms "
+            f"at concurrency {figures['verify_concurrency']}",
+            "",
+        ),
         (
             "verify p99 in-process (ms)",
             f"{figures['verify_inprocess_p99_ms']:.3f}",
@@ -258,6 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__)
     parser.add_argument("--json", action="store_true", help="one JSON object as the last line")
     parser.add_argument("--scan-seconds", type=float, default=DEFAULTS.scan_seconds)
+    parser.add_argument(
+        "--scan-rps", type=float, default=DEFAULTS.scan_rps, help="open-loop scan rate"
+    )
+    parser.add_argument("--scan-connections", type=int, default=DEFAULTS.scan_connections)
+    parser.add_argument("--scan-max-seconds", type=float, default=DEFAULTS.scan_max_seconds)
     parser.add_argument("--scan-concurrency", type=int, default=DEFAULTS.scan_concurrency)
     parser.add_argument("--redeem-seconds", type=float, default=DEFAULTS.redeem_seconds)
     parser.add_argument("--redeem-count", type=int, default=DEFAULTS.redeem_count)
@@ -269,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_url="",
         rpc_url="",
         scan_seconds=args.scan_seconds,
+        scan_rps=args.scan_rps,
+        scan_connections=args.scan_connections,
+        scan_max_seconds=args.scan_max_seconds,
         scan_concurrency=args.scan_concurrency,
         redeem_seconds=args.redeem_seconds,
         redeem_count=args.redeem_count,
