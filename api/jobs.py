@@ -191,4 +191,5 @@ def jobs_of(runtime: Runtime) -> JobRegistry:
         registry = _REGISTRIES.get(runtime)
         if registry is None:
             registry = _REGISTRIES[runtime] = JobRegistry()
+            runtime.closing.append(registry.shutdown)  # jobs finish before the relayers stop
         return registry

@@ -210,6 +210,8 @@ class Runtime:
         self.finished: OrderedDict[int, RedemptionRecord] = OrderedDict()
         self.finished_lock = threading.Lock()
         self._closed = False
+        #: Called first by :meth:`close` (e.g. the job pool waits for its running jobs).
+        self.closing: list[Callable[[], None]] = []
         self.indexer: Indexer | None = None
         self._indexer_thread: threading.Thread | None = None
         self._indexer_rpc: RpcClient | None = None
@@ -357,6 +359,7 @@ class Runtime:
                 relayer=relayer,
                 max_items=self.settings.batch_max_items,
                 linger_s=self.settings.batch_linger_ms / 1000,
+                max_in_flight=self.settings.batch_max_in_flight,
                 on_outcomes=self._batch_mined,
             )
 
@@ -420,6 +423,11 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        for hook in self.closing:
+            try:
+                hook()
+            except Exception:
+                log.exception("a closing hook failed")
         if self.indexer is not None:
             self.indexer.stop.set()
             if self._indexer_thread is not None:

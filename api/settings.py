@@ -161,6 +161,13 @@ class Settings(BaseSettings):
         description="How long a merchant's batcher gathers items.",
     )
     batch_max_items: int = Field(default=100, ge=1, le=500)
+    batch_max_in_flight: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Batches of one merchant sent and not yet mined at once; what arrives "
+        "meanwhile joins the next batch.",
+    )
     state_cache_poll_ms: float = Field(
         default=50.0,
         gt=0,

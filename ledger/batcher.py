@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ledger.client import LedgerClient, RedemptionRequest
@@ -114,6 +114,10 @@ class RedemptionBatcher:
         self._linger_s = linger_s
         self._on_outcomes = on_outcomes
         self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._max_in_flight = max_in_flight
+        self._resolver = ThreadPoolExecutor(
+            max_workers=max_in_flight, thread_name_prefix="redemption-resolver"
+        )
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._closed = False
         self._lock = threading.Lock()
@@ -143,7 +147,12 @@ class RedemptionBatcher:
                 return
             self._closed = True
             self._queue.put(None)
+        deadline = time.monotonic() + timeout
         self._thread.join(timeout)
+        for _ in range(self._max_in_flight):  # wait for the batches still being mined
+            if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                break
+        self._resolver.shutdown(wait=True)
 
     # ------------------------------------------------------------ worker
 
@@ -188,7 +197,15 @@ class RedemptionBatcher:
             return
         self.batches_sent += 1
         self.items_sent += len(batch)
-        handle.future.add_done_callback(lambda _: self._resolve(batch, handle))
+        handle.future.add_done_callback(lambda _: self._hand_off(batch, handle))
+
+    def _hand_off(self, batch: Sequence[_Pending], handle: TxHandle) -> None:
+        """Resolve on the batcher's own thread, not the relayer's watcher (which would otherwise
+        wait for ``on_outcomes`` before it looks at the next receipt)."""
+        try:
+            self._resolver.submit(self._resolve, batch, handle)
+        except RuntimeError:  # shut down: resolve here
+            self._resolve(batch, handle)
 
     def _resolve(self, batch: Sequence[_Pending], handle: TxHandle) -> None:
         try:
