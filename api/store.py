@@ -474,15 +474,27 @@ class ApiStore:
         self, group: list[_Allocation]
     ) -> list[AllocatedRedemption | BaseException]:
         results: list[AllocatedRedemption | BaseException] = []
-        with self._lock, self.session() as session:
+        with self._lock, self.session() as session, session.no_autoflush:
             session.expire_on_commit = False
             seq = session.get(Sequence_, _REDEMPTION_SEQUENCE, with_for_update=True) or Sequence_(
                 name=_REDEMPTION_SEQUENCE
             )
+            keys = {(request.merchant_id, request.idempotency_key) for request in group}
+            found = session.exec(
+                select(RedemptionRecord).where(
+                    col(RedemptionRecord.merchant_id).in_({m for m, _ in keys}),
+                    col(RedemptionRecord.idempotency_key).in_({k for _, k in keys}),
+                )
+            ).all()
+            stored = {
+                (r.merchant_id, r.idempotency_key): r
+                for r in found
+                if (r.merchant_id, r.idempotency_key) in keys
+            }
             written: dict[tuple[int, str], RedemptionRecord] = {}
             for request in group:
                 key = (request.merchant_id, request.idempotency_key)
-                existing = written.get(key) or session.get(RedemptionRecord, key)
+                existing = written.get(key) or stored.get(key)
                 if existing is not None:
                     if existing.request_hash != request.request_hash:
                         results.append(IdempotencyConflict(request.idempotency_key))
@@ -504,7 +516,7 @@ class ApiStore:
                 results.append(AllocatedRedemption(record, created=True))
             session.add(seq)
             session.commit()
-            for record in written.values():
+            for record in (*written.values(), *stored.values()):
                 session.expunge(record)
         return results
 
