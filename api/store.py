@@ -405,6 +405,14 @@ class ApiStore:
             return stored
 
     def redemption(self, merchant_id: int, idempotency_key: str) -> RedemptionRecord | None:
+        # most keys are new: ask with one plain query before building a session and a record
+        probe = select(col(RedemptionRecord.redemption_id)).where(
+            col(RedemptionRecord.merchant_id) == merchant_id,
+            col(RedemptionRecord.idempotency_key) == idempotency_key,
+        )
+        with self.db.engine.connect() as conn:
+            if conn.execute(probe).first() is None:
+                return None
         with self.session() as session:
             return session.get(RedemptionRecord, (merchant_id, idempotency_key))
 

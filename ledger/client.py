@@ -193,6 +193,7 @@ class LedgerClient:
         self.events = EventDecoder(self.abi)
         self._functions = {str(f["name"]): f for f in self.abi if f.get("type") == "function"}
         self._chain_id: int | None = None
+        self._domain: Domain | None = None
 
     # ------------------------------------------------------------ identity
 
@@ -204,8 +205,10 @@ class LedgerClient:
 
     @property
     def domain(self) -> Domain:
-        """The EIP-712 domain pass tokens for this contract are signed under."""
-        return Domain(chain_id=self.chain_id, verifying_contract=self.address)
+        """The EIP-712 domain pass tokens for this contract are signed under (built once)."""
+        if self._domain is None:
+            self._domain = Domain(chain_id=self.chain_id, verifying_contract=self.address)
+        return self._domain
 
     # ------------------------------------------------------------ call data
 

@@ -11,6 +11,7 @@ passId, serial, expiry, amountCap)))``, exactly what the Solidity contract compu
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -69,17 +70,24 @@ def _check_uint64(value: object, name: str) -> int:
     return value
 
 
+@functools.lru_cache(maxsize=1024)
+def checksummed(address: str | bytes) -> ChecksumAddress:
+    """EIP-55 form of ``address`` (cached: a verifier sees the same few contract and signer
+    addresses over and over, and each checksum costs a keccak)."""
+    return to_checksum_address(address)
+
+
 def _checksum(address: object, name: str) -> ChecksumAddress:
     if not isinstance(address, str) or not _ADDRESS_RE.match(address):
         raise InvalidValue(f"{name} must be a 0x-prefixed 20-byte hex address, got {address!r}")
-    checksummed = to_checksum_address(address)
+    checksummed_address = checksummed(address)
     body = address[2:]
-    if body != body.lower() and body != body.upper() and address != checksummed:
+    if body != body.lower() and body != body.upper() and address != checksummed_address:
         raise InvalidValue(
             f"{name} {address!r} has mixed case but an invalid EIP-55 checksum "
-            f"(expected {checksummed!r})"
+            f"(expected {checksummed_address!r})"
         )
-    return checksummed
+    return checksummed_address
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,7 @@ from __future__ import annotations
 import base64
 import re
 
-from eth_utils.address import to_checksum_address
-
-from wallet.eip712 import SIGNATURE_LENGTH, Domain, PassToken, SignedPassToken
+from wallet.eip712 import SIGNATURE_LENGTH, Domain, PassToken, SignedPassToken, checksummed
 from wallet.errors import (
     InvalidValue,
     TokenMalformed,
@@ -190,7 +188,7 @@ def decode_token_uri(text: str | bytes) -> SignedPassToken:
     try:
         domain = Domain(
             chain_id=int.from_bytes(payload[0:8], "big"),
-            verifying_contract=to_checksum_address(payload[8:28]),
+            verifying_contract=checksummed(bytes(payload[8:28])),
         )
         token = PassToken(
             pass_id=payload[28:60],

@@ -25,7 +25,7 @@ from typing import TypeAlias
 from eth_keys.datatypes import Signature
 from eth_typing import ChecksumAddress
 
-from wallet.eip712 import Domain, PassToken, SignedPassToken
+from wallet.eip712 import Domain, PassToken, SignedPassToken, checksummed
 from wallet.errors import (
     InvalidValue,
     TokenExpired,
@@ -90,7 +90,7 @@ def recover_signer(signed: SignedPassToken) -> ChecksumAddress:
         raise TokenSignatureInvalid(
             f"signature does not recover to a public key ({type(exc).__name__}: {exc})"
         ) from None
-    return public_key.to_checksum_address()
+    return checksummed(public_key.to_canonical_address())
 
 
 def _signer_allowed(
