@@ -194,6 +194,7 @@ class LedgerClient:
         self._functions = {str(f["name"]): f for f in self.abi if f.get("type") == "function"}
         self._chain_id: int | None = None
         self._domain: Domain | None = None
+        self._address_lower = self.address.lower()
 
     # ------------------------------------------------------------ identity
 
@@ -367,7 +368,9 @@ class LedgerClient:
         """Decode the ledger's own logs (others are skipped)."""
         decoded = []
         for log in logs:
-            if to_checksum_address(str(log["address"])) != self.address:
+            address = log["address"]
+            text = "0x" + bytes(address).hex() if isinstance(address, bytes) else str(address)
+            if text.lower() != self._address_lower:
                 continue
             event = self.events.decode_log(log)
             if event is not None:

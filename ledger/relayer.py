@@ -88,6 +88,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -512,10 +513,17 @@ def _parse_int(value: object) -> int:
     raise ValueError(f"expected a hex quantity, got {value!r}")
 
 
+@functools.lru_cache(maxsize=256)
+def checksummed(address: str) -> str:
+    """EIP-55 form of a log's address (cached: receipts name the same contract again and
+    again, and each checksum costs a keccak)."""
+    return to_checksum_address(address)
+
+
 def _parse_receipt(obj: dict[str, Any], nonce: int) -> TxReceipt:
     logs = tuple(
         Log(
-            address=to_checksum_address(entry["address"]),
+            address=checksummed(str(entry["address"])),
             topics=tuple(HexBytes(t) for t in entry.get("topics", ())),
             data=HexBytes(entry.get("data", "0x")),
             log_index=_parse_int(entry.get("logIndex", "0x0")),
