@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Dialect, Enum, String, func, inspect
+from sqlalchemy import BigInteger, DateTime, Dialect, Enum, String, func, inspect, update
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Column, Field, Session, SQLModel, col, select
 
@@ -210,6 +210,18 @@ _REDEMPTION_SEQUENCE = "redemption_id"
 _MAX_GROUP = 500
 
 
+def _locked_sequence(session: Session) -> Sequence_ | None:
+    """The redemption id sequence row, locked for this transaction. The row is written first
+    (a no-op update), so the write lock is held before the value is read: on SQLite, where
+    ``FOR UPDATE`` does nothing, two processes would otherwise read the same value."""
+    session.execute(
+        update(Sequence_)
+        .where(col(Sequence_.name) == _REDEMPTION_SEQUENCE)
+        .values(value=col(Sequence_.value))
+    )
+    return session.get(Sequence_, _REDEMPTION_SEQUENCE, with_for_update=True)
+
+
 @dataclass(slots=True)
 class _Allocation:
     """One waiting :meth:`ApiStore.allocate_redemption` call."""
@@ -375,9 +387,7 @@ class ApiStore:
     def skip_redemption_ids(self, past: int) -> None:
         """Never allocate ``past`` or anything below it (ids found used on chain)."""
         with self._lock, self.session() as session:
-            row = session.get(Sequence_, _REDEMPTION_SEQUENCE, with_for_update=True) or Sequence_(
-                name=_REDEMPTION_SEQUENCE
-            )
+            row = _locked_sequence(session) or Sequence_(name=_REDEMPTION_SEQUENCE)
             row.value = max(row.value, past)
             session.add(row)
             session.commit()
@@ -387,9 +397,7 @@ class ApiStore:
         used on chain by someone else; return the updated record."""
         with self._lock, self.session() as session:
             session.expire_on_commit = False
-            seq = session.get(Sequence_, _REDEMPTION_SEQUENCE, with_for_update=True) or Sequence_(
-                name=_REDEMPTION_SEQUENCE
-            )
+            seq = _locked_sequence(session) or Sequence_(name=_REDEMPTION_SEQUENCE)
             seq.value = max(seq.value, record.redemption_id) + 1
             stored = session.get(
                 RedemptionRecord, (record.merchant_id, record.idempotency_key), with_for_update=True
@@ -484,9 +492,7 @@ class ApiStore:
         results: list[AllocatedRedemption | BaseException] = []
         with self._lock, self.session() as session, session.no_autoflush:
             session.expire_on_commit = False
-            seq = session.get(Sequence_, _REDEMPTION_SEQUENCE, with_for_update=True) or Sequence_(
-                name=_REDEMPTION_SEQUENCE
-            )
+            seq = _locked_sequence(session) or Sequence_(name=_REDEMPTION_SEQUENCE)
             keys = {(request.merchant_id, request.idempotency_key) for request in group}
             found = session.exec(
                 select(RedemptionRecord).where(

@@ -350,11 +350,6 @@ def test_two_stores_on_one_database_never_share_an_id(
     store: ApiStore, database_backend: str
 ) -> None:
     """Two API processes: each key is sent to both stores at once; one record and id per key."""
-    if database_backend == "sqlite":
-        # Known: on SQLite the sequence row is read before the write lock is taken (FOR UPDATE
-        # is a no-op there), so two stores can read the same value; the UNIQUE redemption id
-        # then fails one allocation with IntegrityError (about 1 run in 6 here).
-        pytest.skip("two stores on one SQLite file can fail an allocation (IntegrityError)")
     other = ApiStore.open(store.url)
     try:
         results: list[AllocatedRedemption] = _in_threads(
