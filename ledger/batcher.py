@@ -193,7 +193,8 @@ class RedemptionBatcher:
         except Exception as exc:  # every caller learns why
             self._slots.release()
             for pending in batch:
-                pending.future.set_exception(exc)
+                if not pending.future.done():  # a caller may have cancelled its future
+                    pending.future.set_exception(exc)
             return
         self.batches_sent += 1
         self.items_sent += len(batch)
@@ -234,7 +235,8 @@ class RedemptionBatcher:
             except Exception:  # the callers still get their outcomes
                 log.exception("the on_outcomes listener failed for a batch of %d", len(batch))
         for pending in batch:
-            pending.future.set_result(outcomes[id(pending)])
+            if not pending.future.done():  # a cancelled caller must not stop the others
+                pending.future.set_result(outcomes[id(pending)])
 
     def _outcomes(
         self, batch: Sequence[_Pending], handle: TxHandle, receipt: TxReceipt

@@ -7,8 +7,8 @@ request costs one ``eth_call`` each. :class:`LedgerStateCache` keeps them in mem
 - a pass's state (registration, block flag, holder key, card serial) is kept apart from its
   balances, since every redemption changes a balance but hardly any changes the state;
 - a miss reads everything about a pass (``passOf`` and ``balanceOf`` for every scheme) in one
-  JSON-RPC batch that starts with ``eth_blockNumber``; the snapshot is stamped with that block
-  number, which is never later than the state it was read at;
+  JSON-RPC batch at the highest block the cache knows (from the follower or a receipt), and the
+  snapshot is stamped with that block;
 - a *follower* thread polls ``eth_getLogs`` for the ledger's logs since the last block it saw
   (every ``poll_interval_s``) and forgets what each event changed: the passes an event names
   (``passId`` / ``passIds``), the scheme list on ``SchemeCreated``, one allowance on

@@ -162,3 +162,23 @@ def test_a_failing_on_outcomes_listener_does_not_stop_the_futures(
     assert len(failures) == len(calls)
     assert all(r.exc_info is not None and r.exc_info[0] is RuntimeError for r in failures)
     assert all(ledger.client.balance_of(scheme, p) == 1_000 - 6 * AMOUNT for p in passes)
+
+
+def test_a_cancelled_future_does_not_stop_the_rest_of_its_batch(
+    ledger: LedgerEnv, make_batcher: Callable[..., RedemptionBatcher]
+) -> None:
+    scheme, passes = _funded_passes(ledger, 1, amount=1_000)
+    batcher = make_batcher(max_items=10, max_in_flight=1, linger_s=0.5)
+    requests = [
+        ledger.redemption(passes[0], scheme_id=scheme, amount=10, redemption_id=900 + i)
+        for i in range(3)
+    ]
+    futures = [batcher.submit(request) for request in requests]
+    assert futures[0].cancel()  # the caller gave up before the batch was mined
+
+    later = [future.result(30) for future in futures[1:]]
+
+    assert all(isinstance(outcome, RedemptionAccepted) for outcome in later)
+    assert batcher.batches_sent == 1
+    # the chain applied all three, the cancelled one included (cancelling cannot unsend)
+    assert ledger.client.balance_of(scheme, passes[0]) == 1_000 - 3 * 10
