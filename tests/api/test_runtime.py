@@ -153,3 +153,15 @@ def test_the_embedded_indexer_mirrors_the_chain_and_health_reports_its_lag(
         assert passes >= 50  # the demo's passes, registered on chain and mirrored
         health = TestClient(create_app(settings, runtime)).get("/health").json()
         assert health["index_lag_blocks"] == 0
+
+
+@pytest.mark.parametrize("demo", [True, False])
+def test_merchants_get_a_demo_location_only_with_demo_data(tmp_path: Path, demo: bool) -> None:
+    settings = dev_settings(tmp_path / "var", demo_seed=demo, run_indexer=False)
+    with Runtime.start(settings) as runtime:
+        merchants = runtime.store.merchants()
+    assert len(merchants) == len(runtime.keys.merchants)
+    if demo:
+        assert all(m.street and m.postcode and m.town == "Groningen" for m in merchants)
+    else:
+        assert all(m.street is None and m.postcode is None for m in merchants)
