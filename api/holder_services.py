@@ -18,15 +18,13 @@ from typing import Literal, TypedDict
 
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
-from web3 import Web3
 
-from api import cohort_claims
 from api.admin_schemas import MerchantLocationOut
 from api.problems import ApiProblem
 from api.runtime import Runtime
-from api.services import KIND_NAMES
+from api.services import KIND_NAMES, scheme_balances
 from api.store import PassHolder, RedemptionRecord, RedemptionStatus
-from ledger.client import UNLIMITED, SchemeKind
+from ledger.client import SchemeKind
 from ledger.passid import pass_id
 from ledger.store.index import IndexCheckpoint, IndexedRedemption, IndexedReversal
 from wallet import WalletError, decode_token_uri
@@ -205,33 +203,29 @@ def _index_is_live(runtime: Runtime) -> bool:
 def balances_with_validity(runtime: Runtime, pass_number: str) -> HolderBalancesOut:
     holder = _holder(runtime, pass_number)
     pid = _pid(holder)
-    client = runtime.client
-    state = client.pass_of(pid)
-    labels = runtime.store.scheme_labels()
+    snapshot = runtime.state.pass_snapshot(pid)
+    state = snapshot.state
     now = int(time.time())
-    out: list[HolderBalance] = []
-    for scheme_id, terms in runtime.client.schemes():
-        balance, unclaimed = cohort_claims.balance_with_share(
-            runtime, pid, scheme_id, client.balance_of(scheme_id, pid)
+    out = [
+        HolderBalance(
+            scheme_id=b.scheme_id,
+            name=b.name,
+            kind=b.kind,
+            unit=b.unit,
+            balance=b.balance,
+            unlimited=b.unlimited,
+            unclaimed=b.unclaimed,
+            valid_from=b.terms.valid_from,
+            valid_until=b.terms.valid_until,
+            valid_from_date=_day(b.terms.valid_from),
+            expires_on=_day(b.terms.valid_until),
+            valid_now=b.valid_at(now),
         )
-        if balance == 0:
-            continue
-        out.append(
-            HolderBalance(
-                scheme_id=scheme_id,
-                name=labels.get(scheme_id, f"Scheme {scheme_id}"),
-                kind=KIND_NAMES[terms.kind],
-                unit="cents" if terms.kind is SchemeKind.BUDGET else "uses",
-                balance=balance,
-                unlimited=balance == UNLIMITED,
-                unclaimed=unclaimed,
-                valid_from=terms.valid_from,
-                valid_until=terms.valid_until,
-                valid_from_date=_day(terms.valid_from),
-                expires_on=_day(terms.valid_until),
-                valid_now=terms.valid_from <= now <= terms.valid_until,
-            )
+        for b in scheme_balances(
+            runtime, pid, balances=snapshot.balances, schemes=runtime.state.schemes()
         )
+        if b.balance != 0
+    ]
     return HolderBalancesOut(
         pass_number=holder.pass_number,
         first_name=holder.first_name,
@@ -448,17 +442,17 @@ def offer_catalogue(runtime: Runtime, pass_number: str) -> OfferCatalogueOut:
     in, each with the active merchants that accept it (open to all, or allowed on chain)."""
     holder = _holder(runtime, pass_number)
     pid = _pid(holder)
-    client = runtime.client
-    labels = runtime.store.scheme_labels()
+    snapshot = runtime.state.pass_snapshot(pid)
     merchants = [m for m in runtime.store.merchants() if m.active and m.id is not None]
     locations = {m.id: MerchantLocationOut.of(m) for m in merchants}
     now = int(time.time())
     offers: list[OfferEntry] = []
-    for scheme_id, terms in runtime.client.schemes():
-        balance, _ = cohort_claims.balance_with_share(
-            runtime, pid, scheme_id, client.balance_of(scheme_id, pid)
-        )
-        if terms.kind is not SchemeKind.DISCOUNT and balance == 0:
+    held = scheme_balances(
+        runtime, pid, balances=snapshot.balances, schemes=runtime.state.schemes()
+    )
+    for b in held:
+        terms = b.terms
+        if terms.kind is not SchemeKind.DISCOUNT and b.balance == 0:
             continue
         if terms.valid_until < now:
             continue
@@ -473,29 +467,25 @@ def offer_catalogue(runtime: Runtime, pass_number: str) -> OfferCatalogueOut:
             if m.id is not None
             and (
                 terms.open_to_all_merchants
-                or bool(
-                    client.contract.functions.isMerchantAllowed(
-                        scheme_id, Web3.to_checksum_address(m.address)
-                    ).call()
-                )
+                or runtime.state.merchant_allowed(b.scheme_id, m.address)
             )
         ]
         offers.append(
             OfferEntry(
-                scheme_id=scheme_id,
-                name=labels.get(scheme_id, f"Scheme {scheme_id}"),
-                kind=KIND_NAMES[terms.kind],
+                scheme_id=b.scheme_id,
+                name=b.name,
+                kind=b.kind,
                 valid_from=terms.valid_from,
                 valid_until=terms.valid_until,
                 expires_on=_day(terms.valid_until),
-                valid_now=terms.valid_from <= now <= terms.valid_until,
+                valid_now=b.valid_at(now),
                 discount_bps=terms.discount_bps,
                 discount_fixed=terms.discount_fixed,
-                balance=balance,
-                unlimited=balance == UNLIMITED,
+                balance=b.balance,
+                unlimited=b.unlimited,
                 open_to_all_merchants=terms.open_to_all_merchants,
                 where=where,
-                unit="cents" if terms.kind is SchemeKind.BUDGET else "uses",
+                unit=b.unit,
                 per_redemption_cap=terms.per_redemption_cap or None,
             )
         )

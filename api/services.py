@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -204,29 +204,73 @@ def make_pass_token(runtime: Runtime, settings: Settings, pass_number: str) -> P
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SchemeBalance:
+    """What a pass holds in one scheme, as the counter and the holder see it: ``balance``
+    includes an unclaimed cohort share (``unclaimed``)."""
+
+    scheme_id: int
+    terms: SchemeTerms
+    name: str
+    balance: int
+    unclaimed: int
+
+    @property
+    def kind(self) -> Literal["budget", "uses", "discount"]:
+        return KIND_NAMES[self.terms.kind]
+
+    @property
+    def unit(self) -> Literal["cents", "uses"]:
+        return "cents" if self.terms.kind is SchemeKind.BUDGET else "uses"
+
+    @property
+    def unlimited(self) -> bool:
+        return self.balance == UNLIMITED
+
+    def valid_at(self, now: int) -> bool:
+        return self.terms.valid_from <= now <= self.terms.valid_until
+
+
+def scheme_balances(
+    runtime: Runtime,
+    pass_id: bytes,
+    *,
+    balances: Mapping[int, int],
+    schemes: Iterable[tuple[int, SchemeTerms]],
+) -> list[SchemeBalance]:
+    """``pass_id``'s balance in each of ``schemes`` (from a state-cache snapshot's
+    ``balances``), with its unclaimed cohort share and the scheme's name."""
+    labels = runtime.store.scheme_labels()
+    out: list[SchemeBalance] = []
+    for scheme_id, terms in schemes:
+        balance, unclaimed = cohort_claims.balance_with_share(
+            runtime, pass_id, scheme_id, balances.get(scheme_id, 0)
+        )
+        name = labels.get(scheme_id, f"Scheme {scheme_id}")
+        out.append(SchemeBalance(scheme_id, terms, name, balance, unclaimed))
+    return out
+
+
 def balances(runtime: Runtime, pass_number: str) -> BalancesOut:
     holder = _holder(runtime, pass_number)
     pid = _pass_id(holder)
     snapshot = runtime.state.pass_snapshot(pid)
     state = snapshot.state
-    labels = runtime.store.scheme_labels()
-    out: list[Balance] = []
-    for scheme_id, terms in runtime.state.schemes():
-        kind = terms.kind
-        balance, unclaimed = cohort_claims.balance_with_share(
-            runtime, pid, scheme_id, snapshot.balances.get(scheme_id, 0)
+    held = scheme_balances(
+        runtime, pid, balances=snapshot.balances, schemes=runtime.state.schemes()
+    )
+    out = [
+        Balance(
+            scheme_id=b.scheme_id,
+            name=b.name,
+            kind=b.kind,
+            unit=b.unit,
+            balance=b.balance,
+            unlimited=b.unlimited,
+            unclaimed=b.unclaimed,
         )
-        out.append(
-            Balance(
-                scheme_id=scheme_id,
-                name=labels.get(scheme_id, f"Scheme {scheme_id}"),
-                kind=KIND_NAMES[kind],
-                unit="cents" if kind is SchemeKind.BUDGET else "uses",
-                balance=balance,
-                unlimited=balance == UNLIMITED,
-                unclaimed=unclaimed,
-            )
-        )
+        for b in held
+    ]
     return BalancesOut(
         pass_number=holder.pass_number,
         first_name=holder.first_name,
@@ -626,32 +670,28 @@ def scan(runtime: Runtime, *, merchant_id: int, token: str, cached_only: bool = 
         status = "blocked"
     else:
         status = "active"
-    labels = runtime.store.scheme_labels()
     now = int(time.time())
     redeemable: list[Redeemable] = []
     if status == "active":
-        for scheme_id, terms in _allowed_schemes(runtime, merchant_id, cached_only=cached_only):
-            balance, unclaimed = cohort_claims.balance_with_share(
-                runtime, pid, scheme_id, snapshot.balances.get(scheme_id, 0)
+        allowed = _allowed_schemes(runtime, merchant_id, cached_only=cached_only)
+        redeemable = [
+            Redeemable(
+                scheme_id=b.scheme_id,
+                name=b.name,
+                kind=b.kind,
+                unit=b.unit,
+                balance=b.balance,
+                unlimited=b.unlimited,
+                unclaimed=b.unclaimed,
+                valid_from=b.terms.valid_from,
+                valid_until=b.terms.valid_until,
+                valid_now=b.valid_at(now),
+                per_redemption_cap=b.terms.per_redemption_cap or None,
+                discount_bps=b.terms.discount_bps,
             )
-            if balance == 0:
-                continue
-            redeemable.append(
-                Redeemable(
-                    scheme_id=scheme_id,
-                    name=labels.get(scheme_id, f"Scheme {scheme_id}"),
-                    kind=KIND_NAMES[terms.kind],
-                    unit="cents" if terms.kind is SchemeKind.BUDGET else "uses",
-                    balance=balance,
-                    unlimited=balance == UNLIMITED,
-                    unclaimed=unclaimed,
-                    valid_from=terms.valid_from,
-                    valid_until=terms.valid_until,
-                    valid_now=terms.valid_from <= now <= terms.valid_until,
-                    per_redemption_cap=terms.per_redemption_cap or None,
-                    discount_bps=terms.discount_bps,
-                )
-            )
+            for b in scheme_balances(runtime, pid, balances=snapshot.balances, schemes=allowed)
+            if b.balance != 0
+        ]
     return ScanOut(
         status=status,
         first_name=first_name,
