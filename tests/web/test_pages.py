@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +20,7 @@ import pytest
 from api import services
 from api.auth import DEV_HOLDER_PIN, dev_terminal_id, dev_terminal_secret
 from api.demo import DEMO_MERCHANT_NAMES, DEMO_MERCHANTS
-from api.main import create_app
 from api.runtime import Runtime
-from api.settings import Settings
 from tests.web.y4m import write_y4m
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,48 +41,6 @@ sync_api = pytest.importorskip("playwright.sync_api")
 uvicorn = pytest.importorskip("uvicorn")
 
 BASE_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-@pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    settings = Settings(
-        env="development",
-        var_dir=tmp_path_factory.mktemp("pages-var"),
-        build_dir=ROOT / "var" / "build",
-        anvil_port=0,
-        receipt_timeout_s=20.0,
-    )
-    rt = Runtime.start(settings)
-    try:
-        yield rt
-    finally:
-        rt.close()
-
-
-@pytest.fixture(scope="module")
-def base_url(runtime: Runtime) -> Iterator[str]:
-    """The real app on a free port of 127.0.0.1 (base URL without trailing slash)."""
-    config = uvicorn.Config(
-        create_app(runtime.settings, runtime),
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="pages-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
