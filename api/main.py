@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 import anyio.to_thread
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
 
 from api import __version__, services
@@ -60,6 +60,11 @@ TAGS = [
 ]
 
 
+async def _page_halt(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, admin_pages.PageHalt)
+    return exc.response
+
+
 def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -82,6 +87,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     app.state.auth = Auth(settings, runtime.store)
     app.state.auth.bootstrap(range(1, len(runtime.keys.merchants) + 1))
     install_problem_handlers(app)
+    app.add_exception_handler(admin_pages.PageHalt, _page_halt)
     install_middleware(app, settings)
     app.include_router(health.router)
     app.include_router(auth.router)

@@ -179,13 +179,23 @@ def _problem_page(
     )
 
 
-def _staff(request: Request, settings: Settings, scope: Scope) -> Principal | Response:
-    """The staff principal of the session with ``scope``; else the login redirect or a 403."""
+class PageHalt(Exception):
+    """Stop a page handler and answer with ``response`` (a login redirect or an error page);
+    ``api.main`` installs the handler that sends it."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def _staff(request: Request, settings: Settings, scope: Scope) -> Principal:
+    """The staff principal of the session with ``scope``; else :class:`PageHalt` with the login
+    redirect or a 403 page."""
     principal = _principal(request, "staff")
     if principal is None:
-        return _redirect("/admin/login")
+        raise PageHalt(_redirect("/admin/login"))
     if scope not in principal.scopes:
-        return _problem_page(request, settings, principal, 403, "admin.forbidden")
+        raise PageHalt(_problem_page(request, settings, principal, 403, "admin.forbidden"))
     return principal
 
 
@@ -313,8 +323,6 @@ def _schemes_page(
 @router.get("/admin/web/schemes")
 def schemes_page(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     principal = _staff(request, settings, Scope.ISSUE)
-    if isinstance(principal, Response):
-        return principal
     return _schemes_page(request, settings, runtime, principal)
 
 
@@ -343,8 +351,6 @@ def _scheme_in(form: dict[str, str], merchants: list[int]) -> SchemeIn:
 @router.post("/admin/web/schemes")
 async def create_scheme(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     principal = _staff(request, settings, Scope.ISSUE)
-    if isinstance(principal, Response):
-        return principal
     if int(request.headers.get("content-length") or 0) > 16 * 1024:
         raise ApiProblem(413, "body_too_large", "the form is too large")
     async with request.form(max_files=0, max_fields=200) as raw:
@@ -419,8 +425,6 @@ def _issuance_page(
 @router.get("/admin/web/issuance")
 def issuance_page(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     principal = _staff(request, settings, Scope.ISSUE)
-    if isinstance(principal, Response):
-        return principal
     return _issuance_page(request, settings, runtime, principal)
 
 
@@ -428,8 +432,6 @@ def issuance_page(request: Request, settings: SettingsDep, runtime: RuntimeDep) 
 async def issuance_upload(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     """Start the CSV issuance job (``POST /admin/entitlements/csv``) and show its progress."""
     principal = _staff(request, settings, Scope.ISSUE)
-    if isinstance(principal, Response):
-        return principal
     if int(request.headers.get("content-length") or 0) > MAX_UPLOAD:
         return _problem_page(request, settings, principal, 413, "admin.issuance.too_large")
     async with request.form(max_files=1, max_fields=10) as form:  # closes the upload's file
@@ -481,8 +483,6 @@ def _optional_int(text: str) -> int | None:
 async def cohort_issue(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     """Issue to a cohort by criteria (``POST /admin/cohorts``, a job) and show its progress."""
     principal = _staff(request, settings, Scope.ISSUE)
-    if isinstance(principal, Response):
-        return principal
     if int(request.headers.get("content-length") or 0) > 16 * 1024:
         raise ApiProblem(413, "body_too_large", "the form is too large")
     async with request.form(max_files=0, max_fields=300) as raw:
@@ -583,8 +583,6 @@ def job_page(
     runtime: RuntimeDep,
 ) -> Response:
     principal = _staff(request, settings, Scope.ISSUE)
-    if isinstance(principal, Response):
-        return principal
     job = jobs_of(runtime).get(job_id)
     if job is None:
         return _problem_page(request, settings, principal, 404, "admin.job.unknown")
@@ -669,8 +667,6 @@ def holders_page(
     q: Annotated[str, Query(max_length=120)] = "",
 ) -> Response:
     principal = _staff(request, settings, Scope.ADMIN)
-    if isinstance(principal, Response):
-        return principal
     holders = [svc.get_holder(runtime, holder_id) for holder_id in _find_holders(runtime, q)]
     lang = pick_language(request)
     balances = {
@@ -708,8 +704,6 @@ async def pass_action(
 ) -> Response:
     """Block, unblock or replace the card of a pass (as the API's pass routes; scope issue)."""
     principal = _staff(request, settings, Scope.ISSUE)
-    if isinstance(principal, Response):
-        return principal
     form = await _form(request)
     if not _check_csrf(request, form.get("csrf")):
         return _csrf_refused(request, settings, principal)
@@ -735,9 +729,7 @@ async def pass_action(
 def card_png(
     pass_number: PassNumber, request: Request, settings: SettingsDep, runtime: RuntimeDep
 ) -> Response:
-    principal = _staff(request, settings, Scope.ISSUE)
-    if isinstance(principal, Response):
-        return principal
+    _staff(request, settings, Scope.ISSUE)
     return Response(
         svc.card_png(runtime, pass_number),
         media_type="image/png",
@@ -749,9 +741,7 @@ def card_png(
 def card_pdf(
     pass_number: PassNumber, request: Request, settings: SettingsDep, runtime: RuntimeDep
 ) -> Response:
-    principal = _staff(request, settings, Scope.ISSUE)
-    if isinstance(principal, Response):
-        return principal
+    _staff(request, settings, Scope.ISSUE)
     return Response(
         svc.card_pdf(runtime, pass_number),
         media_type="application/pdf",
@@ -768,8 +758,6 @@ def card_pdf(
 @router.get("/admin/web/merchants")
 def merchants_page(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     principal = _staff(request, settings, Scope.ADMIN)
-    if isinstance(principal, Response):
-        return principal
     return _page(
         request,
         settings,
@@ -811,8 +799,6 @@ def merchant_location_page(
     """The form to set, change or remove a merchant's public location (as
     ``PUT``/``DELETE /admin/merchants/{id}/location``)."""
     principal = _staff(request, settings, Scope.ADMIN)
-    if isinstance(principal, Response):
-        return principal
     merchant = runtime.store.registry.find_merchant(merchant_id)
     if merchant is None:
         return _problem_page(request, settings, principal, 404, "admin.merchants.unknown")
@@ -842,8 +828,6 @@ async def merchant_location_save(
     """Save the location (street, postcode and town together; website and opening hours
     optional); every field empty removes it. A refusal shows the form again, nothing saved."""
     principal = _staff(request, settings, Scope.ADMIN)
-    if isinstance(principal, Response):
-        return principal
     if int(request.headers.get("content-length") or 0) > 16 * 1024:
         raise ApiProblem(413, "body_too_large", "the form is too large")
     async with request.form(max_files=0, max_fields=20) as raw:
@@ -1001,8 +985,6 @@ def _district_rows(report: DistrictReport, scheme_id: int | None) -> list[dict[s
 @router.get("/admin/web/reports")
 def reports_page(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     principal = _staff(request, settings, Scope.AUDIT)
-    if isinstance(principal, Response):
-        return principal
     try:
         rq = _report_query(request)
     except ApiProblem as problem:
@@ -1115,9 +1097,7 @@ def report_file(
     runtime: RuntimeDep,
 ) -> Response:
     """A report's chart (PNG or SVG) or its data (CSV or JSON), for the session (scope audit)."""
-    principal = _staff(request, settings, Scope.AUDIT)
-    if isinstance(principal, Response):
-        return principal
+    _staff(request, settings, Scope.AUDIT)
     rq = _report_query(request)
     lang = pick_language(request)
     labels = runtime.store.scheme_labels()
@@ -1213,16 +1193,12 @@ def _payouts_page(
 @router.get("/admin/web/payouts")
 def payouts_page(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     principal = _staff(request, settings, Scope.FINANCE)
-    if isinstance(principal, Response):
-        return principal
     return _payouts_page(request, settings, runtime, principal)
 
 
 @router.post("/admin/web/payouts")
 async def payouts_create(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     principal = _staff(request, settings, Scope.FINANCE)
-    if isinstance(principal, Response):
-        return principal
     form = await _form(request)
     if not _check_csrf(request, form.get("csrf")):
         return _csrf_refused(request, settings, principal)
@@ -1255,8 +1231,6 @@ def payout_page(
     reference: RunReference, request: Request, settings: SettingsDep, runtime: RuntimeDep
 ) -> Response:
     principal = _staff(request, settings, Scope.FINANCE)
-    if isinstance(principal, Response):
-        return principal
     try:
         run = svc.get_payout(runtime, reference)
     except ApiProblem as problem:
@@ -1279,9 +1253,7 @@ def payout_page(
 def payout_document(
     reference: RunReference, request: Request, settings: SettingsDep, runtime: RuntimeDep
 ) -> Response:
-    principal = _staff(request, settings, Scope.FINANCE)
-    if isinstance(principal, Response):
-        return principal
+    _staff(request, settings, Scope.FINANCE)
     return Response(
         svc.payout_document(runtime, reference),
         media_type="application/xml",
@@ -1294,8 +1266,6 @@ async def payout_confirm(
     reference: RunReference, request: Request, settings: SettingsDep, runtime: RuntimeDep
 ) -> Response:
     principal = _staff(request, settings, Scope.FINANCE)
-    if isinstance(principal, Response):
-        return principal
     form = await _form(request)
     if not _check_csrf(request, form.get("csrf")):
         return _csrf_refused(request, settings, principal)
@@ -1329,8 +1299,6 @@ async def payout_confirm(
 @router.get("/admin/web/audit")
 def audit_page(request: Request, settings: SettingsDep) -> Response:
     principal = _staff(request, settings, Scope.AUDIT)
-    if isinstance(principal, Response):
-        return principal
     return _page(
         request, settings, principal, "admin_audit.html", section="/admin/web/audit", result=None
     )
@@ -1340,8 +1308,6 @@ def audit_page(request: Request, settings: SettingsDep) -> Response:
 async def audit_run(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     """Run the ledger audit (``POST /admin/audit``) and show every difference."""
     principal = _staff(request, settings, Scope.AUDIT)
-    if isinstance(principal, Response):
-        return principal
     form = await _form(request)
     if not _check_csrf(request, form.get("csrf")):
         return _csrf_refused(request, settings, principal)
