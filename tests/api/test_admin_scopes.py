@@ -40,8 +40,6 @@ from api.auth import AUDIENCE, ISSUER, ROLE_SCOPES, Role, Scope, encode_token
 from api.main import create_app
 from api.runtime import Runtime
 from tests.api.conftest import dev_settings, holder, logins, merchant
-from tests.conftest import _POSTGRES_ADMIN_URL, POSTGRES_URL_ENV, _new_database_name, _postgres
-from tests.conftest import _postgres_admin_url as postgres_admin_url
 
 PROBLEM = "application/problem+json"
 UNKNOWN_ID = 987_654_321
@@ -52,42 +50,13 @@ UNKNOWN_REFERENCE = "STADJERSPAS-20990101-9999"
 # -- the app under test, once per database --------------------------------------------------
 
 
-@pytest.fixture(
-    scope="module",
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(
-                    _POSTGRES_ADMIN_URL is None,
-                    reason=f"set {POSTGRES_URL_ENV} to run PostgreSQL tests",
-                ),
-            ],
-        ),
-    ],
-)
-def database(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str | None]:
-    """None (SQLite under the runtime's var dir) or the URL of a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield None
-        return
-    name = _new_database_name("scopes")
-    _postgres(f'CREATE DATABASE "{name}"')
-    try:
-        yield postgres_admin_url().set(database=name).render_as_string(hide_password=False)
-    finally:
-        _postgres(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="module")
-def runtime(database: str | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+def runtime(
+    module_database: str | None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Runtime]:
     settings = dev_settings(
         tmp_path_factory.mktemp("scopes-var"),
-        database_url=database,
+        database_url=module_database,
         rate_limit_per_s=0,  # hundreds of requests from one test client
     )
     rt = Runtime.start(settings)

@@ -28,8 +28,6 @@ from api.runtime import Runtime
 from ledger.events import DecodedEvent
 from ledger.passid import pass_id
 from tests.api.conftest import dev_settings, logins, merchant, signed_uri
-from tests.conftest import _POSTGRES_ADMIN_URL, POSTGRES_URL_ENV, _new_database_name, _postgres
-from tests.conftest import _postgres_admin_url as postgres_admin_url
 
 PROBLEM = "application/problem+json"
 SHARE = 2_500
@@ -37,38 +35,11 @@ _CLAIMED_TOPIC = "0x" + keccak(text="CohortClaimed(bytes32,uint256,bytes32,uint6
 _counter = iter(range(1, 10_000))
 
 
-@pytest.fixture(
-    scope="module",
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(
-                    _POSTGRES_ADMIN_URL is None,
-                    reason=f"set {POSTGRES_URL_ENV} to run PostgreSQL tests",
-                ),
-            ],
-        ),
-    ],
-)
-def database(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """None (SQLite under the runtime's var dir) or the URL of a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield None
-        return
-    name = _new_database_name("cohort")
-    _postgres(f'CREATE DATABASE "{name}"')
-    try:
-        yield postgres_admin_url().set(database=name).render_as_string(hide_password=False)
-    finally:
-        _postgres(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="module")
-def runtime(database: str | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    settings = dev_settings(tmp_path_factory.mktemp("cohort-var"), database_url=database)
+def runtime(
+    module_database: str | None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Runtime]:
+    settings = dev_settings(tmp_path_factory.mktemp("cohort-var"), database_url=module_database)
     rt = Runtime.start(settings)
     try:
         yield rt
