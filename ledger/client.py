@@ -9,6 +9,8 @@ and against a Besu network alike.
 from __future__ import annotations
 
 import enum
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -40,6 +42,9 @@ __all__ = [
     "TxResult",
     "receipts_in",
 ]
+
+#: Receipts whose decoded events :meth:`LedgerClient.receipt_events` keeps.
+_RECEIPTS_KEPT = 64
 
 ROLES: dict[str, bytes] = {
     "admin": b"\x00" * 32,
@@ -195,6 +200,10 @@ class LedgerClient:
         self._chain_id: int | None = None
         self._domain: Domain | None = None
         self._address_lower = self.address.lower()
+        self._receipt_events: OrderedDict[tuple[bytes, bytes], tuple[DecodedEvent, ...]] = (
+            OrderedDict()
+        )
+        self._receipt_lock = threading.Lock()
 
     # ------------------------------------------------------------ identity
 
@@ -378,8 +387,16 @@ class LedgerClient:
         return decoded
 
     def receipt_events(self, receipt: TxReceipt) -> list[DecodedEvent]:
-        """Decode the ledger events of a relayer receipt."""
-        return self.decode_logs(
+        """Decode the ledger events of a relayer receipt.
+
+        The last few receipts' events are kept: the state cache and the batcher each read the
+        same receipt of a redemption batch. Treat the returned events as read-only."""
+        key = (bytes(receipt.tx_hash), bytes(receipt.block_hash))
+        with self._receipt_lock:
+            cached = self._receipt_events.get(key)
+        if cached is not None:
+            return list(cached)
+        events = self.decode_logs(
             [
                 {
                     "address": log.address,
@@ -393,6 +410,11 @@ class LedgerClient:
                 for log in receipt.logs
             ]
         )
+        with self._receipt_lock:
+            self._receipt_events[key] = tuple(events)
+            while len(self._receipt_events) > _RECEIPTS_KEPT:
+                self._receipt_events.popitem(last=False)
+        return events
 
     def reversal_proof(
         self, events: Sequence[DecodedEvent], redemption_id: int

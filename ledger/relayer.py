@@ -88,7 +88,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import logging
 import threading
 import time
@@ -101,10 +100,10 @@ from typing import Any, Final, Self
 import rlp  # type: ignore[import-untyped]
 from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
-from eth_utils.address import to_checksum_address
 from hexbytes import HexBytes
 
 from ledger.errors import RelayerError
+from ledger.events import checksummed
 from ledger.rpc import NodeUnavailable, RpcClient, RpcError, RpcRequest
 
 try:  # coincurve is eth-keys' fast backend; fall back to eth-account if it is missing
@@ -417,7 +416,7 @@ def sign_transaction(
         "data": data,
     }
     if to is not None:  # pragma: no cover
-        tx["to"] = to_checksum_address(to)
+        tx["to"] = checksummed(to)
     if gas_price is not None:  # pragma: no cover
         tx["gasPrice"] = gas_price
     else:  # pragma: no cover
@@ -513,13 +512,6 @@ def _parse_int(value: object) -> int:
     raise ValueError(f"expected a hex quantity, got {value!r}")
 
 
-@functools.lru_cache(maxsize=256)
-def checksummed(address: str) -> str:
-    """EIP-55 form of a log's address (cached: receipts name the same contract again and
-    again, and each checksum costs a keccak)."""
-    return to_checksum_address(address)
-
-
 def _parse_receipt(obj: dict[str, Any], nonce: int) -> TxReceipt:
     logs = tuple(
         Log(
@@ -541,7 +533,7 @@ def _parse_receipt(obj: dict[str, Any], nonce: int) -> TxReceipt:
         status=_parse_int(obj.get("status", "0x1")),
         gas_used=_parse_int(obj["gasUsed"]),
         logs=logs,
-        contract_address=to_checksum_address(contract) if contract else None,
+        contract_address=checksummed(contract) if contract else None,
         effective_gas_price=_parse_int(obj.get("effectiveGasPrice", "0x0")),
     )
 
@@ -821,7 +813,7 @@ class Relayer:
             "value": _hex(value),
         }
         if to is not None:
-            call["to"] = to_checksum_address(to)
+            call["to"] = checksummed(to)
         gas = _parse_int(self.rpc.call("eth_estimateGas", call))
         return int(gas * (1.0 + margin)) + 1
 
@@ -858,7 +850,7 @@ class Relayer:
             "gas": _hex(request.gas),
         }
         if request.to is not None:
-            call["to"] = to_checksum_address(request.to)
+            call["to"] = checksummed(request.to)
         for block in (receipt.block_number, receipt.block_number - 1):
             try:
                 self.rpc.call("eth_call", call, _hex(max(block, 0)))

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: Redeemed events applied to one snapshot before it is read again instead.
 _MAX_APPLIED = 256
+#: Transactions observed from receipts whose logs the follower skips (a few seconds' worth).
+_OBSERVED_KEPT = 4096
 #: Events that change a pass's state (not only its balances).
 _PASS_STATE_EVENTS = frozenset(
     {"PassRegistered", "HolderKeyChanged", "CardReplaced", "PassBlockStatusChanged"}
@@ -79,11 +81,22 @@ class CacheStats:
     debits: int = 0
     polls: int = 0
     follower_errors: int = 0
+    logs_skipped: int = 0  # followed logs of receipts already observed (not decoded again)
     last_block: int = -1
 
 
 def _hex(value: int) -> str:
     return hex(value)
+
+
+def _log_key(log: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """(transaction hash, block hash) of an ``eth_getLogs`` entry."""
+
+    def raw(value: Any) -> bytes:
+        text = str(value)
+        return bytes.fromhex(text[2:] if text.startswith("0x") else text)
+
+    return raw(log.get("transactionHash", "")), raw(log.get("blockHash", ""))
 
 
 class LedgerStateCache:
@@ -119,6 +132,7 @@ class LedgerStateCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[Sequence[DecodedEvent]], None]] = []
+        self._observed: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()  # (tx, block)
         self.stats = CacheStats()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -257,6 +271,10 @@ class LedgerStateCache:
         """Forget what a transaction of this service changed (a relayer's ``on_receipt``)."""
         if receipt.ok and receipt.logs:
             self.observe(self._client.receipt_events(receipt))
+            with self._lock:  # the follower need not decode these logs again
+                self._observed[(bytes(receipt.tx_hash), bytes(receipt.block_hash))] = None
+                while len(self._observed) > _OBSERVED_KEPT:
+                    self._observed.popitem(last=False)
 
     def observe(self, events: Iterable[DecodedEvent]) -> None:
         """Forget every entry the ``events`` may have changed."""
@@ -364,8 +382,13 @@ class LedgerStateCache:
             "eth_getLogs",
             {"address": self._client.address, "fromBlock": _hex(since + 1), "toBlock": _hex(head)},
         )
-        logs = raw if isinstance(raw, list) else []
-        events = self._client.decode_logs([dict(item) for item in logs if isinstance(item, dict)])
+        logs = (
+            [dict(item) for item in raw if isinstance(item, dict)] if isinstance(raw, list) else []
+        )
+        with self._lock:  # receipts observed from this service's relayers were applied already
+            fresh = [log for log in logs if _log_key(log) not in self._observed]
+            self.stats.logs_skipped += len(logs) - len(fresh)
+        events = self._client.decode_logs(fresh)
         with self._lock:
             for event in events:
                 self._forget(event)

@@ -71,6 +71,13 @@ class StoreConfig:
     echo: bool = False
 
 
+#: Pooled connections per engine (SQLAlchemy's default, 5 + 10 overflow, makes a service with
+#: many threads close and reopen overflow connections all the time).
+_SQLITE_POOL_SIZE = 20
+_POSTGRES_POOL_SIZE = 10
+_POSTGRES_POOL_OVERFLOW = 20
+
+
 def default_sqlite_url(var_dir: Path) -> str:
     """The embedded default: ``<var_dir>/stadjerspas.db`` (absolute)."""
     return f"sqlite:///{(Path(var_dir) / 'stadjerspas.db').resolve()}"
@@ -163,9 +170,13 @@ def open_store(config: StoreConfig) -> Store:
         }
         if memory:
             kwargs["poolclass"] = StaticPool
+        else:  # a connection is a file handle: keep enough for the service's threads, so
+            # that a busy moment does not open (and set pragmas on) a connection per query
+            kwargs |= {"pool_size": _SQLITE_POOL_SIZE, "max_overflow": _SQLITE_POOL_SIZE}
     elif url.get_backend_name() == "postgresql":
         kwargs["connect_args"] = {"connect_timeout": config.connect_timeout_s}
         kwargs["pool_pre_ping"] = True
+        kwargs |= {"pool_size": _POSTGRES_POOL_SIZE, "max_overflow": _POSTGRES_POOL_OVERFLOW}
     else:
         raise StoreError(
             f"unsupported database {safe_url(url)}: use sqlite:///<path> or postgresql://..."
