@@ -44,6 +44,7 @@ import enum
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import threading
 import time
@@ -199,12 +200,12 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    if not text or any(c not in _B64_CHARS for c in text):
+    if _B64URL.fullmatch(text) is None:
         raise ValueError("not base64url")
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-_B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _sign(key: bytes, signing_input: bytes) -> bytes:

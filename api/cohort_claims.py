@@ -57,6 +57,7 @@ from ledger.contract_errors import ContractRevert, UnknownRevert
 from ledger.events import DecodedEvent
 from ledger.relayer import Relayer, TxHandle, TxRequest
 from ledger.rpc import RpcClient, RpcError
+from ledger.state_cache import CacheMiss
 from wallet import SignedPassToken
 
 __all__ = [
@@ -119,12 +120,21 @@ class CohortShares:
 
     # -- the cohort files -------------------------------------------------------------------------
 
+    def _directory_stamp(self) -> int:
+        try:
+            return os.stat(self._directory).st_mtime_ns
+        except FileNotFoundError:
+            return -1
+
+    def _settled_now(self) -> bool:
+        """Whether the loaded files are what the directory holds (nothing to load)."""
+        stamp = self._directory_stamp()
+        with self._lock:
+            return stamp == self._stamp and self._settled
+
     def _refresh(self) -> None:
         """Load new cohort files and drop removed ones when the directory changed."""
-        try:
-            stamp = os.stat(self._directory).st_mtime_ns
-        except FileNotFoundError:
-            stamp = -1
+        stamp = self._directory_stamp()
         with self._lock:
             if stamp == self._stamp and self._settled:
                 return
@@ -191,9 +201,9 @@ class CohortShares:
                 elif event.name == "CohortIssued":
                     self._issued.add(bytes(event.args["root"]))
 
-    def _check(self, shares: Sequence[Share]) -> None:
-        """Read, in one JSON-RPC batch, what the cache does not know of ``shares``: whether
-        their cohorts are on chain, and whether their leaves were claimed."""
+    def _unknown(self, shares: Sequence[Share]) -> tuple[list[bytes], list[tuple[bytes, int]]]:
+        """The cohort roots not known to be on chain, and the leaves not known to be claimed
+        or not, of ``shares``."""
         with self._lock:
             roots = sorted({s.root for s in shares if s.root not in self._issued})
             leaves = sorted(
@@ -201,6 +211,12 @@ class CohortShares:
                 for leaf in {(s.root, s.index) for s in shares}
                 if leaf not in self._claimed and leaf not in self._read
             )
+        return roots, leaves
+
+    def _check(self, shares: Sequence[Share]) -> None:
+        """Read, in one JSON-RPC batch, what the cache does not know of ``shares``: whether
+        their cohorts are on chain, and whether their leaves were claimed."""
+        roots, leaves = self._unknown(shares)
         if not roots and not leaves:
             return
         to = self._client.address
@@ -224,8 +240,14 @@ class CohortShares:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    def unclaimed(self, pass_id: bytes, scheme_id: int | None = None) -> list[Share]:
-        """``pass_id``'s shares of issued cohorts that are not yet claimed (in ``scheme_id``)."""
+    def unclaimed(
+        self, pass_id: bytes, scheme_id: int | None = None, *, cached_only: bool = False
+    ) -> list[Share]:
+        """``pass_id``'s shares of issued cohorts that are not yet claimed (in ``scheme_id``).
+        ``cached_only``: raise :class:`ledger.state_cache.CacheMiss` rather than read the chain
+        (or the cohort directory)."""
+        if cached_only and not self._settled_now():
+            raise CacheMiss("the cohort directory changed")
         self._refresh()
         with self._lock:
             candidates = [
@@ -236,6 +258,8 @@ class CohortShares:
             ]
         if not candidates:
             return []
+        if cached_only and any(self._unknown(candidates)):
+            raise CacheMiss(f"cohort shares of pass 0x{pass_id.hex()} need a chain read")
         self._check(candidates)
         with self._lock:
             return [
@@ -292,9 +316,13 @@ def register(runtime: Runtime, document: Mapping[str, Any], *, issued: bool = Tr
     shares_of(runtime).register(document, issued=issued)
 
 
-def unclaimed_amount(runtime: Runtime, pass_id: bytes, scheme_id: int) -> int:
-    """What ``pass_id`` still has to claim in ``scheme_id`` (0 for most passes: no RPC then)."""
-    return sum(share.amount for share in shares_of(runtime).unclaimed(pass_id, scheme_id))
+def unclaimed_amount(
+    runtime: Runtime, pass_id: bytes, scheme_id: int, *, cached_only: bool = False
+) -> int:
+    """What ``pass_id`` still has to claim in ``scheme_id`` (0 for most passes: no RPC then).
+    ``cached_only``: raise :class:`ledger.state_cache.CacheMiss` rather than read."""
+    shares = shares_of(runtime).unclaimed(pass_id, scheme_id, cached_only=cached_only)
+    return sum(share.amount for share in shares)
 
 
 def balance_with_share(

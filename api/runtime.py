@@ -21,11 +21,12 @@ stops anvil (which dumps its state), so the next start finds every balance and r
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,28 @@ class KeyedLocks:
                     self._locks[key] = (lock, users - 1)
 
 
+class AsyncKeyedLocks:
+    """:class:`KeyedLocks` for coroutines: one ``asyncio.Lock`` per key, dropped when nobody
+    holds or waits for it. Only for code on one event loop."""
+
+    def __init__(self) -> None:
+        self._locks: dict[object, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: object) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class Runtime:
     """Everything the API needs at run time. Build with :meth:`start`; :meth:`close` when done."""
 
@@ -202,6 +225,8 @@ class Runtime:
         self.merchant_relayers: dict[int, Relayer] = {}
         self.merchant_batchers: dict[int, RedemptionBatcher] = {}
         self.key_locks = KeyedLocks()
+        #: One redemption per (merchant, Idempotency-Key) at a time (on the event loop).
+        self.redemption_keys = AsyncKeyedLocks()
         self.inflight: dict[tuple[int, str], Future[BatchOutcome]] = {}
         self.inflight_lock = threading.Lock()
         #: Called with each mined batch's outcomes (``api.services.record_batch``): it saves the

@@ -22,6 +22,7 @@ body is refused with ``idempotency_key_reused``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -35,6 +36,7 @@ from typing import Any, Literal
 
 from eth_utils.crypto import keccak
 from hexbytes import HexBytes
+from starlette.concurrency import run_in_threadpool
 
 from api import cohort_claims
 from api.problems import ApiProblem, contract_status
@@ -60,16 +62,19 @@ from ledger import contract_errors as ce
 from ledger.batcher import RedemptionAccepted, RedemptionRefused
 from ledger.batcher import RedemptionOutcome as BatchOutcome
 from ledger.client import UNLIMITED, RedemptionRequest, SchemeKind, SchemeTerms
+from ledger.errors import LedgerError
 from ledger.events import DecodedEvent
 from ledger.passid import pass_id
 from ledger.relayer import Relayer, TxReceipt, TxRequest
 from ledger.reports.periods import Period, PeriodError
 from ledger.rpc import RpcError
 from ledger.settlement.statements import statement as ledger_statement
+from ledger.state_cache import CacheMiss
 from ledger.store.index import IndexCheckpoint
 from wallet import (
     PassToken,
     SignedPassToken,
+    WalletError,
     decode_token_uri,
     encode_token_uri,
     sign_pass_token,
@@ -438,17 +443,28 @@ def record_batch(runtime: Runtime, outcomes: Sequence[BatchOutcome]) -> None:
     runtime.finish(runtime.store.complete_redemptions(updates))
 
 
-def _settle(
-    runtime: Runtime, record: RedemptionRecord, outcome: BatchOutcome, attempt: int = 1
-) -> RedemptionOut:
-    """The result of ``record``'s mined outcome: the record :func:`record_batch` saved, or (if
-    that did not happen) store it now."""
+def _collected(
+    runtime: Runtime, record: RedemptionRecord, outcome: BatchOutcome
+) -> RedemptionOut | None:
+    """The result :func:`record_batch` saved for ``record``'s mined outcome (raising its
+    refusal), or None if it saved none. Reads nothing: safe on the event loop."""
     saved = runtime.collect(record.redemption_id)
     if saved is not None:
         if saved.status is RedemptionStatus.SUCCEEDED:
             return _result(saved)
         if isinstance(outcome, RedemptionRefused) and saved.status is RedemptionStatus.FAILED:
             raise outcome.error
+    return None
+
+
+def _settle(
+    runtime: Runtime, record: RedemptionRecord, outcome: BatchOutcome, attempt: int = 1
+) -> RedemptionOut:
+    """The result of ``record``'s mined outcome: the record :func:`record_batch` saved, or (if
+    that did not happen) store it now."""
+    collected = _collected(runtime, record, outcome)
+    if collected is not None:
+        return collected
     return _apply(runtime, record, outcome, attempt)
 
 
@@ -475,15 +491,38 @@ def _apply(
     raise _fail(runtime, record, error)
 
 
+def _receipt_timeout() -> ApiProblem:
+    return ApiProblem(
+        504,
+        "receipt_timeout",
+        "the redemption was sent but not yet mined; retry with the same Idempotency-Key",
+    )
+
+
 def _wait(runtime: Runtime, future: Future[BatchOutcome]) -> BatchOutcome:
     try:
         return future.result(timeout=runtime.settings.receipt_timeout_s)
     except FutureTimeout:
-        raise ApiProblem(
-            504,
-            "receipt_timeout",
-            "the redemption was sent but not yet mined; retry with the same Idempotency-Key",
-        ) from None
+        raise _receipt_timeout() from None
+
+
+async def _wait_async(runtime: Runtime, future: Future[BatchOutcome]) -> BatchOutcome:
+    """:func:`_wait` on the event loop. Neither the timeout nor a client that hangs up cancels
+    ``future``: the redemption is on its way, and a retry with the same key waits for it."""
+    waiting = asyncio.wrap_future(future)
+    waiting.add_done_callback(_retrieve)
+    try:
+        return await asyncio.wait_for(
+            asyncio.shield(waiting), timeout=runtime.settings.receipt_timeout_s
+        )
+    except TimeoutError:
+        raise _receipt_timeout() from None
+
+
+def _retrieve(done: asyncio.Future[Any]) -> None:
+    """Mark an abandoned wait's outcome as seen (asyncio would log a never-retrieved error)."""
+    if not done.cancelled():
+        done.exception()
 
 
 def _submit(
@@ -531,7 +570,11 @@ def _resume(runtime: Runtime, record: RedemptionRecord) -> RedemptionOut:
     return _submit(runtime, record, decode_token_uri(record.token_uri))
 
 
-def redeem(
+#: What the checks before allocation raise for a request they refuse.
+_REFUSALS = (ApiProblem, WalletError, LedgerError)
+
+
+async def redeem(
     runtime: Runtime,
     *,
     merchant_id: int,
@@ -540,51 +583,147 @@ def redeem(
     scheme_id: int,
     amount: int,
 ) -> RedemptionOutcome:
+    """Redeem ``amount`` of ``scheme_id`` against ``token`` at ``merchant_id``, once per
+    ``idempotency_key``: a retry with the same key and body returns the first outcome.
+
+    Runs on the event loop, without a thread per request: the checks read the state cache
+    (a worker thread only on a cache miss), the redemption id comes from the store's group
+    commit, and the wait for the batch is a future. A request the checks refuse first looks
+    for an earlier request with its key (a retry after the token expired, or after it spent
+    the balance itself, gets the stored outcome)."""
     token = token.strip()
     request_hash = _request_hash(token, scheme_id, amount)
-    with runtime.key_locks.hold((merchant_id, idempotency_key)):
-        existing = runtime.store.redemption(merchant_id, idempotency_key)
-        if existing is not None:
-            if existing.request_hash != request_hash:
-                raise _key_reused(idempotency_key)
-            if existing.status is RedemptionStatus.SUCCEEDED:
-                return RedemptionOutcome(_result(existing), replayed=True)
-            if existing.status is RedemptionStatus.FAILED:
-                raise _stored_problem(existing)
-            return RedemptionOutcome(_resume(runtime, existing), replayed=True)
-
-        signed = decode_token_uri(token)
-        _verify(runtime, signed)
-        _precheck(
-            runtime,
-            merchant=_merchant_address(runtime, merchant_id),
-            signed=signed,
+    async with runtime.redemption_keys.hold((merchant_id, idempotency_key)):
+        try:
+            signed = await _checked(
+                runtime, merchant_id=merchant_id, token=token, scheme_id=scheme_id, amount=amount
+            )
+        except _REFUSALS:
+            existing = await run_in_threadpool(
+                runtime.store.redemption, merchant_id, idempotency_key
+            )
+            if existing is None:
+                raise
+            return await run_in_threadpool(_replay, runtime, existing, request_hash)
+        allocation = runtime.store.submit_allocation(
+            merchant_id=merchant_id,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            token_uri=token,
             scheme_id=scheme_id,
             amount=amount,
         )
         try:
-            allocated = runtime.store.allocate_redemption(
-                merchant_id=merchant_id,
-                idempotency_key=idempotency_key,
-                request_hash=request_hash,
-                token_uri=token,
-                scheme_id=scheme_id,
-                amount=amount,
-            )
+            allocated = await asyncio.wrap_future(allocation)
         except IdempotencyConflict:
             raise _key_reused(idempotency_key) from None
-        return RedemptionOutcome(_submit(runtime, allocated.record, signed), replayed=False)
+        if not allocated.created:
+            return await run_in_threadpool(_replay, runtime, allocated.record, request_hash)
+        result = await _submit_async(runtime, allocated.record, signed)
+        return RedemptionOutcome(result, replayed=False)
+
+
+def _replay(runtime: Runtime, existing: RedemptionRecord, request_hash: str) -> RedemptionOutcome:
+    """The outcome of an earlier request with this key: its stored result or refusal, or (still
+    pending) the wait for it. Another body with the same key is refused."""
+    if existing.request_hash != request_hash:
+        raise _key_reused(existing.idempotency_key)
+    if existing.status is RedemptionStatus.SUCCEEDED:
+        return RedemptionOutcome(_result(existing), replayed=True)
+    if existing.status is RedemptionStatus.FAILED:
+        raise _stored_problem(existing)
+    return RedemptionOutcome(_resume(runtime, existing), replayed=True)
+
+
+async def _checked(
+    runtime: Runtime, *, merchant_id: int, token: str, scheme_id: int, amount: int
+) -> SignedPassToken:
+    """Decode and verify ``token`` and refuse what the contract would refuse
+    (:func:`_precheck`): from the state cache on the event loop, or on a worker thread when
+    the cache has to read the chain."""
+    check = partial(
+        _check, runtime, merchant_id=merchant_id, token=token, scheme_id=scheme_id, amount=amount
+    )
+    try:
+        return check(cached_only=True)
+    except CacheMiss:
+        return await run_in_threadpool(check, cached_only=False)
+
+
+def _check(
+    runtime: Runtime,
+    *,
+    merchant_id: int,
+    token: str,
+    scheme_id: int,
+    amount: int,
+    cached_only: bool,
+) -> SignedPassToken:
+    signed = decode_token_uri(token)
+    _verify(runtime, signed, cached_only=cached_only)
+    _precheck(
+        runtime,
+        merchant=_merchant_address(runtime, merchant_id),
+        signed=signed,
+        scheme_id=scheme_id,
+        amount=amount,
+        cached_only=cached_only,
+    )
+    return signed
+
+
+async def _submit_async(
+    runtime: Runtime, record: RedemptionRecord, signed: SignedPassToken
+) -> RedemptionOut:
+    """:func:`_submit` on the event loop for a batched redemption; the first use of a cohort
+    share (a ``claimAndRedeem`` of its own) and any outcome that needs the chain or the store
+    go to a worker thread."""
+    try:
+        claims = cohort_claims.unclaimed_amount(
+            runtime, signed.token.pass_id, record.scheme_id, cached_only=True
+        )
+    except CacheMiss:
+        claims = 1
+    if claims:
+        return await run_in_threadpool(_submit, runtime, record, signed)
+    call = RedemptionRequest(
+        redemption_id=record.redemption_id,
+        scheme_id=record.scheme_id,
+        amount=record.amount,
+        token=signed,
+    )
+    future = runtime.merchant_batcher(record.merchant_id).submit(call)
+    slot = (record.merchant_id, record.idempotency_key)
+    with runtime.inflight_lock:
+        runtime.inflight[slot] = future
+    try:
+        outcome = await _wait_async(runtime, future)
+    finally:
+        if future.done():
+            with runtime.inflight_lock:
+                runtime.inflight.pop(slot, None)
+    collected = _collected(runtime, record, outcome)
+    if collected is not None:
+        return collected
+    return await run_in_threadpool(_apply, runtime, record, outcome)
 
 
 def _precheck(
-    runtime: Runtime, *, merchant: str, signed: SignedPassToken, scheme_id: int, amount: int
+    runtime: Runtime,
+    *,
+    merchant: str,
+    signed: SignedPassToken,
+    scheme_id: int,
+    amount: int,
+    cached_only: bool = False,
 ) -> None:
     """Refuse, before an id is allocated or anything stored, what the contract's
     ``_tryRedeem`` would refuse given the state cache (same checks, same order, same typed
     errors; ``redemptionId`` 0 means none was allocated). The contract still decides: what
     passes here and is refused on chain (the cache was a poll interval behind) is stored as a
     refusal with its key."""
-    schemes = dict(runtime.state.schemes())
+    state = runtime.state
+    schemes = dict(state.schemes(cached_only=cached_only))
     terms = schemes.get(scheme_id)
     if terms is None:
         raise ce.RedemptionSchemeUnknown({"redemptionId": 0, "schemeId": scheme_id})
@@ -593,10 +732,12 @@ def _precheck(
         raise ce.RedemptionSchemeNotStarted({"redemptionId": 0, "validFrom": terms.valid_from})
     if now > terms.valid_until:
         raise ce.RedemptionSchemeEnded({"redemptionId": 0, "validUntil": terms.valid_until})
-    if not terms.open_to_all_merchants and not runtime.state.merchant_allowed(scheme_id, merchant):
+    if not terms.open_to_all_merchants and not state.merchant_allowed(
+        scheme_id, merchant, cached_only=cached_only
+    ):
         raise ce.RedemptionMerchantNotAllowed({"redemptionId": 0, "merchant": merchant})
     token = signed.token
-    snapshot = runtime.state.pass_snapshot(token.pass_id)
+    snapshot = state.pass_snapshot(token.pass_id, cached_only=cached_only)
     if not snapshot.state.registered:
         raise ce.RedemptionPassUnknown({"redemptionId": 0, "passId": token.pass_id})
     if snapshot.state.blocked:
@@ -611,7 +752,9 @@ def _precheck(
     if cap != 0 and amount > cap:
         raise ce.RedemptionAmountOverSchemeCap({"redemptionId": 0, "perRedemptionCap": cap})
     available = snapshot.balances.get(scheme_id, 0)
-    available += cohort_claims.unclaimed_amount(runtime, token.pass_id, scheme_id)
+    available += cohort_claims.unclaimed_amount(
+        runtime, token.pass_id, scheme_id, cached_only=cached_only
+    )
     if available < amount:
         raise ce.RedemptionAmountOverBalance({"redemptionId": 0, "available": available})
 

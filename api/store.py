@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -207,6 +208,8 @@ class PassHolder:
 
 
 _REDEMPTION_SEQUENCE = "redemption_id"
+#: Passes whose scan view (first name, registry block) :meth:`ApiStore.scan_view` keeps.
+_SCAN_VIEWS_KEPT = 50_000
 _MAX_GROUP = 500
 
 
@@ -254,6 +257,9 @@ class ApiStore:
         #: again (changes through this store apply at once; other processes' within this).
         self.recheck_s = 1.0
         self._active_cache: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._scan_views: OrderedDict[bytes, tuple[float, tuple[str, bool]]] = OrderedDict()
+        self._scan_views_commits = 0
+        self._views_lock = threading.Lock()
         self._labels: tuple[float, dict[int, str]] | None = None
 
     @classmethod
@@ -332,17 +338,35 @@ class ApiStore:
 
     def scan_view(self, pass_id: bytes) -> tuple[str, bool] | None:
         """The first name of ``pass_id``'s holder and whether the registry blocked the pass, in
-        one plain query (a counter scan's only registry read), or None for an unknown pass."""
+        one plain query (a counter scan's only registry read), or None for an unknown pass.
+
+        Kept for ``recheck_s`` (a scan is mostly followed by more scans and redemptions of the
+        same pass); any registry change through this process drops what is kept."""
+        now = time.monotonic()
+        with self._views_lock:
+            if self._scan_views_commits != self.registry.commits:
+                self._scan_views.clear()
+                self._scan_views_commits = self.registry.commits
+            kept = self._scan_views.get(pass_id)
+        if kept is not None and now - kept[0] < self.recheck_s:
+            return kept[1]
         query = (
             select(col(Holder.first_name), col(PassRecord.status))
             .join(Holder, col(Holder.id) == col(PassRecord.holder_id))
             .where(col(PassRecord.pass_id) == "0x" + pass_id.hex())
         )
+        commits = self.registry.commits
         with self.db.engine.connect() as conn:
             row = conn.execute(query).first()
         if row is None:
-            return None
-        return str(row[0]), row[1] is PassStatus.BLOCKED
+            return None  # not kept: a pass enrolled in a moment must show at once
+        view = str(row[0]), row[1] is PassStatus.BLOCKED
+        with self._views_lock:
+            if commits == self.registry.commits:  # no change raced the read
+                self._scan_views[pass_id] = (now, view)
+                while len(self._scan_views) > _SCAN_VIEWS_KEPT:
+                    self._scan_views.popitem(last=False)
+        return view
 
     def holders(self) -> list[PassHolder]:
         """Every pass with its holder, by pass number."""
@@ -442,6 +466,27 @@ class ApiStore:
         The sequence row is locked (``FOR UPDATE`` on PostgreSQL; SQLite serialises writers), so
         several API processes never hand out the same id. Returns when the record is committed.
         """
+        return self.submit_allocation(
+            merchant_id=merchant_id,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            token_uri=token_uri,
+            scheme_id=scheme_id,
+            amount=amount,
+        ).result()
+
+    def submit_allocation(
+        self,
+        *,
+        merchant_id: int,
+        idempotency_key: str,
+        request_hash: str,
+        token_uri: str,
+        scheme_id: int,
+        amount: int,
+    ) -> Future[AllocatedRedemption]:
+        """:meth:`allocate_redemption` without waiting: the future resolves when the record is
+        committed (or fails with :class:`IdempotencyConflict`)."""
         request = _Allocation(
             merchant_id=merchant_id,
             idempotency_key=idempotency_key,
@@ -460,7 +505,7 @@ class ApiStore:
                 )
                 self._allocator.start()
             self._allocations_ready.notify()
-        return request.future.result()
+        return request.future
 
     def _allocate_groups(self) -> None:
         while True:

@@ -676,6 +676,9 @@ class Registry:
         self._tx: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
             f"registry_tx_{id(self)}", default=None
         )
+        #: Transactions committed through this registry: a caller that keeps registry data in
+        #: memory drops it when the count moved (what this process changed shows at once).
+        self.commits = 0
 
     def today(self) -> date:
         return self._today or datetime.now(UTC).date()
@@ -693,6 +696,7 @@ class Registry:
             try:
                 yield
                 session.commit()
+                self.commits += 1
             except BaseException:
                 session.rollback()
                 raise

@@ -90,22 +90,22 @@ async def scan(body: ScanIn, merchant_id: MerchantId, runtime: RuntimeDep) -> Sc
         (504, "receipt_timeout", "no receipt yet; retry with the same Idempotency-Key"),
     ),
 )
-def redeem(
+async def redeem(
     body: RedemptionIn,
     merchant_id: MerchantId,
     idempotency_key: IdempotencyKey,
     runtime: RuntimeDep,
     response: Response,
 ) -> RedemptionOut:
-    """Verify the token offline, preflight, allocate the next redemption id and queue the
-    redemption on this merchant's batcher: concurrent redemptions share ``redeemBatch``
-    transactions. Scopes: ``merchant:redeem``.
+    """Verify the token offline, check it against the state cache as the contract would,
+    allocate the next redemption id and queue the redemption on this merchant's batcher:
+    concurrent redemptions share ``redeemBatch`` transactions. Scopes: ``merchant:redeem``.
 
     The ``Idempotency-Key`` header is required. Retrying with the same key and body returns the
     first result (header ``Idempotent-Replayed: true``) and never redeems twice; the same key
     with another body is refused with ``idempotency_key_reused``.
     """
-    outcome = services.redeem(
+    outcome = await services.redeem(
         runtime,
         merchant_id=merchant_id,
         idempotency_key=idempotency_key,

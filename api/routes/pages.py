@@ -524,13 +524,13 @@ def merchant_web_scan(body: ScanIn, request: Request, runtime: RuntimeDep) -> Sc
 
 
 @router.post("/merchant/web/redemptions", status_code=201)
-def merchant_web_redeem(
+async def merchant_web_redeem(
     body: RedemptionIn, request: Request, runtime: RuntimeDep, response: Response
 ) -> RedemptionOut:
     """The scanner page's redeem call, with the page's Idempotency-Key."""
     merchant_id = _terminal_merchant(request, runtime)
     key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
-    outcome = services.redeem(
+    outcome = await services.redeem(
         runtime,
         merchant_id=merchant_id,
         idempotency_key=key,

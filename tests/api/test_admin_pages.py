@@ -7,6 +7,7 @@ TestClient (own cookie jar) as a development staff user.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -367,13 +368,15 @@ def test_create_scheme_from_the_form(login: Login, runtime: Runtime) -> None:
 
 def test_payout_run_create_download_confirm(login: Login, runtime: Runtime) -> None:
     token = services.make_pass_token(runtime, runtime.settings, "GR0000010").token_uri
-    services.redeem(
-        runtime,
-        merchant_id=2,
-        idempotency_key=str(uuid.uuid4()),
-        token=token,
-        scheme_id=1,
-        amount=700,
+    asyncio.run(
+        services.redeem(
+            runtime,
+            merchant_id=2,
+            idempotency_key=str(uuid.uuid4()),
+            token=token,
+            scheme_id=1,
+            amount=700,
+        )
     )
     client = login("finance")
     deadline = time.monotonic() + 30

@@ -12,6 +12,7 @@ from sqlalchemy import MetaData, inspect
 
 from api.runtime import Runtime, StartupError
 from api.store import API_VERSIONS_DIR, ApiStore, RedemptionRecord
+from ledger.registry import Registry
 from ledger.store.base import StoreError, metadata
 from ledger.store.db import (
     StoreConfig,
@@ -126,3 +127,37 @@ def test_demo_is_enrolled_through_the_registry(runtime: Runtime) -> None:
     assert view is not None
     assert view.pass_number == "GR0000001"
     assert registry.pass_by_number("GR0000001").pass_secret == view.pass_secret
+
+
+def test_scan_view_is_kept_until_recheck_or_a_change_through_this_store(
+    runtime: Runtime,
+) -> None:
+    store = runtime.store
+    number = "GR0000021"
+    record = store.registry.pass_by_number(number)
+    pid = bytes.fromhex(record.pass_id[2:])
+    first = store.scan_view(pid)
+    assert first is not None
+    assert first[1] is False
+    elsewhere = open_store(
+        StoreConfig(store.db.engine.url.render_as_string(hide_password=False))
+    )  # another process's registry on the same database
+    other = Registry(elsewhere)
+    recheck = store.recheck_s
+    try:
+        other.block_pass(number)
+        assert store.scan_view(pid) == first  # kept: another process's change waits
+        store.recheck_s = 0.0
+        assert store.scan_view(pid) == (first[0], True)  # ... for recheck_s at most
+        store.recheck_s = 3600.0
+        other.unblock_pass(number)
+        assert store.scan_view(pid) == (first[0], True)
+        store.registry.block_pass(number)  # through this store: at once
+        assert store.scan_view(pid) == (first[0], True)
+        store.registry.unblock_pass(number)
+        assert store.scan_view(pid) == first
+        assert store.scan_view(b"\x00" * 32) is None
+    finally:
+        store.recheck_s = recheck
+        other.unblock_pass(number)
+        elsewhere.close()

@@ -8,10 +8,13 @@ by Playwright with ``executable_path``. The holder's QR ``<img>`` is screenshott
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -219,8 +222,11 @@ def test_language_switch(launch: Any, base_url: str) -> None:
 
 
 def _redeem(runtime: Runtime, pass_number: str, scheme_id: int, amount: int) -> int:
+    """Redeem as the API does, on an event loop of its own (Playwright's sync API keeps one
+    running on this thread)."""
     token = services.make_pass_token(runtime, runtime.settings, pass_number).token_uri
-    outcome = services.redeem(
+    redemption = partial(
+        services.redeem,
         runtime,
         merchant_id=MERCHANT_ID,
         idempotency_key=f"pages-{time.time_ns()}",
@@ -228,6 +234,8 @@ def _redeem(runtime: Runtime, pass_number: str, scheme_id: int, amount: int) -> 
         scheme_id=scheme_id,
         amount=amount,
     )
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        outcome = pool.submit(lambda: asyncio.run(redemption())).result()
     return outcome.result.redemption_id
 
 
