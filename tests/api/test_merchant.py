@@ -183,6 +183,41 @@ def test_same_key_raced_redeems_once(client: TestClient, runtime: Runtime) -> No
     assert _balance(runtime, "GR0000031") == before - 250
 
 
+def test_a_retry_that_the_checks_would_now_refuse_returns_the_first_result(
+    client: TestClient, runtime: Runtime
+) -> None:
+    """The first request spent the whole balance: its retry fails the balance check and still
+    gets the first result, while a new key with the same body is refused as the contract would
+    refuse it. The same key with a body the checks refuse otherwise is a reused key."""
+    number = "GR0000044"
+    everything = _balance(runtime, number)
+    assert everything > 0
+    body = {"token": _token(runtime, number), "scheme_id": 1, "amount": everything}
+    headers = merchant(client, 3, "spend-all")
+    first = client.post("/merchant/redemptions", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    assert first.json()["balance"] == 0 == _balance(runtime, number)
+
+    again = client.post("/merchant/redemptions", json=body, headers=headers)
+    assert again.status_code == 201, again.text
+    assert again.json() == first.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    refused = client.post("/merchant/redemptions", json=body, headers=merchant(client, 3, "new"))
+    _problem(refused, 409, "redemption_amount_over_balance")
+
+    garbage = body | {"token": "stadjerspas:1:not-a-token"}
+    _problem(
+        client.post("/merchant/redemptions", json=garbage, headers=headers),
+        409,
+        "idempotency_key_reused",
+    )
+    fresh = merchant(client, 3, "garbage")
+    _problem(
+        client.post("/merchant/redemptions", json=garbage, headers=fresh), 400, "token_malformed"
+    )
+    assert _balance(runtime, number) == 0
+
+
 @pytest.mark.parametrize(
     "body",
     [
