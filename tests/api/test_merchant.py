@@ -213,7 +213,7 @@ def test_a_retry_that_the_checks_would_now_refuse_returns_the_first_result(
     )
     fresh = merchant(client, 3, "garbage")
     _problem(
-        client.post("/merchant/redemptions", json=garbage, headers=fresh), 400, "token_malformed"
+        client.post("/merchant/redemptions", json=garbage, headers=fresh), 400, "token_truncated"
     )
     assert _balance(runtime, number) == 0
 
