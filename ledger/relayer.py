@@ -1304,9 +1304,14 @@ class Relayer:
             if done or conflicts:
                 self._work.notify_all()  # close() waits on this condition's lock
         for tx, parsed in done:
-            assert tx.handle is not None
-            tx.handle.tx_hash = parsed.tx_hash
-            self._resolve(tx.handle, parsed)
+            handle = tx.handle
+            assert handle is not None
+            handle.tx_hash = parsed.tx_hash
+            self._resolve(handle, parsed)
+            # The history keeps the signed bytes for a resend after a rollback, not the caller's
+            # handle: its future's callbacks hold whatever the caller attached (a whole batch).
+            with self._lock:
+                tx.handle = None
         for tx in conflicts:
             log.error("nonce %d of %s taken by another transaction", tx.nonce, self.address)
             if tx.handle is not None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import socket
 import threading
 import time
 import urllib.request
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -214,6 +216,26 @@ def test_transfer_and_receipt(relayer: Relayer, rpc: RpcClient, sender: LocalAcc
     m = relayer.metrics()
     assert (m.submitted, m.signed, m.sent, m.confirmed, m.failed) == (1, 1, 1, 1, 0)
     assert m.batches >= 1
+
+
+def test_a_confirmed_handle_is_not_kept(relayer: Relayer) -> None:
+    """The relayer's history (for resends after a rollback) keeps the signed transaction, not
+    the caller's handle, nor what the caller hung on its future (a batcher: a whole batch)."""
+
+    class Attached:
+        pass
+
+    handle = relayer.submit(TxRequest(to=_fresh_account().address, gas=21_000, value=1))
+    attached = Attached()
+    handle.future.add_done_callback(lambda _, kept=attached: kept)
+    assert handle.result(30).ok
+    assert relayer.metrics().confirmed >= 1
+    attached_ref = weakref.ref(attached)
+    del handle, attached
+    # the sender thread's locals hold the batch it sent last: send another one
+    assert relayer.submit(TxRequest(to=_fresh_account().address, gas=21_000)).result(30).ok
+    gc.collect()
+    assert attached_ref() is None
 
 
 def _deploy(relayer: Relayer) -> str:
