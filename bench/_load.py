@@ -52,6 +52,14 @@ __all__ = ["DEFAULTS", "LoadConfig", "main", "percentile", "run"]
 MERCHANTS = 3
 REDEEM_AMOUNT = 100  # cents
 _DUMP = os.environ.get("BENCH_DUMP")  # debugging: write "due_s latency_ms" per scan there
+_PHASE = os.environ.get("BENCH_PHASE")  # profiling: the name of the phase running is written there
+
+
+def _phase(name: str) -> None:
+    if _PHASE:
+        Path(_PHASE).write_text(name + "\n", encoding="utf-8")
+
+
 _DUMP_ROWS: list[tuple[float, float]] = []
 
 _MERCHANT_ACCOUNT = keccak(text="merchantAccount(address)")[:4]
@@ -356,13 +364,17 @@ async def run(cfg: LoadConfig) -> dict[str, Any]:
             )
         gc.collect()
         gc.freeze()  # the load process's own collector pauses would count as latency
+        _phase("scan")
         scan, scan_elapsed = await _scan_at_rate(terminals, uris, cfg)
+        _phase("scan-capacity")
         scan_max, scan_max_elapsed = await _scan_phase(terminals, uris, cfg)
 
         merchants = _merchant_addresses(cfg.merchants)
         before_chain = [await _merchant_redeemed(client, cfg.rpc_url, ledger, m) for m in merchants]
         before_balances = await _budget_total(client, holders, scheme_id)
+        _phase("redeem")
         redeem, redeem_elapsed = await _redeem_phase(terminals, uris, scheme_id, cfg)
+        _phase("done")
         after_chain = [await _merchant_redeemed(client, cfg.rpc_url, ledger, m) for m in merchants]
         after_balances = await _budget_total(client, holders, scheme_id)
         head = (await client.get("/health")).json()["head_block"]

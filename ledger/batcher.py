@@ -115,8 +115,9 @@ class RedemptionBatcher:
         self._on_outcomes = on_outcomes
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._max_in_flight = max_in_flight
+        # mined batches are resolved while the next ones are mined: room for both
         self._resolver = ThreadPoolExecutor(
-            max_workers=max_in_flight, thread_name_prefix="redemption-resolver"
+            max_workers=2 * max_in_flight, thread_name_prefix="redemption-resolver"
         )
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._closed = False
@@ -201,18 +202,15 @@ class RedemptionBatcher:
         handle.future.add_done_callback(lambda _: self._hand_off(batch, handle))
 
     def _hand_off(self, batch: Sequence[_Pending], handle: TxHandle) -> None:
-        """Resolve on the batcher's own thread, not the relayer's watcher (which would otherwise
-        wait for ``on_outcomes`` before it looks at the next receipt)."""
+        """The batch is mined (or failed): free its in-flight slot at once, so the next batch
+        goes out while this one is resolved, and resolve on the batcher's own threads, not the
+        relayer's watcher (which would otherwise wait for ``on_outcomes`` before it looks at
+        the next receipt)."""
+        self._slots.release()
         try:
-            self._resolver.submit(self._resolve, batch, handle)
+            self._resolver.submit(self._resolve_batch, batch, handle)
         except RuntimeError:  # shut down: resolve here
-            self._resolve(batch, handle)
-
-    def _resolve(self, batch: Sequence[_Pending], handle: TxHandle) -> None:
-        try:
             self._resolve_batch(batch, handle)
-        finally:
-            self._slots.release()
 
     def _resolve_batch(self, batch: Sequence[_Pending], handle: TxHandle) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -182,3 +183,35 @@ def test_a_cancelled_future_does_not_stop_the_rest_of_its_batch(
     assert batcher.batches_sent == 1
     # the chain applied all three, the cancelled one included (cancelling cannot unsend)
     assert ledger.client.balance_of(scheme, passes[0]) == 1_000 - 3 * 10
+
+
+def test_a_mined_batch_frees_its_slot_before_its_outcomes_are_recorded(
+    ledger: LedgerEnv, make_batcher: Callable[..., RedemptionBatcher]
+) -> None:
+    """``max_in_flight`` counts batches sent and not yet mined: while a slow ``on_outcomes``
+    still records the first batch, the second is sent and mined."""
+    scheme, passes = _funded_passes(ledger, 2)
+    release = threading.Event()
+    recorded: list[list[int]] = []
+
+    def slow_listener(outcomes: Sequence[RedemptionOutcome]) -> None:
+        recorded.append([o.redemption_id for o in outcomes])
+        if len(recorded) == 1:
+            assert release.wait(30)
+
+    batcher = make_batcher(max_items=1, max_in_flight=1, on_outcomes=slow_listener)
+    first = batcher.submit(
+        ledger.redemption(passes[0], scheme_id=scheme, amount=1, redemption_id=901)
+    )
+    second = batcher.submit(
+        ledger.redemption(passes[1], scheme_id=scheme, amount=1, redemption_id=902)
+    )
+    deadline = time.monotonic() + 30
+    while len(recorded) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert recorded == [[901], [902]]  # the second batch was mined and recorded meanwhile
+    assert not first.done()
+    assert isinstance(second.result(30), RedemptionAccepted)
+    release.set()
+    assert isinstance(first.result(30), RedemptionAccepted)
+    assert batcher.batches_sent == 2
