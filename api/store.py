@@ -25,7 +25,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Dialect, Enum, String, func, inspect, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    DateTime,
+    Dialect,
+    Enum,
+    String,
+    Table,
+    bindparam,
+    func,
+    insert,
+    inspect,
+    update,
+)
+from sqlalchemy import select as core_select
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Column, Field, Session, SQLModel, col, select
 
@@ -223,6 +237,52 @@ def _locked_sequence(session: Session) -> Sequence_ | None:
         .values(value=col(Sequence_.value))
     )
     return session.get(Sequence_, _REDEMPTION_SEQUENCE, with_for_update=True)
+
+
+_REDEMPTIONS: Table = RedemptionRecord.__table__  # type: ignore[attr-defined]
+_SEQUENCES: Table = Sequence_.__table__  # type: ignore[attr-defined]
+
+
+def _locked_sequence_value(conn: Connection) -> int:
+    """:func:`_locked_sequence` on a Core connection: the sequence's value, the row locked for
+    this transaction (created at 0 on first use)."""
+    conn.execute(
+        update(_SEQUENCES)
+        .where(_SEQUENCES.c.name == _REDEMPTION_SEQUENCE)
+        .values(value=_SEQUENCES.c.value)
+    )
+    value = conn.execute(
+        core_select(_SEQUENCES.c.value)
+        .where(_SEQUENCES.c.name == _REDEMPTION_SEQUENCE)
+        .with_for_update()
+    ).scalar_one_or_none()
+    if value is None:
+        conn.execute(insert(_SEQUENCES).values(name=_REDEMPTION_SEQUENCE, value=0))
+        return 0
+    return int(value)
+
+
+#: What a mined outcome may change of a record (the request itself is never rewritten).
+_OUTCOME_COLUMNS = tuple(
+    column.name
+    for column in _REDEMPTIONS.columns
+    if column.name
+    not in {
+        "merchant_id",
+        "idempotency_key",
+        "request_hash",
+        "redemption_id",
+        "token_uri",
+        "scheme_id",
+        "amount",
+        "created_at",
+    }
+)
+
+
+def _row(record: RedemptionRecord) -> dict[str, Any]:
+    """``record``'s column values, for a Core insert."""
+    return {column.name: getattr(record, column.name) for column in _REDEMPTIONS.columns}
 
 
 @dataclass(slots=True)
@@ -534,23 +594,28 @@ class ApiStore:
     def _allocate_group(
         self, group: list[_Allocation]
     ) -> list[AllocatedRedemption | BaseException]:
+        """One transaction for ``group`` (SQLAlchemy Core: no unit of work on the hot path):
+        lock the sequence, read the keys already stored, insert the new records."""
         results: list[AllocatedRedemption | BaseException] = []
-        with self._lock, self.session() as session, session.no_autoflush:
-            session.expire_on_commit = False
-            seq = _locked_sequence(session) or Sequence_(name=_REDEMPTION_SEQUENCE)
+        table = _REDEMPTIONS
+        with self._lock, self.db.engine.begin() as conn:
+            seq = _locked_sequence_value(conn)
             keys = {(request.merchant_id, request.idempotency_key) for request in group}
-            found = session.exec(
-                select(RedemptionRecord).where(
-                    col(RedemptionRecord.merchant_id).in_({m for m, _ in keys}),
-                    col(RedemptionRecord.idempotency_key).in_({k for _, k in keys}),
+            found = conn.execute(
+                core_select(table).where(
+                    table.c.merchant_id.in_({m for m, _ in keys}),
+                    table.c.idempotency_key.in_({k for _, k in keys}),
                 )
             ).all()
             stored = {
-                (r.merchant_id, r.idempotency_key): r
-                for r in found
-                if (r.merchant_id, r.idempotency_key) in keys
+                (row.merchant_id, row.idempotency_key): RedemptionRecord.model_validate(
+                    dict(row._mapping)
+                )
+                for row in found
+                if (row.merchant_id, row.idempotency_key) in keys
             }
             written: dict[tuple[int, str], RedemptionRecord] = {}
+            now = _now()
             for request in group:
                 key = (request.merchant_id, request.idempotency_key)
                 existing = written.get(key) or stored.get(key)
@@ -560,23 +625,26 @@ class ApiStore:
                     else:
                         results.append(AllocatedRedemption(existing, created=False))
                     continue
-                seq.value += 1
-                record = RedemptionRecord(
+                seq += 1
+                written[key] = RedemptionRecord(
                     merchant_id=request.merchant_id,
                     idempotency_key=request.idempotency_key,
                     request_hash=request.request_hash,
-                    redemption_id=seq.value,
+                    redemption_id=seq,
                     token_uri=request.token_uri,
                     scheme_id=request.scheme_id,
                     amount=request.amount,
+                    created_at=now,
+                    updated_at=now,
                 )
-                session.add(record)
-                written[key] = record
-                results.append(AllocatedRedemption(record, created=True))
-            session.add(seq)
-            session.commit()
-            for record in (*written.values(), *stored.values()):
-                session.expunge(record)
+                results.append(AllocatedRedemption(written[key], created=True))
+            if written:
+                conn.execute(insert(table), [_row(record) for record in written.values()])
+                conn.execute(
+                    update(_SEQUENCES)
+                    .where(_SEQUENCES.c.name == _REDEMPTION_SEQUENCE)
+                    .values(value=seq)
+                )
         return results
 
     def save_redemption(self, record: RedemptionRecord) -> RedemptionRecord:
@@ -590,25 +658,32 @@ class ApiStore:
         self, outcomes: Mapping[int, Callable[[RedemptionRecord], None]]
     ) -> dict[int, RedemptionRecord]:
         """Apply each ``outcomes[redemption_id]`` to its record and save them all in one
-        transaction (a mined batch); return the saved records by redemption id."""
+        transaction (a mined batch); return the saved records by redemption id. Nothing is
+        saved if one of them raises. Core statements: one read, one executemany update."""
         if not outcomes:
             return {}
+        table = _REDEMPTIONS
         now = _now()
-        with self.session() as session:
-            session.expire_on_commit = False  # the records are returned as saved
-            records = session.exec(
-                select(RedemptionRecord).where(
-                    col(RedemptionRecord.redemption_id).in_(list(outcomes))
-                )
+        with self.db.engine.begin() as conn:
+            rows = conn.execute(
+                core_select(table).where(table.c.redemption_id.in_(list(outcomes)))
             ).all()
+            records = [RedemptionRecord.model_validate(dict(row._mapping)) for row in rows]
             for record in records:
                 outcomes[record.redemption_id](record)
                 record.updated_at = now
-                session.add(record)
-            session.commit()
-            for record in records:
-                session.expunge(record)
-            return {record.redemption_id: record for record in records}
+            if records:
+                conn.execute(
+                    update(table)
+                    .where(table.c.redemption_id == bindparam("_redemption_id"))
+                    .values({name: bindparam(name) for name in _OUTCOME_COLUMNS}),
+                    [
+                        {"_redemption_id": record.redemption_id}
+                        | {name: getattr(record, name) for name in _OUTCOME_COLUMNS}
+                        for record in records
+                    ],
+                )
+        return {record.redemption_id: record for record in records}
 
     def redemption_by_id(self, redemption_id: int) -> RedemptionRecord | None:
         with self.session() as session:

@@ -80,11 +80,30 @@ class LoadConfig:
     terminals_per_merchant: int = 32
     merchants: int = MERCHANTS
     holders: int = DEMO_HOLDER_COUNT
+    server_pid: int | None = None  # the service's process: its CPU time per phase is reported
     inprocess_iterations: int = 5_000
 
 
 #: The default configuration (its URLs are placeholders).
 DEFAULTS = LoadConfig(base_url="", rpc_url="")
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (all its threads; Linux ``/proc``),
+    or None where that cannot be read."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ms_per(before: float | None, after: float | None, count: int) -> float | None:
+    if before is None or after is None or count == 0:
+        return None
+    return round((after - before) * 1000 / count, 2)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -365,7 +384,9 @@ async def run(cfg: LoadConfig) -> dict[str, Any]:
         gc.collect()
         gc.freeze()  # the load process's own collector pauses would count as latency
         _phase("scan")
+        scan_cpu = cpu_seconds(cfg.server_pid)
         scan, scan_elapsed = await _scan_at_rate(terminals, uris, cfg)
+        scan_cpu_after = cpu_seconds(cfg.server_pid)
         _phase("scan-capacity")
         scan_max, scan_max_elapsed = await _scan_phase(terminals, uris, cfg)
 
@@ -373,7 +394,9 @@ async def run(cfg: LoadConfig) -> dict[str, Any]:
         before_chain = [await _merchant_redeemed(client, cfg.rpc_url, ledger, m) for m in merchants]
         before_balances = await _budget_total(client, holders, scheme_id)
         _phase("redeem")
+        redeem_cpu = cpu_seconds(cfg.server_pid)
         redeem, redeem_elapsed = await _redeem_phase(terminals, uris, scheme_id, cfg)
+        redeem_cpu_after = cpu_seconds(cfg.server_pid)
         _phase("done")
         after_chain = [await _merchant_redeemed(client, cfg.rpc_url, ledger, m) for m in merchants]
         after_balances = await _budget_total(client, holders, scheme_id)
@@ -402,6 +425,7 @@ async def run(cfg: LoadConfig) -> dict[str, Any]:
         "verify_max_p50_ms": _ms(percentile(scan_max.latencies, 0.50)),
         "verify_max_p99_ms": _ms(percentile(scan_max.latencies, 0.99)),
         "verify_concurrency": cfg.scan_concurrency,
+        "verify_server_cpu_ms": _cpu_ms_per(scan_cpu, scan_cpu_after, len(scan.latencies)),
         "verify_inprocess_p99_ms": _ms(percentile(inproc, 0.99)),
         "verify_inprocess_p50_ms": _ms(percentile(inproc, 0.50)),
         "redemptions_per_s": round(confirmed / redeem_elapsed, 1),
@@ -413,6 +437,7 @@ async def run(cfg: LoadConfig) -> dict[str, Any]:
         "redemption_statuses": dict(redeem.statuses),
         "redemption_transactions": len(redeem.tx_hashes),
         "redemptions_per_transaction": round(confirmed / max(1, len(redeem.tx_hashes)), 1),
+        "redemption_server_cpu_ms": _cpu_ms_per(redeem_cpu, redeem_cpu_after, confirmed),
         "merchants": cfg.merchants,
         "concurrent_terminals": cfg.merchants * cfg.terminals_per_merchant,
         "onchain_redeemed_delta": chain_delta,
@@ -436,6 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scan-concurrency", type=int, default=DEFAULTS.scan_concurrency)
     parser.add_argument("--redeem-seconds", type=float, default=DEFAULTS.redeem_seconds)
     parser.add_argument("--redeem-count", type=int, default=DEFAULTS.redeem_count)
+    parser.add_argument("--server-pid", type=int, default=None)
     parser.add_argument(
         "--terminals-per-merchant", type=int, default=DEFAULTS.terminals_per_merchant
     )
@@ -451,6 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         redeem_seconds=args.redeem_seconds,
         redeem_count=args.redeem_count,
         terminals_per_merchant=args.terminals_per_merchant,
+        server_pid=args.server_pid,
     )
     figures = asyncio.run(run(cfg))
     print(json.dumps(figures, sort_keys=True), flush=True)

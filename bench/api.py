@@ -71,6 +71,7 @@ class Service:
     var_dir: Path
     log: Path
     startup_s: float
+    pid: int
 
 
 def _executable() -> list[str]:
@@ -127,6 +128,7 @@ def service(extra_env: dict[str, str] | None = None) -> Iterator[Service]:
             var_dir=var_dir,
             log=log,
             startup_s=time.perf_counter() - started,
+            pid=proc.pid,
         )
     finally:
         _stop(proc)
@@ -176,6 +178,8 @@ def _load(svc: Service, cfg: LoadConfig) -> dict[str, Any]:
         str(cfg.redeem_count),
         "--terminals-per-merchant",
         str(cfg.terminals_per_merchant),
+        "--server-pid",
+        str(svc.pid),
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=LOAD_TIMEOUT_S, check=False)
     if done.returncode != 0 or not done.stdout.strip():
@@ -204,6 +208,10 @@ def _meets(key: str, value: float) -> str:
     return f"{'<=' if kind == 'max' else '>='} {bound:g}  {'ok' if ok else 'MISSED'}"
 
 
+def _optional(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def table(figures: dict[str, Any]) -> str:
     per_merchant = figures["concurrent_terminals"] // max(1, figures["merchants"])
     rows: list[tuple[str, str, str]] = [
@@ -229,6 +237,7 @@ def table(figures: dict[str, Any]) -> str:
             f"at concurrency {figures['verify_concurrency']}",
             "",
         ),
+        ("server CPU per scan (ms)", _optional(figures.get("verify_server_cpu_ms")), ""),
         (
             "verify p99 in-process (ms)",
             f"{figures['verify_inprocess_p99_ms']:.3f}",
@@ -250,6 +259,7 @@ def table(figures: dict[str, Any]) -> str:
             "",
         ),
         ("redemptions per transaction", f"{figures['redemptions_per_transaction']:.1f}", ""),
+        ("server CPU per redemption (ms)", _optional(figures.get("redemption_server_cpu_ms")), ""),
         (
             "merchants x terminals",
             f"{figures['merchants']} x {per_merchant}",

@@ -189,7 +189,7 @@ def test_a_retry_that_the_checks_would_now_refuse_returns_the_first_result(
     """The first request spent the whole balance: its retry fails the balance check and still
     gets the first result, while a new key with the same body is refused as the contract would
     refuse it. The same key with a body the checks refuse otherwise is a reused key."""
-    number = "GR0000044"
+    number = "GR0000048"
     everything = _balance(runtime, number)
     assert everything > 0
     body = {"token": _token(runtime, number), "scheme_id": 1, "amount": everything}
