@@ -31,7 +31,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -40,7 +40,7 @@ from web3 import HTTPProvider, Web3
 
 from api.demo import demo_merchant, seed_demo
 from api.settings import DEV_MERCHANT_COUNT, Settings
-from api.store import ApiStore, RedemptionRecord
+from api.store import ApiStore
 from ledger.batcher import RedemptionBatcher
 from ledger.batcher import RedemptionOutcome as BatchOutcome
 from ledger.client import LedgerClient
@@ -232,7 +232,7 @@ class Runtime:
         #: Called with each mined batch's outcomes (``api.services.record_batch``): it saves the
         #: batch's records in one transaction and leaves them in ``finished`` for the requests.
         self.outcome_sink: Callable[[Sequence[BatchOutcome]], None] | None = None
-        self.finished: OrderedDict[int, RedemptionRecord] = OrderedDict()
+        self.finished: OrderedDict[int, Mapping[str, Any]] = OrderedDict()
         self.finished_lock = threading.Lock()
         self._closed = False
         #: Called first by :meth:`close` (e.g. the job pool waits for its running jobs).
@@ -393,15 +393,16 @@ class Runtime:
         if sink is not None:
             sink(outcomes)
 
-    def finish(self, records: Mapping[int, RedemptionRecord]) -> None:
-        """Leave saved records for the requests waiting on them (bounded: a request that timed
-        out never collects its record, and finds it in the store on retry)."""
+    def finish(self, saved: Mapping[int, Mapping[str, Any]]) -> None:
+        """Leave what was saved into each redemption's record (by redemption id) for the
+        requests waiting on them (bounded: a request that timed out never collects it, and
+        finds the record in the store on retry)."""
         with self.finished_lock:
-            self.finished.update(records)
+            self.finished.update(saved)
             while len(self.finished) > _FINISHED_KEPT:
                 self.finished.popitem(last=False)
 
-    def collect(self, redemption_id: int) -> RedemptionRecord | None:
+    def collect(self, redemption_id: int) -> Mapping[str, Any] | None:
         with self.finished_lock:
             return self.finished.pop(redemption_id, None)
 

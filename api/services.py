@@ -26,7 +26,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -383,21 +383,40 @@ def _redeemed_event(
     return None
 
 
+def _success_values(outcome: RedemptionAccepted, balance: int) -> dict[str, Any]:
+    """What a mined redemption writes into its record."""
+    return {
+        "status": RedemptionStatus.SUCCEEDED,
+        "tx_hash": HexBytes(outcome.transaction_hash).to_0x_hex(),
+        "block_number": outcome.block_number,
+        "debited": int(outcome.debited),
+        "credited": int(outcome.credited),
+        "discount": int(outcome.discount),
+        "balance_after": balance,
+    }
+
+
+def _failure_values(exc: ce.ContractRevert) -> dict[str, Any]:
+    """What a refusal on chain writes into its record."""
+    return {
+        "status": RedemptionStatus.FAILED,
+        "problem_code": exc.code,
+        "problem_status": contract_status(exc),
+        "problem_detail": str(exc),
+    }
+
+
+def _set(record: RedemptionRecord, values: Mapping[str, Any]) -> None:
+    for name, value in values.items():
+        setattr(record, name, value)
+
+
 def _mark_succeeded(record: RedemptionRecord, outcome: RedemptionAccepted, balance: int) -> None:
-    record.status = RedemptionStatus.SUCCEEDED
-    record.tx_hash = HexBytes(outcome.transaction_hash).to_0x_hex()
-    record.block_number = outcome.block_number
-    record.debited = int(outcome.debited)
-    record.credited = int(outcome.credited)
-    record.discount = int(outcome.discount)
-    record.balance_after = balance
+    _set(record, _success_values(outcome, balance))
 
 
 def _mark_failed(record: RedemptionRecord, exc: ce.ContractRevert) -> None:
-    record.status = RedemptionStatus.FAILED
-    record.problem_code = exc.code
-    record.problem_status = contract_status(exc)
-    record.problem_detail = str(exc)
+    _set(record, _failure_values(exc))
 
 
 def _balances_after(runtime: Runtime, accepted: Sequence[RedemptionAccepted]) -> dict[int, int]:
@@ -427,20 +446,21 @@ def _balances_after(runtime: Runtime, accepted: Sequence[RedemptionAccepted]) ->
 
 def record_batch(runtime: Runtime, outcomes: Sequence[BatchOutcome]) -> None:
     """Save a mined batch in one transaction (the batcher's ``on_outcomes``): accepted items with
-    their balance after, refusals with their problem. A ``RedemptionIdUsed`` refusal is left to
-    its request, which first looks for an earlier submission of the same record."""
+    their balance after, refusals with their problem; then hand what was saved to the waiting
+    requests. A ``RedemptionIdUsed`` refusal is left to its request, which first looks for an
+    earlier submission of the same record."""
     accepted = [o for o in outcomes if isinstance(o, RedemptionAccepted)]
     balances = _balances_after(runtime, accepted)
-    updates: dict[int, Callable[[RedemptionRecord], None]] = {
-        o.redemption_id: partial(_mark_succeeded, outcome=o, balance=balances[o.redemption_id])
-        for o in accepted
+    updates: dict[int, dict[str, Any]] = {
+        o.redemption_id: _success_values(o, balances[o.redemption_id]) for o in accepted
     }
     for outcome in outcomes:
         if isinstance(outcome, RedemptionRefused) and not isinstance(
             outcome.error, ce.RedemptionIdUsed
         ):
-            updates[outcome.redemption_id] = partial(_mark_failed, exc=outcome.error)
-    runtime.finish(runtime.store.complete_redemptions(updates))
+            updates[outcome.redemption_id] = _failure_values(outcome.error)
+    runtime.store.complete_redemptions(updates)
+    runtime.finish(updates)
 
 
 def _collected(
@@ -449,11 +469,13 @@ def _collected(
     """The result :func:`record_batch` saved for ``record``'s mined outcome (raising its
     refusal), or None if it saved none. Reads nothing: safe on the event loop."""
     saved = runtime.collect(record.redemption_id)
-    if saved is not None:
-        if saved.status is RedemptionStatus.SUCCEEDED:
-            return _result(saved)
-        if isinstance(outcome, RedemptionRefused) and saved.status is RedemptionStatus.FAILED:
-            raise outcome.error
+    if saved is None:
+        return None
+    _set(record, saved)
+    if record.status is RedemptionStatus.SUCCEEDED:
+        return _result(record)
+    if isinstance(outcome, RedemptionRefused) and record.status is RedemptionStatus.FAILED:
+        raise outcome.error
     return None
 
 

@@ -17,7 +17,7 @@ import enum
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -654,36 +654,33 @@ class ApiStore:
             session.commit()
             return merged
 
-    def complete_redemptions(
-        self, outcomes: Mapping[int, Callable[[RedemptionRecord], None]]
-    ) -> dict[int, RedemptionRecord]:
-        """Apply each ``outcomes[redemption_id]`` to its record and save them all in one
-        transaction (a mined batch); return the saved records by redemption id. Nothing is
-        saved if one of them raises. Core statements: one read, one executemany update."""
-        if not outcomes:
-            return {}
+    def complete_redemptions(self, updates: Mapping[int, Mapping[str, Any]]) -> None:
+        """Write each ``updates[redemption_id]`` (outcome columns and their values) into its
+        record, all in one transaction (a mined batch); ids without a record are skipped.
+        Nothing is written if one of them fails. Core executemany updates, one per shape of
+        update (success, refusal), without reading the records first."""
+        if not updates:
+            return
         table = _REDEMPTIONS
         now = _now()
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for redemption_id, values in updates.items():
+            unknown = set(values) - set(_OUTCOME_COLUMNS)
+            if unknown:
+                raise ValueError(
+                    f"an outcome may set only {sorted(_OUTCOME_COLUMNS)}, not {sorted(unknown)}"
+                )
+            names = tuple(sorted({*values, "updated_at"}))
+            row = {"updated_at": now, **values, "_redemption_id": redemption_id}
+            shapes.setdefault(names, []).append(row)
         with self.db.engine.begin() as conn:
-            rows = conn.execute(
-                core_select(table).where(table.c.redemption_id.in_(list(outcomes)))
-            ).all()
-            records = [RedemptionRecord.model_validate(dict(row._mapping)) for row in rows]
-            for record in records:
-                outcomes[record.redemption_id](record)
-                record.updated_at = now
-            if records:
+            for names, rows in shapes.items():
                 conn.execute(
                     update(table)
                     .where(table.c.redemption_id == bindparam("_redemption_id"))
-                    .values({name: bindparam(name) for name in _OUTCOME_COLUMNS}),
-                    [
-                        {"_redemption_id": record.redemption_id}
-                        | {name: getattr(record, name) for name in _OUTCOME_COLUMNS}
-                        for record in records
-                    ],
+                    .values({name: bindparam(name) for name in names}),
+                    rows,
                 )
-        return {record.redemption_id: record for record in records}
 
     def redemption_by_id(self, redemption_id: int) -> RedemptionRecord | None:
         with self.session() as session:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import StatementError
 
 from api.store import AllocatedRedemption, ApiStore, IdempotencyConflict, RedemptionRecord
 from api.store import RedemptionStatus as Status
@@ -284,21 +285,19 @@ def test_complete_redemptions_saves_many_records_in_one_transaction(store: ApiSt
     records = [_allocate(store, f"c{i}").record for i in range(50)]
     ids = [r.redemption_id for r in records]
 
-    def succeeded(record: RedemptionRecord) -> None:
-        record.status = Status.SUCCEEDED
-        record.tx_hash = "0x" + "ab" * 32
-        record.block_number = 1_000 + record.redemption_id
-        record.debited = record.amount
-        record.credited = record.amount
-        record.balance_after = 2**64 - 1
+    def succeeded(rid: int) -> dict[str, Any]:
+        return {
+            "status": Status.SUCCEEDED,
+            "tx_hash": "0x" + "ab" * 32,
+            "block_number": 1_000 + rid,
+            "debited": 100,
+            "credited": 100,
+            "balance_after": 2**64 - 1,
+        }
 
-    def failed(record: RedemptionRecord) -> None:
-        record.status = Status.FAILED
-        record.problem_code = "over-balance"
-        record.problem_status = 409
-
-    outcomes = {rid: succeeded if rid % 5 else failed for rid in ids}
-    outcomes[10_000] = failed  # no such record: ignored
+    failed = {"status": Status.FAILED, "problem_code": "over-balance", "problem_status": 409}
+    updates = {rid: succeeded(rid) if rid % 5 else failed for rid in ids}
+    updates[10_000] = failed  # no such record: skipped
     commits: list[object] = []
 
     def on_commit(connection: object) -> None:
@@ -306,43 +305,47 @@ def test_complete_redemptions_saves_many_records_in_one_transaction(store: ApiSt
 
     event.listen(store.db.engine, "commit", on_commit)
     try:
-        saved = store.complete_redemptions(outcomes)
+        store.complete_redemptions(updates)
     finally:
         event.remove(store.db.engine, "commit", on_commit)
 
     assert len(commits) == 1
-    assert sorted(saved) == ids
-    assert len({r.updated_at for r in saved.values()}) == 1
-    for rid in ids:
+    stamps = set()
+    for record in records:
+        rid = record.redemption_id
         stored = store.redemption_by_id(rid)
         assert stored is not None
-        assert saved[rid].status is stored.status
+        stamps.add(stored.updated_at)
+        assert (stored.request_hash, stored.amount) == (record.request_hash, record.amount)
         if rid % 5:
             assert stored.status is Status.SUCCEEDED
             assert stored.block_number == 1_000 + rid
             assert stored.debited == stored.amount == 100
             assert stored.balance_after == 2**64 - 1
+            assert stored.problem_code is None
         else:
             assert stored.status is Status.FAILED
             assert stored.problem_status == 409
-    assert store.complete_redemptions({}) == {}
+            assert stored.tx_hash is None
+    assert len(stamps) == 1
+    assert store.redemption_by_id(10_000) is None
+    store.complete_redemptions({})
 
 
 def test_complete_redemptions_is_all_or_nothing(store: ApiStore) -> None:
     ids = [_allocate(store, f"a{i}").record.redemption_id for i in range(5)]
     before = [_stored(store, f"a{i}") for i in range(5)]
 
-    def succeeded(record: RedemptionRecord) -> None:
-        record.status = Status.SUCCEEDED
+    updates: dict[int, dict[str, Any]] = {
+        rid: {"status": Status.SUCCEEDED, "debited": 1} for rid in ids
+    }
+    updates[ids[3]] = {"status": Status.SUCCEEDED, "debited": "not a number"}
+    with pytest.raises(StatementError):
+        store.complete_redemptions(updates)
+    assert [_stored(store, f"a{i}") for i in range(5)] == before
 
-    def broken(record: RedemptionRecord) -> None:
-        raise RuntimeError("cannot apply this outcome")
-
-    outcomes = dict.fromkeys(ids, succeeded)
-    outcomes[ids[3]] = broken
-    with pytest.raises(RuntimeError):
-        store.complete_redemptions(outcomes)
-
+    with pytest.raises(ValueError, match="amount"):  # the request itself is never rewritten
+        store.complete_redemptions({ids[0]: {"amount": 1}})
     assert [_stored(store, f"a{i}") for i in range(5)] == before
 
 
