@@ -18,6 +18,7 @@ Card-serial revocation needs the registry, so callers pass ``is_serial_revoked``
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -68,11 +69,17 @@ class VerifiedPassToken:
     signer: ChecksumAddress
 
 
+@functools.lru_cache(maxsize=8192)
 def recover_signer(signed: SignedPassToken) -> ChecksumAddress:
     """Return the address that signed ``signed``.
 
     Refuses (with :class:`TokenSignatureInvalid`) what the contract would refuse: ``v`` not 27/28,
     ``r`` or ``s`` zero or ``>= n``, high ``s`` (EIP-2 malleability), or no recoverable key.
+
+    Cached (the signer of a given token never changes, and recovery is the costly part of a
+    verification: a pass is scanned, then redeemed, often more than once): what a token
+    *may* do (expiry, allowed signers) is still checked by :func:`verify_pass_token` each time.
+    Refusals are not cached.
     """
     signature = signed.signature
     r = int.from_bytes(signature[0:32], "big")

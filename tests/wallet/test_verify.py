@@ -336,3 +336,23 @@ def test_verifying_arbitrary_decodable_tokens_only_raises_token_errors(
             allowed_signers={"0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"},
             max_lifetime_s=None,
         )
+
+
+def test_recovery_is_cached_but_every_check_still_runs(
+    make_signed, verify, holder_address, now
+) -> None:
+    """A token seen again skips the signature recovery, never the checks on what it may do."""
+    signed = make_signed()
+    recover_signer.cache_clear()
+    for _ in range(3):
+        assert verify(signed).signer == holder_address
+    info = recover_signer.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
+    with pytest.raises(TokenExpired):
+        verify(signed, now=signed.token.expiry + DEFAULT_CLOCK_SKEW_S + 1)
+    with pytest.raises(TokenSignerNotAllowed):
+        verify(signed, allowed_signers={"0x" + "11" * 20})
+    forged = with_signature(signed, pack(1, SECP256K1_N - 1, 27))  # high s: refused, uncached
+    for _ in range(2):
+        with pytest.raises(TokenSignatureInvalid):
+            verify(forged)
