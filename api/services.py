@@ -627,7 +627,7 @@ async def redeem(
             if existing is None:
                 raise
             return await run_in_threadpool(_replay, runtime, existing, request_hash)
-        allocation = runtime.store.submit_allocation(
+        allocation = runtime.store.allocate_redemption(
             merchant_id=merchant_id,
             idempotency_key=idempotency_key,
             request_hash=request_hash,

@@ -517,36 +517,17 @@ class ApiStore:
         token_uri: str,
         scheme_id: int,
         amount: int,
-    ) -> AllocatedRedemption:
-        """Return the record of ``idempotency_key``; create it with the next dense redemption id
-        if the key is new. Raises :class:`IdempotencyConflict` if the key came with another body.
+    ) -> Future[AllocatedRedemption]:
+        """The record of ``idempotency_key``, created with the next dense redemption id if the
+        key is new; the future fails with :class:`IdempotencyConflict` if the key came with
+        another body, and resolves when the record is committed (await it with
+        ``asyncio.wrap_future``, or ``.result()``).
 
         Group commit: concurrent calls are written together, in one transaction per group by one
         writer thread, so a busy counter costs one database write per group, not per request.
         The sequence row is locked (``FOR UPDATE`` on PostgreSQL; SQLite serialises writers), so
-        several API processes never hand out the same id. Returns when the record is committed.
+        several API processes never hand out the same id.
         """
-        return self.submit_allocation(
-            merchant_id=merchant_id,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-            token_uri=token_uri,
-            scheme_id=scheme_id,
-            amount=amount,
-        ).result()
-
-    def submit_allocation(
-        self,
-        *,
-        merchant_id: int,
-        idempotency_key: str,
-        request_hash: str,
-        token_uri: str,
-        scheme_id: int,
-        amount: int,
-    ) -> Future[AllocatedRedemption]:
-        """:meth:`allocate_redemption` without waiting: the future resolves when the record is
-        committed (or fails with :class:`IdempotencyConflict`)."""
         request = _Allocation(
             merchant_id=merchant_id,
             idempotency_key=idempotency_key,

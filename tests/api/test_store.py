@@ -62,7 +62,7 @@ def test_open_migrates_both_branches(database_url: str) -> None:
             token_uri="t",
             scheme_id=1,
             amount=2**64 - 1,
-        )
+        ).result()
         assert allocated.record.redemption_id == 1
         stored = store.redemption(1, "k")
         assert isinstance(stored, RedemptionRecord)

@@ -43,7 +43,7 @@ def _allocate(
         token_uri=f"web+stadjerspas:{body or key}",
         scheme_id=1,
         amount=amount,
-    )
+    ).result()
 
 
 def _fields(record: RedemptionRecord) -> dict[str, Any]:
