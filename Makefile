@@ -155,7 +155,10 @@ brownie: $(STAMPS)/brownie solc-link
 
 bench: setup
 	$(PY) -m bench.gas
-	$(PY) -m bench.throughput
+	$(PY) -m bench.indexer
+	$(PY) -m bench.reports
+	$(PY) -m bench.rpc
+	$(PY) -m bench.api
 
 clean:
 	rm -rf build/ reports/ var/build/ api/static/build/ .mypy_cache .ruff_cache .pytest_cache .hypothesis
