@@ -13,11 +13,13 @@ redemption records (their signed tokens name the pass); ``source`` says which.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Literal, TypedDict
+from typing import Literal, TypedDict, TypeVar
 
 from pydantic import BaseModel, Field
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from api.admin_schemas import MerchantLocationOut
 from api.problems import ApiProblem
@@ -208,18 +210,10 @@ def balances_with_validity(runtime: Runtime, pass_number: str) -> HolderBalances
     now = int(time.time())
     out = [
         HolderBalance(
-            scheme_id=b.scheme_id,
-            name=b.name,
-            kind=b.kind,
-            unit=b.unit,
-            balance=b.balance,
-            unlimited=b.unlimited,
-            unclaimed=b.unclaimed,
-            valid_from=b.terms.valid_from,
-            valid_until=b.terms.valid_until,
+            **b.fields(),
+            **b.validity(now),
             valid_from_date=_day(b.terms.valid_from),
             expires_on=_day(b.terms.valid_until),
-            valid_now=b.valid_at(now),
         )
         for b in scheme_balances(
             runtime, pid, balances=snapshot.balances, schemes=runtime.state.schemes()
@@ -261,6 +255,55 @@ def _scheme_kinds(runtime: Runtime) -> dict[int, SchemeKind]:
 _Order = tuple[float, int, int]
 
 
+_Row = TypeVar("_Row", IndexedRedemption, IndexedReversal)
+
+
+def _newest(session: Session, table: type[_Row], key: str, wanted: int) -> Sequence[_Row]:
+    """The ``wanted`` newest rows of ``table`` for the pass id ``key``."""
+    return session.exec(
+        select(table)
+        .where(table.pass_id == key)
+        .order_by(col(table.block_number).desc(), col(table.log_index).desc())
+        .limit(wanted)
+    ).all()
+
+
+@dataclass(frozen=True, slots=True)
+class _IndexedHistory:
+    """Turns indexed redemptions and reversals into history items."""
+
+    labels: Mapping[int, str]
+    kinds: dict[int, SchemeKind]
+    by_address: Mapping[str, tuple[int | None, str]]
+
+    def item(
+        self,
+        row: IndexedRedemption | IndexedReversal,
+        *,
+        kind: Literal["redemption", "reversal"],
+        amount: int,
+    ) -> tuple[_Order, HistoryItem]:
+        merchant_id, merchant_name = self.by_address.get(row.merchant.lower(), (None, None))
+        discount = int(row.discount) if isinstance(row, IndexedRedemption) else 0
+        return (
+            (row.block_time, row.block_number, row.log_index),
+            HistoryItem(
+                kind=kind,
+                redemption_id=row.redemption_id,
+                scheme_id=row.scheme_id,
+                scheme_name=self.labels.get(row.scheme_id, f"Scheme {row.scheme_id}"),
+                merchant_name=merchant_name,
+                amount=amount,
+                discount=discount,
+                at=row.block_time,
+                tx_hash=row.transaction_hash,
+                **_kind_fields(self.kinds, row.scheme_id),
+                merchant_id=merchant_id,
+                block_number=row.block_number,
+            ),
+        )
+
+
 def history(runtime: Runtime, pass_number: str, *, limit: int = 50, offset: int = 0) -> HistoryOut:
     """The pass's redemptions and reversals, newest first: ``limit`` items after skipping the
     ``offset`` newest (``next_offset`` is set when older items follow)."""
@@ -275,66 +318,11 @@ def history(runtime: Runtime, pass_number: str, *, limit: int = 50, offset: int 
     if _index_is_live(runtime):
         key = "0x" + pid.hex()
         with runtime.store.session() as session:
-            redemptions = session.exec(
-                select(IndexedRedemption)
-                .where(IndexedRedemption.pass_id == key)
-                .order_by(
-                    col(IndexedRedemption.block_number).desc(),
-                    col(IndexedRedemption.log_index).desc(),
-                )
-                .limit(wanted)
-            ).all()
-            reversals = session.exec(
-                select(IndexedReversal)
-                .where(IndexedReversal.pass_id == key)
-                .order_by(
-                    col(IndexedReversal.block_number).desc(),
-                    col(IndexedReversal.log_index).desc(),
-                )
-                .limit(wanted)
-            ).all()
-            for r in redemptions:
-                merchant_id, merchant_name = by_address.get(r.merchant.lower(), (None, None))
-                items.append(
-                    (
-                        (r.block_time, r.block_number, r.log_index),
-                        HistoryItem(
-                            kind="redemption",
-                            redemption_id=r.redemption_id,
-                            scheme_id=r.scheme_id,
-                            scheme_name=labels.get(r.scheme_id, f"Scheme {r.scheme_id}"),
-                            merchant_name=merchant_name,
-                            amount=int(r.debited),
-                            discount=int(r.discount),
-                            at=r.block_time,
-                            tx_hash=r.transaction_hash,
-                            **_kind_fields(kinds, r.scheme_id),
-                            merchant_id=merchant_id,
-                            block_number=r.block_number,
-                        ),
-                    )
-                )
-            for v in reversals:
-                merchant_id, merchant_name = by_address.get(v.merchant.lower(), (None, None))
-                items.append(
-                    (
-                        (v.block_time, v.block_number, v.log_index),
-                        HistoryItem(
-                            kind="reversal",
-                            redemption_id=v.redemption_id,
-                            scheme_id=v.scheme_id,
-                            scheme_name=labels.get(v.scheme_id, f"Scheme {v.scheme_id}"),
-                            merchant_name=merchant_name,
-                            amount=-int(v.debited),
-                            discount=0,
-                            at=v.block_time,
-                            tx_hash=v.transaction_hash,
-                            **_kind_fields(kinds, v.scheme_id),
-                            merchant_id=merchant_id,
-                            block_number=v.block_number,
-                        ),
-                    )
-                )
+            redemptions = _newest(session, IndexedRedemption, key, wanted)
+            reversals = _newest(session, IndexedReversal, key, wanted)
+        indexed = _IndexedHistory(labels=labels, kinds=kinds, by_address=by_address)
+        items += [indexed.item(r, kind="redemption", amount=int(r.debited)) for r in redemptions]
+        items += [indexed.item(v, kind="reversal", amount=-int(v.debited)) for v in reversals]
         source: Literal["index", "api_records"] = "index"
     else:
         items = _history_from_records(runtime, pid, labels, by_id, kinds)

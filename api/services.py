@@ -235,6 +235,26 @@ class SchemeBalance:
     def valid_at(self, now: int) -> bool:
         return self.terms.valid_from <= now <= self.terms.valid_until
 
+    def fields(self) -> dict[str, Any]:
+        """The fields every balance view shows (``Balance``, the holder's and the counter's)."""
+        return {
+            "scheme_id": self.scheme_id,
+            "name": self.name,
+            "kind": self.kind,
+            "unit": self.unit,
+            "balance": self.balance,
+            "unlimited": self.unlimited,
+            "unclaimed": self.unclaimed,
+        }
+
+    def validity(self, now: int) -> dict[str, Any]:
+        """When the scheme may be used, and whether it may be now (unix seconds)."""
+        return {
+            "valid_from": self.terms.valid_from,
+            "valid_until": self.terms.valid_until,
+            "valid_now": self.valid_at(now),
+        }
+
 
 def scheme_balances(
     runtime: Runtime,
@@ -264,18 +284,7 @@ def balances(runtime: Runtime, pass_number: str) -> BalancesOut:
     held = scheme_balances(
         runtime, pid, balances=snapshot.balances, schemes=runtime.state.schemes()
     )
-    out = [
-        Balance(
-            scheme_id=b.scheme_id,
-            name=b.name,
-            kind=b.kind,
-            unit=b.unit,
-            balance=b.balance,
-            unlimited=b.unlimited,
-            unclaimed=b.unclaimed,
-        )
-        for b in held
-    ]
+    out = [Balance(**b.fields()) for b in held]
     return BalancesOut(
         pass_number=holder.pass_number,
         first_name=holder.first_name,
@@ -841,16 +850,8 @@ def scan(runtime: Runtime, *, merchant_id: int, token: str, cached_only: bool = 
         allowed = _allowed_schemes(runtime, merchant_id, cached_only=cached_only)
         redeemable = [
             Redeemable(
-                scheme_id=b.scheme_id,
-                name=b.name,
-                kind=b.kind,
-                unit=b.unit,
-                balance=b.balance,
-                unlimited=b.unlimited,
-                unclaimed=b.unclaimed,
-                valid_from=b.terms.valid_from,
-                valid_until=b.terms.valid_until,
-                valid_now=b.valid_at(now),
+                **b.fields(),
+                **b.validity(now),
                 per_redemption_cap=b.terms.per_redemption_cap or None,
                 discount_bps=b.terms.discount_bps,
             )

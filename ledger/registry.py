@@ -1282,11 +1282,7 @@ class Registry:
 
     def _set_status(self, pass_number: str, status: PassStatus) -> PassRecord:
         with self._unit() as session:
-            record = session.exec(
-                select(PassRecord).where(PassRecord.pass_number == pass_number.strip().upper())
-            ).first()
-            if record is None:
-                raise UnknownPass(f"no pass has number {pass_number!r}")
+            record = self.pass_by_number(pass_number)  # in this unit's session
             record.status = status
             session.add(record)
             session.flush()
@@ -1303,11 +1299,7 @@ class Registry:
     def set_holder_key(self, pass_number: str, holder_key: str | None) -> PassRecord:
         key = _address(holder_key) if holder_key is not None else None
         with self._unit() as session:
-            record = session.exec(
-                select(PassRecord).where(PassRecord.pass_number == pass_number.strip().upper())
-            ).first()
-            if record is None:
-                raise UnknownPass(f"no pass has number {pass_number!r}")
+            record = self.pass_by_number(pass_number)  # in this unit's session
             record.holder_key = key
             session.add(record)
             session.flush()
@@ -1317,11 +1309,7 @@ class Registry:
         """A new printed card with a fresh random non-zero serial; the pass's previous active
         card is revoked (set the new serial on chain to revoke it there too)."""
         with self._unit() as session:
-            record = session.exec(
-                select(PassRecord).where(PassRecord.pass_number == pass_number.strip().upper())
-            ).first()
-            if record is None:
-                raise UnknownPass(f"no pass has number {pass_number!r}")
+            record = self.pass_by_number(pass_number)  # in this unit's session
             if record.status is PassStatus.BLOCKED:
                 raise PassBlocked(
                     f"pass {record.pass_number} is blocked; unblock it before printing a card"
