@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
+from web3.types import RPCEndpoint
 
-from ledger.client import LedgerClient, RedemptionRequest, SchemeKind, SchemeTerms
+from ledger.client import UNLIMITED, LedgerClient, RedemptionRequest, SchemeKind, SchemeTerms
 from ledger.compiler import Artifacts, compile_contracts
 from ledger.deploy import Deployment, RoleGrant, deploy_ledger
+from ledger.merkle import CohortLeaf, MerkleTree, cohort_leaf_hash
 from ledger.passid import new_pass_secret, pass_id
 from wallet.eip712 import PassToken, sign_pass_token
 
@@ -141,3 +143,75 @@ def deployed(w3: Web3, artifacts: Artifacts, dev_accounts: list[LocalAccount]) -
 def ledger(deployed: LedgerEnv, chain_snapshot: str) -> LedgerEnv:
     """The session's ledger; every change the test makes is reverted afterwards."""
     return deployed
+
+
+@dataclass
+class EveryEvent:
+    """The schemes and passes of :func:`every_event`."""
+
+    budget: int
+    uses: int
+    discount: int
+    short: int
+    passes: list[bytes]
+
+
+def every_event(ledger: LedgerEnv, *, reference: bytes) -> EveryEvent:
+    """Every event kind the contract emits, on the session's ledger (reverted after the test);
+    the settlement carries ``reference``. The indexer and the audit tests tell the same story."""
+    c, issuer, merchant = ledger.client, ledger.issuer, ledger.merchant
+    budget = ledger.new_scheme(SchemeKind.BUDGET)
+    uses = ledger.new_scheme(SchemeKind.USES)
+    discount = ledger.new_scheme(SchemeKind.DISCOUNT, budget_cap=50_000)
+    short = ledger.new_scheme(SchemeKind.BUDGET, valid_until=ledger.now() + 60)
+    p1 = ledger.new_pass(holder_key=ledger.holder.address, card_serial=3)
+    p2, p3, p4 = ledger.new_pass(), ledger.new_pass(), ledger.new_pass()
+    c.transact(issuer, "setHolderKey", p4, ledger.outsider.address)
+    c.transact(issuer, "replaceCard", p4, 7)
+    c.transact(issuer, "blockPass", p3)
+    c.transact(issuer, "unblockPass", p3)
+
+    c.transact(issuer, "issue", budget, p1, 5_000)
+    c.transact(issuer, "issueBatch", budget, [p2, p3], [3_000, 2_000])
+    c.transact(issuer, "issueBatch", uses, [p1, p2], [10, 5])
+    c.transact(issuer, "issue", discount, p1, UNLIMITED)
+    c.transact(issuer, "issueBatch", discount, [p2, p3], [3, UNLIMITED])
+    c.transact(issuer, "issueBatch", short, [p1, p2], [700, 400])
+
+    leaves = [CohortLeaf(0, p3, 1_500), CohortLeaf(1, p4, 2_500)]
+    tree = MerkleTree([cohort_leaf_hash(leaf) for leaf in leaves])
+    c.transact(issuer, "issueCohort", budget, tree.root, 2, 4_000)
+
+    def claim(i: int) -> tuple[bytes, int, bytes, int, list[bytes]]:
+        return (tree.root, leaves[i].index, leaves[i].pass_id, leaves[i].amount, tree.proof(i))
+
+    c.transact(ledger.outsider, "claim", claim(1))
+    first = ledger.redemption(p3, scheme_id=budget, amount=1_000, redemption_id=10)
+    c.transact(merchant, "claimAndRedeem", claim(0), first.as_tuple())
+    c.transact(
+        merchant,
+        "redeem",
+        ledger.redemption(p1, scheme_id=budget, amount=1_250, redemption_id=1).as_tuple(),
+    )
+    batch = [
+        ledger.redemption(p2, scheme_id=budget, amount=500, redemption_id=2),
+        ledger.redemption(p2, scheme_id=uses, amount=2, redemption_id=3),
+        ledger.redemption(p3, scheme_id=budget, amount=99_999, redemption_id=4),  # rejected
+        ledger.redemption(p1, scheme_id=discount, amount=2_000, redemption_id=5),
+        ledger.redemption(p2, scheme_id=discount, amount=800, redemption_id=6),
+        ledger.redemption(p2, scheme_id=short, amount=100, redemption_id=7),
+    ]
+    result = c.transact(merchant, "redeemBatch", [r.as_tuple() for r in batch])
+    assert len(result.named("RedemptionRejected")) == 1
+    receipt, root, proof = c.reversal_proof(result.events, 2)
+    c.transact(merchant, "reverse", receipt.as_tuple(), root, proof)
+    c.transact(
+        ledger.other_merchant,
+        "redeem",
+        ledger.redemption(p4, scheme_id=budget, amount=300, redemption_id=8).as_tuple(),
+    )
+    c.transact(ledger.settler, "settle", merchant.address, 1_000, reference)
+    for method, params in (("evm_increaseTime", [120]), ("evm_mine", [])):
+        assert "error" not in ledger.w3.provider.make_request(RPCEndpoint(method), params)
+    c.transact(issuer, "expire", short, [p1, p2, p3])
+    return EveryEvent(budget, uses, discount, short, [p1, p2, p3, p4])
