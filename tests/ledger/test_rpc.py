@@ -25,6 +25,15 @@ def rpc(anvil_node: AnvilNode) -> Iterator[RpcClient]:
         yield client
 
 
+def _send_json(handler: BaseHTTPRequestHandler, status: int, data: bytes) -> None:
+    """Answer a test server's request with ``data`` as JSON."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -74,11 +83,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(200, data)
 
     def _reply(self, status: int, data: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        _send_json(self, status, data)
 
 
 @pytest.fixture
@@ -309,11 +314,7 @@ class _JsonHandler(BaseHTTPRequestHandler):
             n = self.server.requests
             self.server.paths.append(self.path)
         status, data = self.server.answer(self.server, n, json.loads(body))
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        _send_json(self, status, data)
 
 
 @pytest.fixture
