@@ -707,6 +707,7 @@ def expected_index_rows(
                 "scheme_id": int(a["schemeId"]),
                 "pass_id": _hex(a["passId"]),
                 "amount": 0 if amount == UNLIMITED else amount,  # nothing countable written off
+                "unlimited": amount == UNLIMITED,
             }
         elif name == "Redeemed":
             located = receipt.get((event.block_hash, event.log_index))

@@ -335,8 +335,8 @@ class ChunkDecoder:
         topics = entry["topics"]
         base["scheme_id"] = int(topics[1], 16)
         base["pass_id"] = topics[2].lower()
-        # an unlimited discount entitlement has no countable value to write off
-        base["amount"] = _amount(int(_words(entry["data"])[0], 16))[0]
+        # an unlimited discount entitlement has no countable value to write off: a flag
+        base["amount"], base["unlimited"] = _amount(int(_words(entry["data"])[0], 16))
         out.add(IndexedExpiry, base)
 
     # ------------------------------------------------------------------ redemption

@@ -177,7 +177,8 @@ class IndexedExpiry(_EventRow, table=True):
 
     scheme_id: int = _big(index=True)
     pass_id: str = Field(max_length=66, index=True)
-    amount: int = _big()
+    amount: int = _big()  # 0 for an unlimited entitlement: nothing countable was written off
+    unlimited: bool = False
 
 
 class IndexedRedemption(_EventRow, table=True):

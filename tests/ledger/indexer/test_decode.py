@@ -223,6 +223,13 @@ def test_cohorts_claims_and_expiry(abi: list[dict[str, Any]], decoder: ChunkDeco
         IndexedExpiry,
     )
     assert (expired["scheme_id"], expired["pass_id"], expired["amount"]) == (3, PID_HEX, 12)
+    assert expired["unlimited"] is False
+    unlimited = one(
+        decoder,
+        make_log(abi, "EntitlementExpired", schemeId=3, passId=PID, amount=UNLIMITED),
+        IndexedExpiry,
+    )
+    assert (unlimited["amount"], unlimited["unlimited"]) == (0, True)
 
 
 def test_redeemed_gets_root_and_position(abi: list[dict[str, Any]], decoder: ChunkDecoder) -> None:
