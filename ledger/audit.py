@@ -48,12 +48,14 @@ from ledger.events import DecodedEvent
 from ledger.rpc import RpcClient, RpcError
 from ledger.store.index import (
     EVENT_TABLES,
+    GOVERNANCE_KINDS,
     IndexCheckpoint,
     IndexedCardChange,
     IndexedCohort,
     IndexedCohortClaim,
     IndexedEntitlement,
     IndexedExpiry,
+    IndexedGovernance,
     IndexedPass,
     IndexedPassBlock,
     IndexedRedemption,
@@ -580,6 +582,7 @@ _TABLE_OF: Final[dict[str, type[SQLModel]]] = {
     "RedemptionRejected": IndexedRejection,
     "Reversed": IndexedReversal,
     "Settled": IndexedSettlement,
+    **dict.fromkeys(GOVERNANCE_KINDS, IndexedGovernance),
 }
 
 
@@ -745,7 +748,45 @@ def expected_index_rows(
                 "payment_reference": _hex(a["paymentReference"]),
                 "amount": int(a["amount"]),
             }
+        else:
+            rows[key] = base | _governance_row(name, a)
     return tables
+
+
+def _governance_row(name: str, a: Mapping[str, Any]) -> Row:
+    """The ``index_governance`` columns of a role, pause, allowance, window or domain event."""
+    row: Row = dict.fromkeys(
+        (
+            "role",
+            "previous_admin_role",
+            "new_admin_role",
+            "account",
+            "sender",
+            "scheme_id",
+            "allowed",
+            "window_s",
+        )
+    )
+    row["kind"] = GOVERNANCE_KINDS[name]
+    if name in ("RoleGranted", "RoleRevoked"):
+        row |= {"role": _hex(a["role"]), "account": a["account"], "sender": a["sender"]}
+    elif name == "RoleAdminChanged":
+        row |= {
+            "role": _hex(a["role"]),
+            "previous_admin_role": _hex(a["previousAdminRole"]),
+            "new_admin_role": _hex(a["newAdminRole"]),
+        }
+    elif name in ("Paused", "Unpaused"):
+        row["account"] = a["account"]
+    elif name == "MerchantAllowanceChanged":
+        row |= {
+            "scheme_id": int(a["schemeId"]),
+            "account": a["merchant"],
+            "allowed": bool(a["allowed"]),
+        }
+    elif name == "ReversalWindowChanged":
+        row["window_s"] = int(a["window"])
+    return row
 
 
 def _entitlement(

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 from eth_abi import decode as abi_decode
@@ -39,11 +39,13 @@ from ledger.abi import abi_type
 from ledger.indexer.errors import IndexerError
 from ledger.indexer.fetch import Header
 from ledger.store.index import (
+    GOVERNANCE_KINDS,
     IndexedCardChange,
     IndexedCohort,
     IndexedCohortClaim,
     IndexedEntitlement,
     IndexedExpiry,
+    IndexedGovernance,
     IndexedPass,
     IndexedPassBlock,
     IndexedRedemption,
@@ -53,16 +55,34 @@ from ledger.store.index import (
     IndexedSettlement,
 )
 
-__all__ = ["EVENT_SIGNATURES", "UNLIMITED", "ChunkDecoder", "DecodedChunk", "Row"]
+__all__ = [
+    "EVENT_SIGNATURES",
+    "GOVERNANCE_KINDS",
+    "UNLIMITED",
+    "ChunkDecoder",
+    "DecodedChunk",
+    "Row",
+]
 
 UNLIMITED = 2**64 - 1
 _ZERO_ADDRESS = "0x" + "0" * 40
 _SCHEME_KINDS = ("budget", "uses", "discount")
 
 Row = dict[str, Any]
+#: The columns of ``index_governance`` an event may leave empty.
+_GOVERNANCE_VALUES = (
+    "role",
+    "previous_admin_role",
+    "new_admin_role",
+    "account",
+    "sender",
+    "scheme_id",
+    "allowed",
+    "window_s",
+)
 
-#: The events the index mirrors, with the exact signatures decoded here. Other events of the
-#: contract (roles, pause, merchant allowances, the reversal window) are not part of the index.
+#: The events the index mirrors (every event of the contract), with the exact signatures
+#: decoded here.
 EVENT_SIGNATURES: dict[str, str] = {
     "PassRegistered": "PassRegistered(bytes32,address,uint64)",
     "HolderKeyChanged": "HolderKeyChanged(bytes32,address)",
@@ -81,6 +101,14 @@ EVENT_SIGNATURES: dict[str, str] = {
     "ReceiptsRecorded": "ReceiptsRecorded(bytes32,uint256)",
     "Reversed": "Reversed(uint256,bytes32,uint256,address,uint64,uint64)",
     "Settled": "Settled(address,bytes32,uint128)",
+    "RoleGranted": "RoleGranted(bytes32,address,address)",
+    "RoleRevoked": "RoleRevoked(bytes32,address,address)",
+    "RoleAdminChanged": "RoleAdminChanged(bytes32,bytes32,bytes32)",
+    "Paused": "Paused(address)",
+    "Unpaused": "Unpaused(address)",
+    "MerchantAllowanceChanged": "MerchantAllowanceChanged(uint256,address,bool)",
+    "ReversalWindowChanged": "ReversalWindowChanged(uint64)",
+    "EIP712DomainChanged": "EIP712DomainChanged()",
 }
 
 
@@ -132,7 +160,7 @@ class ChunkDecoder:
                 signature = f"{item['name']}({','.join(abi_type(p) for p in item['inputs'])})"
                 by_name[str(item["name"])] = signature
         self._handlers: dict[str, Callable[[DecodedChunk, Mapping[str, Any], Row], None]] = {}
-        handlers = {
+        handlers: dict[str, Callable[[DecodedChunk, Mapping[str, Any], Row], None]] = {
             "PassRegistered": self._pass_registered,
             "HolderKeyChanged": self._holder_key_changed,
             "CardReplaced": self._card_replaced,
@@ -148,6 +176,14 @@ class ChunkDecoder:
             "ReceiptsRecorded": self._receipts_recorded,
             "Reversed": self._reversed,
             "Settled": self._settled,
+            "RoleGranted": partial(self._role_changed, GOVERNANCE_KINDS["RoleGranted"]),
+            "RoleRevoked": partial(self._role_changed, GOVERNANCE_KINDS["RoleRevoked"]),
+            "RoleAdminChanged": self._role_admin_changed,
+            "Paused": partial(self._pause_changed, GOVERNANCE_KINDS["Paused"]),
+            "Unpaused": partial(self._pause_changed, GOVERNANCE_KINDS["Unpaused"]),
+            "MerchantAllowanceChanged": self._allowance_changed,
+            "ReversalWindowChanged": self._window_changed,
+            "EIP712DomainChanged": self._domain_changed,
         }
         for name, signature in EVENT_SIGNATURES.items():
             if by_name.get(name) != signature:
@@ -393,3 +429,58 @@ class ChunkDecoder:
         base["payment_reference"] = topics[2].lower()
         base["amount"] = int(_words(entry["data"])[0], 16)
         out.add(IndexedSettlement, base)
+
+    # ------------------------------------------------------------------ governance
+
+    @staticmethod
+    def _governance(out: DecodedChunk, base: Row, kind: str, **values: Any) -> None:
+        row = base | dict.fromkeys(_GOVERNANCE_VALUES) | values
+        row["kind"] = kind
+        out.add(IndexedGovernance, row)
+
+    def _role_changed(
+        self, kind: str, out: DecodedChunk, entry: Mapping[str, Any], base: Row
+    ) -> None:
+        topics = entry["topics"]
+        self._governance(
+            out,
+            base,
+            kind,
+            role=topics[1].lower(),
+            account=_address(topics[2][2:]),
+            sender=_address(topics[3][2:]),
+        )
+
+    def _role_admin_changed(self, out: DecodedChunk, entry: Mapping[str, Any], base: Row) -> None:
+        topics = entry["topics"]
+        self._governance(
+            out,
+            base,
+            GOVERNANCE_KINDS["RoleAdminChanged"],
+            role=topics[1].lower(),
+            previous_admin_role=topics[2].lower(),
+            new_admin_role=topics[3].lower(),
+        )
+
+    def _pause_changed(
+        self, kind: str, out: DecodedChunk, entry: Mapping[str, Any], base: Row
+    ) -> None:
+        self._governance(out, base, kind, account=_address(_words(entry["data"])[0]))
+
+    def _allowance_changed(self, out: DecodedChunk, entry: Mapping[str, Any], base: Row) -> None:
+        topics = entry["topics"]
+        self._governance(
+            out,
+            base,
+            GOVERNANCE_KINDS["MerchantAllowanceChanged"],
+            scheme_id=int(topics[1], 16),
+            account=_address(topics[2][2:]),
+            allowed=int(_words(entry["data"])[0], 16) != 0,
+        )
+
+    def _window_changed(self, out: DecodedChunk, entry: Mapping[str, Any], base: Row) -> None:
+        window = int(_words(entry["data"])[0], 16)
+        self._governance(out, base, GOVERNANCE_KINDS["ReversalWindowChanged"], window_s=window)
+
+    def _domain_changed(self, out: DecodedChunk, entry: Mapping[str, Any], base: Row) -> None:
+        self._governance(out, base, GOVERNANCE_KINDS["EIP712DomainChanged"])

@@ -16,6 +16,7 @@ from sqlmodel import Field, SQLModel
 
 __all__ = [
     "EVENT_TABLES",
+    "GOVERNANCE_KINDS",
     "IndexBlock",
     "IndexCheckpoint",
     "IndexedCardChange",
@@ -23,6 +24,7 @@ __all__ = [
     "IndexedCohortClaim",
     "IndexedEntitlement",
     "IndexedExpiry",
+    "IndexedGovernance",
     "IndexedPass",
     "IndexedPassBlock",
     "IndexedRedemption",
@@ -231,6 +233,39 @@ class IndexedSettlement(_EventRow, table=True):
     amount: int = _uint()
 
 
+#: ``index_governance.kind`` of each governance event.
+GOVERNANCE_KINDS: dict[str, str] = {
+    "RoleGranted": "role_granted",
+    "RoleRevoked": "role_revoked",
+    "RoleAdminChanged": "role_admin_changed",
+    "Paused": "paused",
+    "Unpaused": "unpaused",
+    "MerchantAllowanceChanged": "merchant_allowance_changed",
+    "ReversalWindowChanged": "reversal_window_changed",
+    "EIP712DomainChanged": "eip712_domain_changed",
+}
+
+
+class IndexedGovernance(_EventRow, table=True):
+    """Who may do what, and the contract's settings: role grants and revocations, role admin
+    changes, pause and unpause, merchant allowances per scheme, the reversal window, and EIP-712
+    domain changes. ``kind`` names the event; the other columns are set where the event has them.
+    """
+
+    __tablename__ = "index_governance"
+    __table_args__ = _natural_key("index_governance")
+
+    kind: str = Field(max_length=32, index=True)
+    role: str | None = Field(default=None, max_length=66)  # bytes32 role id
+    previous_admin_role: str | None = Field(default=None, max_length=66)
+    new_admin_role: str | None = Field(default=None, max_length=66)
+    account: str | None = Field(default=None, max_length=42, index=True)  # or the merchant
+    sender: str | None = Field(default=None, max_length=42)
+    scheme_id: int | None = Field(default=None, sa_type=BigInteger)
+    allowed: bool | None = None  # merchant allowance
+    window_s: int | None = Field(default=None, sa_type=BigInteger)  # reversal window
+
+
 EVENT_TABLES: tuple[type[_EventRow], ...] = (
     IndexedPass,
     IndexedPassBlock,
@@ -244,4 +279,5 @@ EVENT_TABLES: tuple[type[_EventRow], ...] = (
     IndexedRejection,
     IndexedReversal,
     IndexedSettlement,
+    IndexedGovernance,
 )

@@ -11,7 +11,7 @@ from eth_utils import keccak, to_checksum_address
 from ledger.abi import abi_type
 from ledger.compiler import Artifacts
 from ledger.events import EventDecoder
-from ledger.indexer.decode import EVENT_SIGNATURES, UNLIMITED, ChunkDecoder
+from ledger.indexer.decode import EVENT_SIGNATURES, GOVERNANCE_KINDS, UNLIMITED, ChunkDecoder
 from ledger.indexer.errors import IndexerError
 from ledger.indexer.fetch import Header
 from ledger.store.index import (
@@ -20,6 +20,7 @@ from ledger.store.index import (
     IndexedCohortClaim,
     IndexedEntitlement,
     IndexedExpiry,
+    IndexedGovernance,
     IndexedPass,
     IndexedPassBlock,
     IndexedRedemption,
@@ -93,8 +94,87 @@ def where(row: dict[str, Any], log_index: int = 0) -> None:
     assert row["log_index"] == log_index
 
 
-def test_every_mirrored_event_has_a_topic(decoder: ChunkDecoder) -> None:
-    assert len(decoder.topics) == len(EVENT_SIGNATURES) == 15
+def test_every_event_of_the_contract_is_mirrored(
+    abi: list[dict[str, Any]], decoder: ChunkDecoder
+) -> None:
+    events = {e["name"] for e in abi if e.get("type") == "event"}
+    assert set(EVENT_SIGNATURES) == events
+    assert len(decoder.topics) == len(EVENT_SIGNATURES) == 23
+
+
+ROLE = "0x" + "ab" * 32
+ADMIN_ROLE = "0x" + "00" * 32
+SENDER = to_checksum_address("0x" + "34" * 20)
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "expected"),
+    [
+        (
+            "RoleGranted",
+            {"role": bytes.fromhex(ROLE[2:]), "account": MERCHANT, "sender": SENDER},
+            {"kind": "role_granted", "role": ROLE, "account": MERCHANT, "sender": SENDER},
+        ),
+        (
+            "RoleRevoked",
+            {"role": bytes.fromhex(ROLE[2:]), "account": MERCHANT, "sender": SENDER},
+            {"kind": "role_revoked", "role": ROLE, "account": MERCHANT, "sender": SENDER},
+        ),
+        (
+            "RoleAdminChanged",
+            {
+                "role": bytes.fromhex(ROLE[2:]),
+                "previousAdminRole": bytes(32),
+                "newAdminRole": bytes.fromhex(ROLE[2:]),
+            },
+            {
+                "kind": "role_admin_changed",
+                "role": ROLE,
+                "previous_admin_role": ADMIN_ROLE,
+                "new_admin_role": ROLE,
+            },
+        ),
+        ("Paused", {"account": SENDER}, {"kind": "paused", "account": SENDER}),
+        ("Unpaused", {"account": SENDER}, {"kind": "unpaused", "account": SENDER}),
+        (
+            "MerchantAllowanceChanged",
+            {"schemeId": 4, "merchant": MERCHANT, "allowed": True},
+            {
+                "kind": "merchant_allowance_changed",
+                "scheme_id": 4,
+                "account": MERCHANT,
+                "allowed": True,
+            },
+        ),
+        (
+            "ReversalWindowChanged",
+            {"window": 86_400},
+            {"kind": "reversal_window_changed", "window_s": 86_400},
+        ),
+        ("EIP712DomainChanged", {}, {"kind": "eip712_domain_changed"}),
+    ],
+)
+def test_governance_events(
+    abi: list[dict[str, Any]],
+    decoder: ChunkDecoder,
+    name: str,
+    args: dict[str, Any],
+    expected: dict[str, Any],
+) -> None:
+    row = one(decoder, make_log(abi, name, **args), IndexedGovernance)
+    where(row)
+    empty = {
+        "role": None,
+        "previous_admin_role": None,
+        "new_admin_role": None,
+        "account": None,
+        "sender": None,
+        "scheme_id": None,
+        "allowed": None,
+        "window_s": None,
+    }
+    assert {k: row[k] for k in (*empty, "kind")} == empty | expected
+    assert GOVERNANCE_KINDS[name] == expected["kind"]
 
 
 def test_an_abi_with_another_signature_is_refused(abi: list[dict[str, Any]]) -> None:
@@ -333,11 +413,19 @@ def test_reversed_and_settled(abi: list[dict[str, Any]], decoder: ChunkDecoder) 
     )
 
 
-def test_foreign_and_unmirrored_logs_are_skipped(
-    abi: list[dict[str, Any]], decoder: ChunkDecoder
-) -> None:
-    window = make_log(abi, "ReversalWindowChanged", window=60)
-    decoded = decoder.decode([window], HEADERS)
+def test_logs_of_unknown_events_are_skipped(decoder: ChunkDecoder) -> None:
+    foreign = {
+        "address": CONTRACT.lower(),
+        "topics": ["0x" + keccak(text="Transfer(address,address,uint256)").hex()],
+        "data": "0x" + "00" * 32,
+        "blockNumber": "0x7",
+        "blockHash": BLOCK_HASH,
+        "transactionHash": TX,
+        "transactionIndex": "0x0",
+        "logIndex": "0x0",
+        "removed": False,
+    }
+    decoded = decoder.decode([foreign], HEADERS)
     assert decoded.rows == {}
     assert decoded.event_blocks == set()
 
