@@ -20,10 +20,12 @@ from ledger.reports import (
     Period,
     PeriodError,
     district_report,
+    governance_log,
     merchant_report,
     scheme_report,
 )
 from ledger.reports.writers import as_dict, to_csv
+from ledger.store.index import GOVERNANCE_KINDS
 
 router = APIRouter(
     prefix="/admin/reports",
@@ -107,3 +109,25 @@ def districts(
 ) -> Response:
     report = district_report(runtime.store.db.engine, period=_period(period), k=k)
     return _answer(report, fmt, "districts")
+
+
+@router.get(
+    "/governance",
+    summary="Role grants and revocations, pauses, merchant allowances, the reversal window",
+    responses=_ERRORS,
+)
+def governance(
+    runtime: RuntimeDep,
+    period: PeriodQuery = None,
+    kind: Annotated[
+        Literal[tuple(sorted(GOVERNANCE_KINDS.values()))] | None,  # type: ignore[valid-type]
+        Query(description="Only this kind of event."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="Newest events first.")] = 1_000,
+    fmt: FormatQuery = "json",
+) -> Response:
+    """The chain's governance events as the index mirrors them, newest first: who was given or
+    lost which role (by name), pauses, merchant allowances per scheme, the reversal window.
+    Scopes: ``audit``."""
+    report = governance_log(runtime.store.db.engine, period=_period(period), kind=kind, limit=limit)
+    return _answer(report, fmt, "governance")

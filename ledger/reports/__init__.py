@@ -6,6 +6,7 @@ and JSON writers (:mod:`ledger.reports.writers`), PNG/SVG charts (:mod:`ledger.r
 needs matplotlib) and a Typer sub-app (:mod:`ledger.reports.cli`).
 """
 
+from ledger.reports.governance import GovernanceEntry, GovernanceLog, governance_log
 from ledger.reports.models import (
     DISTRICT_METRICS,
     UNKNOWN_DISTRICT,
@@ -28,6 +29,8 @@ __all__ = [
     "DistrictCell",
     "DistrictReport",
     "Figure",
+    "GovernanceEntry",
+    "GovernanceLog",
     "Granularity",
     "MerchantReport",
     "MerchantRow",
@@ -36,6 +39,7 @@ __all__ = [
     "SchemeReport",
     "SchemeRow",
     "district_report",
+    "governance_log",
     "merchant_report",
     "scheme_report",
 ]

@@ -8,6 +8,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+from ledger.reports.governance import GovernanceEntry, GovernanceLog
 from ledger.reports.models import (
     DISTRICT_METRICS,
     DistrictReport,
@@ -18,7 +19,7 @@ from ledger.reports.periods import Period
 
 __all__ = ["Report", "as_dict", "to_csv", "to_json"]
 
-Report = SchemeReport | MerchantReport | DistrictReport
+Report = SchemeReport | MerchantReport | DistrictReport | GovernanceLog
 
 
 def _period(period: Period | None) -> dict[str, Any] | None:
@@ -42,6 +43,13 @@ def as_dict(report: Report) -> dict[str, Any]:
         return {
             "report": "merchant",
             "period": _period(report.period),
+            "rows": [asdict(row) for row in report.rows],
+        }
+    if isinstance(report, GovernanceLog):
+        return {
+            "report": "governance",
+            "period": _period(report.period),
+            "kind": report.kind,
             "rows": [asdict(row) for row in report.rows],
         }
     return {
@@ -72,7 +80,7 @@ def to_csv(report: Report) -> str:
     ``district`` and ``scheme_id`` are empty for totals over all districts / schemes.
     """
     out = io.StringIO()
-    if isinstance(report, SchemeReport | MerchantReport):
+    if isinstance(report, SchemeReport | MerchantReport | GovernanceLog):
         rows = [asdict(row) for row in report.rows]
         fields = list(rows[0]) if rows else _empty_fields(report)
         writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
@@ -102,8 +110,10 @@ def to_csv(report: Report) -> str:
     return out.getvalue()
 
 
-def _empty_fields(report: SchemeReport | MerchantReport) -> list[str]:
+def _empty_fields(report: SchemeReport | MerchantReport | GovernanceLog) -> list[str]:
     from ledger.reports.models import MerchantRow, SchemeRow
 
+    if isinstance(report, GovernanceLog):
+        return list(GovernanceEntry.__dataclass_fields__)
     model = SchemeRow if isinstance(report, SchemeReport) else MerchantRow
     return list(model.__dataclass_fields__)

@@ -372,7 +372,7 @@ ROUTES: dict[tuple[str, str], Route] = {
         ("GET", f"/admin/reports/{kind}"): Route(
             Scope.AUDIT, Call(f"/admin/reports/{kind}?period=2026-13"), (422, "period_invalid")
         )
-        for kind in ("schemes", "merchants", "districts")
+        for kind in ("schemes", "merchants", "districts", "governance")
     },
     # -- payouts --
     ("POST", "/admin/payouts"): Route(Scope.FINANCE, Call("/admin/payouts", json={}), _INVALID),

@@ -18,7 +18,8 @@ def _wait_for_index(runtime: Runtime) -> None:
 
 
 def test_report_routes_need_the_audit_scope(client: TestClient) -> None:
-    for path in ("/admin/reports/schemes", "/admin/reports/merchants", "/admin/reports/districts"):
+    for kind in ("schemes", "merchants", "districts", "governance"):
+        path = f"/admin/reports/{kind}"
         assert client.get(path).status_code == 401
         issuer = client.get(path, headers=logins(client).staff("issuer"))
         assert issuer.status_code == 403
@@ -61,3 +62,28 @@ def test_a_bad_period_is_a_problem_and_not_a_500(client: TestClient) -> None:
     )
     assert response.status_code == 422
     assert response.json()["code"] == "period_invalid"
+
+
+def test_governance_report_names_the_roles_granted_at_deployment(
+    client: TestClient, runtime: Runtime
+) -> None:
+    _wait_for_index(runtime)
+    auditor = logins(client).staff("auditor")
+    body = client.get("/admin/reports/governance", headers=auditor).json()
+    assert body["report"] == "governance"
+    grants = [row for row in body["rows"] if row["kind"] == "role_granted"]
+    granted = {(row["role_name"], row["account"]) for row in grants}
+    assert ("issuer", runtime.keys.issuer.address) in granted
+    for account in runtime.keys.merchants:
+        assert ("merchant", account.address) in granted
+    blocks = [(row["block_number"], row["log_index"]) for row in body["rows"]]
+    assert blocks == sorted(blocks, reverse=True)  # newest first
+
+    only = client.get("/admin/reports/governance?kind=role_granted&limit=2", headers=auditor)
+    assert [row["kind"] for row in only.json()["rows"]] == ["role_granted"] * 2
+    as_csv = client.get("/admin/reports/governance?format=csv", headers=auditor)
+    assert len(list(csv.DictReader(io.StringIO(as_csv.text)))) == len(body["rows"])
+    for bad in ("kind=promoted", "limit=0", "limit=10001"):
+        refused = client.get(f"/admin/reports/governance?{bad}", headers=auditor)
+        assert refused.status_code == 422
+        assert refused.json()["code"] == "validation_failed"
