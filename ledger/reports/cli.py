@@ -3,6 +3,7 @@
     stadjerspas report scheme   [--period 2025-03] [--by month] [--format csv|json] [--out FILE]
     stadjerspas report merchant [--period ...] [--format ...] [--out FILE]
     stadjerspas report district [--period ...] [--k 10] [--format ...] [--out FILE]
+    stadjerspas report governance [--period ...] [--kind role_granted] [--limit 1000] [...]
     stadjerspas report chart scheme|merchant|district --out chart.png|chart.svg [--metric ...]
 
 The database comes from ``--database`` or ``$STADJERSPAS_DATABASE_URL``.
@@ -20,6 +21,7 @@ import typer
 from sqlalchemy import Engine
 
 from ledger.errors import LedgerError
+from ledger.reports.governance import MAX_ENTRIES, governance_log
 from ledger.reports.periods import DEFAULT_TZ, Granularity, Period
 from ledger.reports.queries import district_report, merchant_report, scheme_report
 from ledger.reports.suppression import DEFAULT_K
@@ -31,7 +33,7 @@ DATABASE_ENV = "STADJERSPAS_DATABASE_URL"
 
 app = typer.Typer(
     name="report",
-    help="Reports per scheme, merchant and district (CSV, JSON, PNG/SVG charts).",
+    help="Reports per scheme, merchant and district, the governance log (CSV, JSON, charts).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -112,6 +114,27 @@ def merchant_cmd(
         with _engine(database) as engine:
             report = merchant_report(engine, period=_period(period, tz))
     except LedgerError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    _emit(report, fmt, out)
+
+
+@app.command("governance")
+def governance_cmd(
+    database: Database = None,
+    period: PeriodOpt = None,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="only this kind, e.g. role_granted")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_ENTRIES)] = 1_000,
+    fmt: FormatOpt = "csv",
+    out: OutOpt = None,
+    tz: TzOpt = DEFAULT_TZ,
+) -> None:
+    """Role grants and revocations, pauses, merchant allowances, the reversal window."""
+    try:
+        with _engine(database) as engine:
+            report = governance_log(engine, period=_period(period, tz), kind=kind, limit=limit)
+    except (LedgerError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from None
     _emit(report, fmt, out)
 

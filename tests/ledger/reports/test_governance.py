@@ -3,10 +3,17 @@ allowances, by name, newest first, filtered by kind and period; bad filters refu
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+from pathlib import Path
+
 import pytest
+from typer.testing import CliRunner
 
 from ledger.client import ROLES
 from ledger.reports import Period, governance_log
+from ledger.reports.cli import app
 from ledger.reports.writers import as_dict, to_csv
 from ledger.store.db import Store
 from tests.ledger.conftest import LedgerEnv
@@ -49,3 +56,26 @@ def test_bad_filters_are_refused(migrated_store: Store) -> None:
     for limit in (0, 10_001):
         with pytest.raises(ValueError, match="limit must be between 1 and 10000"):
             governance_log(migrated_store.engine, limit=limit)
+
+
+def test_cli_writes_the_governance_log(
+    ledger: LedgerEnv, migrated_store: Store, tmp_path: Path
+) -> None:
+    make_indexer(migrated_store, ledger).sync()
+    url = migrated_store.engine.url.render_as_string(hide_password=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["governance", "--database", url, "--kind", "role_granted"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert rows
+    assert {row["kind"] for row in rows} == {"role_granted"}
+    assert ("issuer", ledger.issuer.address) in {(r["role_name"], r["account"]) for r in rows}
+    out = tmp_path / "governance.json"
+    result = runner.invoke(
+        app, ["governance", "--database", url, "--format", "json", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["report"] == "governance"
+    bad = runner.invoke(app, ["governance", "--database", url, "--kind", "promoted"])
+    assert bad.exit_code == 2
+    assert "'promoted' is not a governance event" in bad.output
