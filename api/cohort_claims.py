@@ -246,9 +246,10 @@ class CohortShares:
         """``pass_id``'s shares of issued cohorts that are not yet claimed (in ``scheme_id``).
         ``cached_only``: raise :class:`ledger.state_cache.CacheMiss` rather than read the chain
         (or the cohort directory)."""
-        if cached_only and not self._settled_now():
+        if not cached_only:
+            self._refresh()
+        elif not self._settled_now():  # loading the files is for a worker thread
             raise CacheMiss("the cohort directory changed")
-        self._refresh()
         with self._lock:
             candidates = [
                 share
@@ -326,11 +327,11 @@ def unclaimed_amount(
 
 
 def balance_with_share(
-    runtime: Runtime, pass_id: bytes, scheme_id: int, balance: int
+    runtime: Runtime, pass_id: bytes, scheme_id: int, balance: int, *, cached_only: bool = False
 ) -> tuple[int, int]:
     """``(balance including the unclaimed share, the unclaimed share)`` for the counter and the
     holder; an unlimited balance stays unlimited."""
-    share = unclaimed_amount(runtime, pass_id, scheme_id)
+    share = unclaimed_amount(runtime, pass_id, scheme_id, cached_only=cached_only)
     if balance == UNLIMITED:
         return balance, share
     return min(balance + share, UNLIMITED - 1) if share else balance, share

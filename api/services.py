@@ -262,14 +262,16 @@ def scheme_balances(
     *,
     balances: Mapping[int, int],
     schemes: Iterable[tuple[int, SchemeTerms]],
+    cached_only: bool = False,
 ) -> list[SchemeBalance]:
     """``pass_id``'s balance in each of ``schemes`` (from a state-cache snapshot's
-    ``balances``), with its unclaimed cohort share and the scheme's name."""
+    ``balances``), with its unclaimed cohort share and the scheme's name. ``cached_only``:
+    raise :class:`ledger.state_cache.CacheMiss` rather than read the cohort files or chain."""
     labels = runtime.store.scheme_labels()
     out: list[SchemeBalance] = []
     for scheme_id, terms in schemes:
         balance, unclaimed = cohort_claims.balance_with_share(
-            runtime, pass_id, scheme_id, balances.get(scheme_id, 0)
+            runtime, pass_id, scheme_id, balances.get(scheme_id, 0), cached_only=cached_only
         )
         name = labels.get(scheme_id, f"Scheme {scheme_id}")
         out.append(SchemeBalance(scheme_id, terms, name, balance, unclaimed))
@@ -626,7 +628,7 @@ async def redeem(
     request_hash = _request_hash(token, scheme_id, amount)
     async with runtime.redemption_keys.hold((merchant_id, idempotency_key)):
         try:
-            signed = await _checked(
+            checked = await _checked(
                 runtime, merchant_id=merchant_id, token=token, scheme_id=scheme_id, amount=amount
             )
         except _REFUSALS:
@@ -650,7 +652,7 @@ async def redeem(
             raise _key_reused(idempotency_key) from None
         if not allocated.created:
             return await run_in_threadpool(_replay, runtime, allocated.record, request_hash)
-        result = await _submit_async(runtime, allocated.record, signed)
+        result = await _submit_async(runtime, allocated.record, checked)
         return RedemptionOutcome(result, replayed=False)
 
 
@@ -666,9 +668,17 @@ def _replay(runtime: Runtime, existing: RedemptionRecord, request_hash: str) -> 
     return RedemptionOutcome(_resume(runtime, existing), replayed=True)
 
 
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A token that passed the checks, and what its pass has yet to claim in the scheme."""
+
+    signed: SignedPassToken
+    unclaimed: int
+
+
 async def _checked(
     runtime: Runtime, *, merchant_id: int, token: str, scheme_id: int, amount: int
-) -> SignedPassToken:
+) -> _Checked:
     """Decode and verify ``token`` and refuse what the contract would refuse
     (:func:`_precheck`): from the state cache on the event loop, or on a worker thread when
     the cache has to read the chain."""
@@ -689,33 +699,32 @@ def _check(
     scheme_id: int,
     amount: int,
     cached_only: bool,
-) -> SignedPassToken:
+) -> _Checked:
     signed = decode_token_uri(token)
     _verify(runtime, signed, cached_only=cached_only)
+    unclaimed = cohort_claims.unclaimed_amount(
+        runtime, signed.token.pass_id, scheme_id, cached_only=cached_only
+    )
     _precheck(
         runtime,
         merchant=_merchant_address(runtime, merchant_id),
         signed=signed,
         scheme_id=scheme_id,
         amount=amount,
+        unclaimed=unclaimed,
         cached_only=cached_only,
     )
-    return signed
+    return _Checked(signed, unclaimed)
 
 
 async def _submit_async(
-    runtime: Runtime, record: RedemptionRecord, signed: SignedPassToken
+    runtime: Runtime, record: RedemptionRecord, checked: _Checked
 ) -> RedemptionOut:
     """:func:`_submit` on the event loop for a batched redemption; the first use of a cohort
     share (a ``claimAndRedeem`` of its own) and any outcome that needs the chain or the store
     go to a worker thread."""
-    try:
-        claims = cohort_claims.unclaimed_amount(
-            runtime, signed.token.pass_id, record.scheme_id, cached_only=True
-        )
-    except CacheMiss:
-        claims = 1
-    if claims:
+    signed = checked.signed
+    if checked.unclaimed:
         return await run_in_threadpool(_submit, runtime, record, signed)
     call = RedemptionRequest(
         redemption_id=record.redemption_id,
@@ -746,13 +755,15 @@ def _precheck(
     signed: SignedPassToken,
     scheme_id: int,
     amount: int,
+    unclaimed: int,
     cached_only: bool = False,
 ) -> None:
     """Refuse, before an id is allocated or anything stored, what the contract's
     ``_tryRedeem`` would refuse given the state cache (same checks, same order, same typed
     errors; ``redemptionId`` 0 means none was allocated). The contract still decides: what
     passes here and is refused on chain (the cache was a poll interval behind) is stored as a
-    refusal with its key."""
+    refusal with its key. ``unclaimed``: the pass's cohort share in the scheme, not yet
+    claimed (the redemption claims it)."""
     state = runtime.state
     schemes = dict(state.schemes(cached_only=cached_only))
     terms = schemes.get(scheme_id)
@@ -782,10 +793,7 @@ def _precheck(
     cap = terms.per_redemption_cap
     if cap != 0 and amount > cap:
         raise ce.RedemptionAmountOverSchemeCap({"redemptionId": 0, "perRedemptionCap": cap})
-    available = snapshot.balances.get(scheme_id, 0)
-    available += cohort_claims.unclaimed_amount(
-        runtime, token.pass_id, scheme_id, cached_only=cached_only
-    )
+    available = snapshot.balances.get(scheme_id, 0) + unclaimed
     if available < amount:
         raise ce.RedemptionAmountOverBalance({"redemptionId": 0, "available": available})
 
@@ -855,7 +863,9 @@ def scan(runtime: Runtime, *, merchant_id: int, token: str, cached_only: bool = 
                 per_redemption_cap=b.terms.per_redemption_cap or None,
                 discount_bps=b.terms.discount_bps,
             )
-            for b in scheme_balances(runtime, pid, balances=snapshot.balances, schemes=allowed)
+            for b in scheme_balances(
+                runtime, pid, balances=snapshot.balances, schemes=allowed, cached_only=cached_only
+            )
             if b.balance != 0
         ]
     return ScanOut(

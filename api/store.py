@@ -227,25 +227,15 @@ _SCAN_VIEWS_KEPT = 50_000
 _MAX_GROUP = 500
 
 
-def _locked_sequence(session: Session) -> Sequence_ | None:
-    """The redemption id sequence row, locked for this transaction. The row is written first
-    (a no-op update), so the write lock is held before the value is read: on SQLite, where
-    ``FOR UPDATE`` does nothing, two processes would otherwise read the same value."""
-    session.execute(
-        update(Sequence_)
-        .where(col(Sequence_.name) == _REDEMPTION_SEQUENCE)
-        .values(value=col(Sequence_.value))
-    )
-    return session.get(Sequence_, _REDEMPTION_SEQUENCE, with_for_update=True)
-
-
 _REDEMPTIONS: Table = RedemptionRecord.__table__  # type: ignore[attr-defined]
 _SEQUENCES: Table = Sequence_.__table__  # type: ignore[attr-defined]
 
 
 def _locked_sequence_value(conn: Connection) -> int:
-    """:func:`_locked_sequence` on a Core connection: the sequence's value, the row locked for
-    this transaction (created at 0 on first use)."""
+    """The redemption id sequence's value, its row locked for this transaction (created at 0 on
+    first use). The row is written first (a no-op update), so the write lock is held before the
+    value is read: on SQLite, where ``FOR UPDATE`` does nothing, two processes would otherwise
+    read the same value."""
     conn.execute(
         update(_SEQUENCES)
         .where(_SEQUENCES.c.name == _REDEMPTION_SEQUENCE)
@@ -278,6 +268,12 @@ _OUTCOME_COLUMNS = tuple(
         "created_at",
     }
 )
+
+
+def _set_sequence_value(conn: Connection, value: int) -> None:
+    conn.execute(
+        update(_SEQUENCES).where(_SEQUENCES.c.name == _REDEMPTION_SEQUENCE).values(value=value)
+    )
 
 
 def _row(record: RedemptionRecord) -> dict[str, Any]:
@@ -470,27 +466,24 @@ class ApiStore:
 
     def skip_redemption_ids(self, past: int) -> None:
         """Never allocate ``past`` or anything below it (ids found used on chain)."""
-        with self._lock, self.session() as session:
-            row = _locked_sequence(session) or Sequence_(name=_REDEMPTION_SEQUENCE)
-            row.value = max(row.value, past)
-            session.add(row)
-            session.commit()
+        with self._lock, self.db.engine.begin() as conn:
+            _set_sequence_value(conn, max(_locked_sequence_value(conn), past))
 
     def reassign_redemption_id(self, record: RedemptionRecord) -> RedemptionRecord:
         """Give ``record`` (still pending) the next id past its current one, which was found
         used on chain by someone else; return the updated record."""
         with self._lock, self.session() as session:
             session.expire_on_commit = False
-            seq = _locked_sequence(session) or Sequence_(name=_REDEMPTION_SEQUENCE)
-            seq.value = max(seq.value, record.redemption_id) + 1
+            conn = session.connection()
+            new_id = max(_locked_sequence_value(conn), record.redemption_id) + 1
+            _set_sequence_value(conn, new_id)
             stored = session.get(
                 RedemptionRecord, (record.merchant_id, record.idempotency_key), with_for_update=True
             )
             if stored is None:
                 raise LookupError(f"no redemption record {record.idempotency_key!r}")
-            stored.redemption_id = seq.value
+            stored.redemption_id = new_id
             stored.updated_at = _now()
-            session.add(seq)
             session.add(stored)
             session.commit()
             session.expunge(stored)
@@ -621,11 +614,7 @@ class ApiStore:
                 results.append(AllocatedRedemption(written[key], created=True))
             if written:
                 conn.execute(insert(table), [_row(record) for record in written.values()])
-                conn.execute(
-                    update(_SEQUENCES)
-                    .where(_SEQUENCES.c.name == _REDEMPTION_SEQUENCE)
-                    .values(value=seq)
-                )
+                _set_sequence_value(conn, seq)
         return results
 
     def save_redemption(self, record: RedemptionRecord) -> RedemptionRecord:

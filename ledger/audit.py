@@ -49,6 +49,7 @@ from ledger.rpc import RpcClient, RpcError
 from ledger.store.index import (
     EVENT_TABLES,
     GOVERNANCE_KINDS,
+    GOVERNANCE_VALUES,
     IndexCheckpoint,
     IndexedCardChange,
     IndexedCohort,
@@ -755,18 +756,7 @@ def expected_index_rows(
 
 def _governance_row(name: str, a: Mapping[str, Any]) -> Row:
     """The ``index_governance`` columns of a role, pause, allowance, window or domain event."""
-    row: Row = dict.fromkeys(
-        (
-            "role",
-            "previous_admin_role",
-            "new_admin_role",
-            "account",
-            "sender",
-            "scheme_id",
-            "allowed",
-            "window_s",
-        )
-    )
+    row: Row = dict.fromkeys(GOVERNANCE_VALUES)
     row["kind"] = GOVERNANCE_KINDS[name]
     if name in ("RoleGranted", "RoleRevoked"):
         row |= {"role": _hex(a["role"]), "account": a["account"], "sender": a["sender"]}

@@ -89,14 +89,9 @@ def _hex(value: int) -> str:
     return hex(value)
 
 
-def _log_key(log: Mapping[str, Any]) -> tuple[bytes, bytes]:
-    """(transaction hash, block hash) of an ``eth_getLogs`` entry."""
-
-    def raw(value: Any) -> bytes:
-        text = str(value)
-        return bytes.fromhex(text[2:] if text.startswith("0x") else text)
-
-    return raw(log.get("transactionHash", "")), raw(log.get("blockHash", ""))
+def _log_key(log: Mapping[str, Any]) -> tuple[str, str]:
+    """(transaction hash, block hash) of an ``eth_getLogs`` entry, as lower-case 0x-hex."""
+    return str(log.get("transactionHash", "")).lower(), str(log.get("blockHash", "")).lower()
 
 
 class LedgerStateCache:
@@ -132,7 +127,7 @@ class LedgerStateCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[Sequence[DecodedEvent]], None]] = []
-        self._observed: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()  # (tx, block)
+        self._observed: OrderedDict[tuple[str, str], None] = OrderedDict()  # (tx, block)
         self.stats = CacheStats()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -272,7 +267,8 @@ class LedgerStateCache:
         if receipt.ok and receipt.logs:
             self.observe(self._client.receipt_events(receipt))
             with self._lock:  # the follower need not decode these logs again
-                self._observed[(bytes(receipt.tx_hash), bytes(receipt.block_hash))] = None
+                key = ("0x" + bytes(receipt.tx_hash).hex(), "0x" + bytes(receipt.block_hash).hex())
+                self._observed[key] = None
                 while len(self._observed) > _OBSERVED_KEPT:
                     self._observed.popitem(last=False)
 

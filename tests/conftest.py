@@ -187,21 +187,35 @@ def _migrated_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_M
         templates.close()
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(
-                    _POSTGRES_ADMIN_URL is None,
-                    reason=f"set {POSTGRES_URL_ENV} to run PostgreSQL tests",
-                ),
-            ],
-        ),
-    ]
-)
+#: ``params`` of a fixture that runs once per database: SQLite always, PostgreSQL when
+#: ``STADJERSPAS_TEST_POSTGRES_URL`` is set (skipped with the reason otherwise).
+DATABASE_BACKENDS = [
+    "sqlite",
+    pytest.param(
+        "postgres",
+        marks=[
+            pytest.mark.postgres,
+            pytest.mark.skipif(
+                _POSTGRES_ADMIN_URL is None,
+                reason=f"set {POSTGRES_URL_ENV} to run PostgreSQL tests",
+            ),
+        ],
+    ),
+]
+
+
+@contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A fresh PostgreSQL database named after ``prefix``: its URL; dropped afterwards."""
+    name = _new_database_name(prefix)
+    _postgres(f'CREATE DATABASE "{name}"')
+    try:
+        yield _postgres_admin_url().set(database=name).render_as_string(hide_password=False)
+    finally:
+        _postgres(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=DATABASE_BACKENDS)
 def database_backend(request: pytest.FixtureRequest) -> str:
     """``sqlite`` or ``postgres``: a test taking a database fixture runs once per backend; the
     PostgreSQL run is skipped (with the reason) unless ``STADJERSPAS_TEST_POSTGRES_URL`` is set."""
@@ -216,12 +230,8 @@ def _database(backend: str, tmp_path: Path, templates: _MigratedTemplates | None
             templates.sqlite_copy(path)
         yield f"sqlite:///{path}"
         return
-    name = _new_database_name("t")
-    _postgres(f'CREATE DATABASE "{name}"')
-    try:
-        yield _postgres_admin_url().set(database=name).render_as_string(hide_password=False)
-    finally:
-        _postgres(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database("t") as url:
+        yield url
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ from ledger.indexer.errors import IndexerError
 from ledger.indexer.fetch import Header
 from ledger.store.index import (
     GOVERNANCE_KINDS,
+    GOVERNANCE_VALUES,
     IndexedCardChange,
     IndexedCohort,
     IndexedCohortClaim,
@@ -69,17 +70,6 @@ _ZERO_ADDRESS = "0x" + "0" * 40
 _SCHEME_KINDS = ("budget", "uses", "discount")
 
 Row = dict[str, Any]
-#: The columns of ``index_governance`` an event may leave empty.
-_GOVERNANCE_VALUES = (
-    "role",
-    "previous_admin_role",
-    "new_admin_role",
-    "account",
-    "sender",
-    "scheme_id",
-    "allowed",
-    "window_s",
-)
 
 #: The events the index mirrors (every event of the contract), with the exact signatures
 #: decoded here.
@@ -434,7 +424,7 @@ class ChunkDecoder:
 
     @staticmethod
     def _governance(out: DecodedChunk, base: Row, kind: str, **values: Any) -> None:
-        row = base | dict.fromkeys(_GOVERNANCE_VALUES) | values
+        row = base | dict.fromkeys(GOVERNANCE_VALUES) | values
         row["kind"] = kind
         out.add(IndexedGovernance, row)
 

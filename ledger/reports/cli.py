@@ -12,7 +12,7 @@ The database comes from ``--database`` or ``$STADJERSPAS_DATABASE_URL``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -71,6 +71,19 @@ def _period(text: str | None, tz: str) -> Period | None:
     return None if text is None else Period.parse(text, tz=tz)
 
 
+def _report(
+    database: str | None, build: Callable[[Engine], Report], fmt: str, out: Path | None
+) -> None:
+    """Build a report on the database and write it; a refused input is a usage error (exit 2,
+    one line)."""
+    try:
+        with _engine(database) as engine:
+            report = build(engine)
+    except (LedgerError, ValueError) as exc:  # PeriodError, a bad filter
+        raise typer.BadParameter(str(exc)) from None
+    _emit(report, fmt, out)
+
+
 def _emit(report: Report, fmt: str, out: Path | None) -> None:
     if fmt not in ("csv", "json"):
         raise typer.BadParameter("--format is csv or json")
@@ -93,12 +106,12 @@ def scheme_cmd(
     tz: TzOpt = DEFAULT_TZ,
 ) -> None:
     """Issued, redeemed, reversed, expired, remaining and uptake per scheme and period."""
-    try:
-        with _engine(database) as engine:
-            report = scheme_report(engine, period=_period(period, tz), granularity=by, tz=tz)
-    except LedgerError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    _emit(report, fmt, out)
+    _report(
+        database,
+        lambda engine: scheme_report(engine, period=_period(period, tz), granularity=by, tz=tz),
+        fmt,
+        out,
+    )
 
 
 @app.command("merchant")
@@ -110,12 +123,7 @@ def merchant_cmd(
     tz: TzOpt = DEFAULT_TZ,
 ) -> None:
     """Redemptions, amounts, reversals, settled and owed per merchant."""
-    try:
-        with _engine(database) as engine:
-            report = merchant_report(engine, period=_period(period, tz))
-    except LedgerError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    _emit(report, fmt, out)
+    _report(database, lambda engine: merchant_report(engine, period=_period(period, tz)), fmt, out)
 
 
 @app.command("governance")
@@ -131,12 +139,12 @@ def governance_cmd(
     tz: TzOpt = DEFAULT_TZ,
 ) -> None:
     """Role grants and revocations, pauses, merchant allowances, the reversal window."""
-    try:
-        with _engine(database) as engine:
-            report = governance_log(engine, period=_period(period, tz), kind=kind, limit=limit)
-    except (LedgerError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from None
-    _emit(report, fmt, out)
+    _report(
+        database,
+        lambda engine: governance_log(engine, period=_period(period, tz), kind=kind, limit=limit),
+        fmt,
+        out,
+    )
 
 
 @app.command("district")
@@ -149,12 +157,9 @@ def district_cmd(
     tz: TzOpt = DEFAULT_TZ,
 ) -> None:
     """The scheme figures per district (wijk), small cells suppressed."""
-    try:
-        with _engine(database) as engine:
-            report = district_report(engine, period=_period(period, tz), k=k)
-    except LedgerError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    _emit(report, fmt, out)
+    _report(
+        database, lambda engine: district_report(engine, period=_period(period, tz), k=k), fmt, out
+    )
 
 
 @chart_app.command("scheme")

@@ -17,6 +17,7 @@ from sqlmodel import Field, SQLModel
 __all__ = [
     "EVENT_TABLES",
     "GOVERNANCE_KINDS",
+    "GOVERNANCE_VALUES",
     "IndexBlock",
     "IndexCheckpoint",
     "IndexedCardChange",
@@ -264,6 +265,15 @@ class IndexedGovernance(_EventRow, table=True):
     scheme_id: int | None = Field(default=None, sa_type=BigInteger)
     allowed: bool | None = None  # merchant allowance
     window_s: int | None = Field(default=None, sa_type=BigInteger)  # reversal window
+
+
+#: The columns of ``index_governance`` that an event sets or leaves empty (all but where it
+#: happened and its ``kind``).
+GOVERNANCE_VALUES: tuple[str, ...] = tuple(
+    name
+    for name in IndexedGovernance.model_fields
+    if name not in _EventRow.model_fields and name != "kind"
+)
 
 
 EVENT_TABLES: tuple[type[_EventRow], ...] = (

@@ -19,13 +19,7 @@ from api.auth import DEV_HOLDER_PIN, DEV_STAFF, dev_terminal_id, dev_terminal_se
 from api.main import create_app
 from api.runtime import Runtime
 from api.settings import Settings
-from tests.conftest import (
-    _POSTGRES_ADMIN_URL,
-    POSTGRES_URL_ENV,
-    _new_database_name,
-    _postgres,
-    _postgres_admin_url,
-)
+from tests.conftest import DATABASE_BACKENDS, postgres_database
 from wallet import Domain, PassToken, encode_token_uri, sign_pass_token
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -126,11 +120,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    rt = Runtime.start(dev_settings(tmp_path_factory.mktemp("var")))
-    try:
+    with Runtime.start(dev_settings(tmp_path_factory.mktemp("var"))) as rt:
         yield rt
-    finally:
-        rt.close()
 
 
 @pytest.fixture(scope="session")
@@ -139,31 +130,12 @@ def client(runtime: Runtime) -> Iterator[TestClient]:
         yield tc
 
 
-@pytest.fixture(
-    scope="module",
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(
-                    _POSTGRES_ADMIN_URL is None,
-                    reason=f"set {POSTGRES_URL_ENV} to run PostgreSQL tests",
-                ),
-            ],
-        ),
-    ],
-)
+@pytest.fixture(scope="module", params=DATABASE_BACKENDS)
 def module_database(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """Once per test module and database: None (SQLite under the runtime's var dir) or the URL
     of a fresh PostgreSQL database, dropped afterwards."""
     if request.param == "sqlite":
         yield None
         return
-    name = _new_database_name(request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_"))
-    _postgres(f'CREATE DATABASE "{name}"')
-    try:
-        yield _postgres_admin_url().set(database=name).render_as_string(hide_password=False)
-    finally:
-        _postgres(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database(request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")) as url:
+        yield url

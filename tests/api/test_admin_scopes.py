@@ -59,11 +59,8 @@ def runtime(
         database_url=module_database,
         rate_limit_per_s=0,  # hundreds of requests from one test client
     )
-    rt = Runtime.start(settings)
-    try:
+    with Runtime.start(settings) as rt:
         yield rt
-    finally:
-        rt.close()
 
 
 @pytest.fixture(scope="module")

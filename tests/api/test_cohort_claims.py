@@ -40,11 +40,8 @@ def runtime(
     module_database: str | None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Runtime]:
     settings = dev_settings(tmp_path_factory.mktemp("cohort-var"), database_url=module_database)
-    rt = Runtime.start(settings)
-    try:
+    with Runtime.start(settings) as rt:
         yield rt
-    finally:
-        rt.close()
 
 
 @pytest.fixture(scope="module")

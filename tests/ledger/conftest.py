@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ledger.compiler import Artifacts, compile_contracts
 from ledger.deploy import Deployment, RoleGrant, deploy_ledger
 from ledger.merkle import CohortLeaf, MerkleTree, cohort_leaf_hash
 from ledger.passid import new_pass_secret, pass_id
+from ledger.rpc import RpcClient
 from wallet.eip712 import PassToken, sign_pass_token
 
 REVERSAL_WINDOW_S = 3600
@@ -215,3 +217,20 @@ def every_event(ledger: LedgerEnv, *, reference: bytes) -> EveryEvent:
         assert "error" not in ledger.w3.provider.make_request(RPCEndpoint(method), params)
     c.transact(issuer, "expire", short, [p1, p2, p3])
     return EveryEvent(budget, uses, discount, short, [p1, p2, p3, p4])
+
+
+_CLIENTS: list[RpcClient] = []
+
+
+def rpc_of(ledger: LedgerEnv) -> RpcClient:
+    """A JSON-RPC client of the session's node, closed after the test."""
+    client = RpcClient(ledger.w3.provider.endpoint_uri, timeout=10.0)  # type: ignore[attr-defined]
+    _CLIENTS.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()

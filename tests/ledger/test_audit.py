@@ -38,7 +38,7 @@ from ledger.store.index import (
     IndexedReversal,
     IndexedSettlement,
 )
-from tests.ledger.conftest import LedgerEnv, every_event
+from tests.ledger.conftest import LedgerEnv, every_event, rpc_of
 
 REF = b"SEPA-AUDIT-0001".ljust(32, b"\x00")
 EVERY_EVENT = {
@@ -91,7 +91,7 @@ def build_scenario(ledger: LedgerEnv) -> Scenario:
     story = every_event(ledger, reference=REF)
     budget, uses, discount, short = story.budget, story.uses, story.discount, story.short
     p1, p2, p3, p4 = story.passes
-    rpc = RpcClient(ledger.w3.provider.endpoint_uri)  # type: ignore[attr-defined]
+    rpc = rpc_of(ledger)  # closed after the test
     return Scenario(
         env=ledger,
         rpc=rpc,

@@ -217,25 +217,33 @@ def test_closed_client_refuses(anvil_node: AnvilNode) -> None:
         client.call("eth_chainId")
 
 
-def test_thread_safe(rpc: RpcClient) -> None:
+def _in_threads(count: int, work: Callable[[], None]) -> list[BaseException]:
+    """Run ``work`` on ``count`` threads at once; what they raised."""
     errors: list[BaseException] = []
 
-    def work() -> None:
+    def guarded() -> None:
         try:
-            for _ in range(50):
-                assert rpc.batch([RpcRequest("eth_chainId"), RpcRequest("net_version")]) == [
-                    hex(31337),
-                    "31337",
-                ]
+            work()
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
+    threads = [threading.Thread(target=guarded) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    assert not errors
+        t.join(30)
+    return errors
+
+
+def test_thread_safe(rpc: RpcClient) -> None:
+    def work() -> None:
+        for _ in range(50):
+            assert rpc.batch([RpcRequest("eth_chainId"), RpcRequest("net_version")]) == [
+                hex(31337),
+                "31337",
+            ]
+
+    assert _in_threads(8, work) == []
 
 
 # -- the transport, against a local JSON-RPC server of its own ------------------------------
@@ -420,22 +428,14 @@ def test_max_connections_respected_by_16_threads(server: _JsonServer) -> None:
         return _result(request)
 
     server.answer = slowish
-    errors: list[BaseException] = []
     with RpcClient(server.url, max_connections=4) as client:
 
         def work() -> None:
-            try:
-                for _ in range(5):
-                    assert client.call("eth_blockNumber") == "0x1"
-            except BaseException as exc:
-                errors.append(exc)
+            for _ in range(5):
+                assert client.call("eth_blockNumber") == "0x1"
 
-        threads = [threading.Thread(target=work) for _ in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-    assert not errors
+        errors = _in_threads(16, work)
+    assert errors == []
     assert server.requests == 80
     assert server.max_open == 4
     assert server.connections == 4  # pooled and reused, never more than the limit

@@ -27,11 +27,8 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
         anvil_port=0,
         receipt_timeout_s=20.0,
     )
-    rt = Runtime.start(settings)
-    try:
+    with Runtime.start(settings) as rt:
         yield rt
-    finally:
-        rt.close()
 
 
 @pytest.fixture(scope="module")

@@ -4,38 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine, select
 from web3.types import RPCEndpoint
 
 from ledger.indexer import Indexer, IndexerConfig, RangePolicy, RetryPolicy
-from ledger.rpc import RpcClient
 from ledger.store.index import EVENT_TABLES, IndexBlock, IndexCheckpoint
-from tests.ledger.conftest import EveryEvent, LedgerEnv
+from tests.ledger.conftest import EveryEvent, LedgerEnv, rpc_of
 from tests.ledger.conftest import every_event as shared_every_event
 
 REF = b"SEPA-INDEX-0001".ljust(32, b"\x00")
-
-
-_CLIENTS: list[RpcClient] = []
-
-
-def rpc_of(ledger: LedgerEnv) -> RpcClient:
-    """A JSON-RPC client of the session's node, closed after the test."""
-    client = RpcClient(ledger.w3.provider.endpoint_uri, timeout=10.0)  # type: ignore[attr-defined]
-    _CLIENTS.append(client)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _CLIENTS:
-        _CLIENTS.pop().close()
 
 
 def make_indexer(store: Any, ledger: LedgerEnv, **config: Any) -> Indexer:
