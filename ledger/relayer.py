@@ -95,7 +95,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Protocol, Self
 
 import rlp  # type: ignore[import-untyped]
 from eth_account.signers.local import LocalAccount
@@ -121,10 +121,14 @@ __all__ = [
     "Relayer",
     "RelayerClosed",
     "RelayerMetrics",
+    "SignedTx",
     "SubmissionFailed",
     "TxHandle",
+    "TxJournal",
     "TxReceipt",
     "TxRequest",
+    "classify_send_error",
+    "parse_receipt",
     "sign_transaction",
 ]
 
@@ -236,6 +240,10 @@ class TxRequest:
     gas: int
     data: bytes = b""
     value: int = 0
+    #: What the call is, for the outbox and for people (``redeemBatch``, ``issue``, ...).
+    label: str = ""
+    #: The item ids the call carries (redemption ids), recorded with it in the outbox.
+    refs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.to is not None:
@@ -279,6 +287,36 @@ class TxReceipt:
         return self.status == 1
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignedTx:
+    """A signed transaction as the outbox stores it, before it is sent."""
+
+    tx_hash: str
+    sender: str
+    nonce: int
+    raw: bytes
+    label: str
+    refs: tuple[int, ...]
+
+
+class TxJournal(Protocol):
+    """Where a relayer records what it signs (the durable outbox, :mod:`ledger.outbox`).
+
+    :meth:`signed` must be durable when it returns: the relayer sends nothing it has not
+    recorded (it retries, and sends nothing meanwhile, while :meth:`signed` raises). The other
+    methods report progress; they may be applied later (the reconciler reads the truth from
+    the chain) and must not raise.
+    """
+
+    def signed(self, txs: Sequence[SignedTx]) -> None: ...
+
+    def sent(self, tx_hashes: Sequence[str]) -> None: ...
+
+    def mined(self, receipt: TxReceipt) -> None: ...
+
+    def failed(self, tx_hashes: Sequence[str], reason: str) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class FeePolicy:
     """How fees are set. ``gas_price`` fixes a legacy gas price (e.g. 0 on Besu); ``None`` reads
@@ -307,6 +345,7 @@ class RelayerMetrics:
     resyncs: int = 0
     node_errors: int = 0
     repriced: int = 0
+    journal_errors: int = 0
 
 
 class TxHandle:
@@ -467,6 +506,7 @@ class _Tx:
     stall_resent_at: float = 0.0  # identical resend made because the nonce looked stalled
     maybe_accepted: bool = False  # a node accepted it, or may have (connection lost mid-send)
     missing_polls: int = 0  # consecutive polls with nonce < latest and no receipt
+    journaled: set[bytes] = field(default_factory=set)  # hashes of variants in the outbox
 
     def __post_init__(self) -> None:
         if not self.variants:
@@ -570,6 +610,7 @@ class _Counters:
     resyncs: int = 0
     node_errors: int = 0
     repriced: int = 0
+    journal_errors: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -602,6 +643,7 @@ class Relayer:
         reprice_after: float | None = 3.0,
         max_reprices: int = 10,
         on_receipt: Callable[[TxReceipt], None] | None = None,
+        journal: TxJournal | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -623,6 +665,7 @@ class Relayer:
         self.reprice_after = reprice_after
         self.max_reprices = max_reprices
         self.on_receipt = on_receipt
+        self.journal = journal
         self._key = bytes(account.key)
 
         self._lock = threading.Lock()
@@ -786,6 +829,7 @@ class Relayer:
                 resyncs=c.resyncs,
                 node_errors=c.node_errors,
                 repriced=c.repriced,
+                journal_errors=c.journal_errors,
             )
 
     @property
@@ -922,11 +966,55 @@ class Relayer:
             batch = resend + fresh
             if not batch:
                 continue
+            if not self._record(batch):
+                # Nothing is sent that the outbox does not hold: try again after a pause.
+                with self._lock:
+                    self._resend.update(tx.nonce for tx in batch)
+                self._stopped.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
             if self._send(batch):
                 backoff = self.retry_delay
             else:
                 self._stopped.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def _record(self, batch: Sequence[_Tx]) -> bool:
+        """Store every not yet stored variant of ``batch`` in the journal (the outbox) before it
+        is sent; False if the journal refused (e.g. the database is down)."""
+        if self.journal is None:
+            return True
+        with self._lock:
+            todo = [(tx, tx.current) for tx in batch if tx.current.hash not in tx.journaled]
+        if not todo:
+            return True
+        entries = [
+            SignedTx(
+                tx_hash=variant.hash.to_0x_hex(),
+                sender=self.address,
+                nonce=tx.nonce,
+                raw=bytes.fromhex(variant.raw_hex[2:]),
+                label=tx.call.label or ("filler" if tx.handle is None else "call"),
+                refs=tx.call.refs,
+            )
+            for tx, variant in todo
+        ]
+        try:
+            self.journal.signed(entries)
+        except Exception as exc:
+            log.warning(
+                "could not store %d signed transactions in the outbox (%s); nothing sent, "
+                "will retry",
+                len(entries),
+                exc,
+            )
+            with self._lock:
+                self._c.journal_errors += 1
+            return False
+        with self._lock:
+            for tx, variant in todo:
+                tx.journaled.add(variant.hash)
+        return True
 
     def _send(self, batch: Sequence[_Tx]) -> bool:
         """Send one batch; False if the node was unreachable (all flagged for resend)."""
@@ -950,6 +1038,7 @@ class Relayer:
                 self._watch.notify()
             return False
         failed: list[tuple[_Tx, RpcError]] = []
+        accepted: list[str] = []
         with self._lock:
             self._c.batches += 1
             for tx, result in zip(batch, results, strict=True):
@@ -970,6 +1059,8 @@ class Relayer:
                     tx.maybe_accepted = tx.maybe_accepted or kind != "replacement"
                     if kind in ("ok", "known"):
                         self._accepted_upto = max(self._accepted_upto, tx.nonce + 1)
+                        if first_of_variant:
+                            accepted.append(tx.hash_hex)
                 elif kind == "rejected" and first_of_variant and tx.current is not tx.variants[0]:
                     # A re-priced variant refused outright (e.g. no funds for its one-wei fee):
                     # it can never be mined; go back to the previous variant, which the node
@@ -993,6 +1084,8 @@ class Relayer:
                     assert isinstance(result, RpcError)
                     failed.append((tx, result))
             self._watch.notify()
+        if accepted and self.journal is not None:
+            self.journal.sent(accepted)
         for tx, err in failed:
             self._reject(tx, err)
         return True
@@ -1000,6 +1093,8 @@ class Relayer:
     def _reject(self, tx: _Tx, err: RpcError) -> None:
         """The node rejected a never-accepted tx: it can never land. Fail it, fill its nonce."""
         log.warning("node rejected tx %s nonce %d: %s", tx.hash_hex, tx.nonce, err.message)
+        if self.journal is not None:
+            self.journal.failed([tx.hash_hex], f"the node refused it: {err.message}")
         if tx.handle is None:
             # a filler was rejected: nothing else to put there; retry it later
             with self._lock:
@@ -1272,6 +1367,7 @@ class Relayer:
         self, chunk: Sequence[tuple[_Tx, Sequence[_Variant]]], receipts: Sequence[Sequence[Any]]
     ) -> None:
         done: list[tuple[_Tx, TxReceipt]] = []
+        landed: list[TxReceipt] = []
         conflicts: list[_Tx] = []
         with self._lock:
             self._c.receipt_polls += 1
@@ -1285,6 +1381,7 @@ class Relayer:
                     variant, receipt = mined[0]  # one tx per nonce can be mined
                     tx.current = variant  # a resend after a rollback sends what was mined
                     parsed = _parse_receipt(receipt, tx.nonce)
+                    landed.append(parsed)
                     del self._inflight[tx.nonce]
                     self._history[tx.nonce] = tx
                     while len(self._history) > self.history_size:
@@ -1303,6 +1400,14 @@ class Relayer:
                         conflicts.append(tx)
             if done or conflicts:
                 self._work.notify_all()  # close() waits on this condition's lock
+        if self.journal is not None:
+            for parsed in landed:  # also transactions restored after a rollback (no handle)
+                self.journal.mined(parsed)
+            for tx in conflicts:
+                self.journal.failed(
+                    [v.hash.to_0x_hex() for v in tx.variants],
+                    f"nonce {tx.nonce} of {self.address} was taken by another transaction",
+                )
         for tx, parsed in done:
             handle = tx.handle
             assert handle is not None
@@ -1333,3 +1438,9 @@ class Relayer:
             self._c.failed += 1
         with contextlib.suppress(concurrent.futures.InvalidStateError):
             handle.future.set_exception(exc)
+
+
+#: How a node's answer to ``eth_sendRawTransaction`` reads: ``known``, ``nonce_low``,
+#: ``replacement``, ``transient`` or ``rejected`` (the reconciler's replays use it too).
+classify_send_error = _classify
+parse_receipt = _parse_receipt

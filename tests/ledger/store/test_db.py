@@ -94,7 +94,8 @@ def test_registry_and_index_tables_are_separate_groups() -> None:
     names = ledger_table_names()
     assert {"registry_holder", "registry_pass", "registry_merchant", "registry_card"} <= names
     assert {"index_redemption", "index_checkpoint", "index_block"} <= names
-    assert all(name.startswith(("registry_", "index_", "payout_")) for name in names)
+    assert all(name.startswith(("registry_", "index_", "payout_", "outbox_")) for name in names)
+    assert "outbox_tx" in names
 
 
 def test_migrated_store_fixture_is_empty(migrated_store) -> None:
