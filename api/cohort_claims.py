@@ -378,7 +378,7 @@ def _send_claims(runtime: Runtime, relayer: Relayer, shares: Iterable[Share]) ->
     for share in shares:
         data = runtime.client.call_data("claim", share.as_claim())
         gas = _CLAIM_GAS + _GAS_PER_PROOF_NODE * len(share.proof)
-        relayer.submit(TxRequest(to=runtime.client.address, data=data, gas=gas))
+        relayer.submit(TxRequest(to=runtime.client.address, data=data, gas=gas, label="claim"))
 
 
 def claim_and_redeem(
@@ -415,7 +415,15 @@ def claim_and_redeem(
         runtime.inflight[slot] = future
     try:
         _send_claims(runtime, relayer, others)
-        handle = relayer.submit(TxRequest(to=client.address, data=data, gas=gas))
+        handle = relayer.submit(
+            TxRequest(
+                to=client.address,
+                data=data,
+                gas=gas,
+                label="claimAndRedeem",
+                refs=(record.redemption_id,),
+            )
+        )
     except BaseException:
         with runtime.inflight_lock:
             runtime.inflight.pop(slot, None)

@@ -15,7 +15,7 @@ import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
 
-from api import __version__, services
+from api import __version__, redemptions
 from api.auth import Auth
 from api.middleware import install_middleware
 from api.problems import install_problem_handlers
@@ -83,7 +83,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     )
     app.state.settings = settings
     app.state.runtime = runtime
-    runtime.outcome_sink = partial(services.record_batch, runtime)
+    runtime.outcome_sink = partial(redemptions.record_batch, runtime)
     app.state.auth = Auth(settings, runtime.store)
     app.state.auth.bootstrap(range(1, len(runtime.keys.merchants) + 1))
     install_problem_handlers(app)

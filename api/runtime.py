@@ -35,9 +35,11 @@ from typing import Any, Self
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_hash.auto import keccak
 from pydantic import SecretStr
 from web3 import HTTPProvider, Web3
 
+from api import redemptions
 from api.demo import demo_merchant, seed_demo
 from api.settings import DEV_MERCHANT_COUNT, Settings
 from api.store import ApiStore
@@ -58,6 +60,8 @@ from ledger.errors import LedgerError
 from ledger.indexer.checkpoint import index_status
 from ledger.indexer.follow import Indexer, IndexerConfig
 from ledger.node import DEV_MNEMONIC, AnvilConfig, AnvilNode
+from ledger.outbox import open_outbox
+from ledger.reconciler import Reconciler, ReconcileRefused
 from ledger.relayer import Relayer
 from ledger.rpc import RpcClient
 from ledger.state_cache import LedgerStateCache
@@ -240,6 +244,11 @@ class Runtime:
         self.indexer: Indexer | None = None
         self._indexer_thread: threading.Thread | None = None
         self._indexer_rpc: RpcClient | None = None
+        #: Every signed transaction, stored before it is sent (ledger.outbox); the records a
+        #: transaction carries are marked sent in the same database transaction.
+        self.outbox = open_outbox(store.db, on_signed=redemptions.mark_sent)
+        self.reconciler: Reconciler | None = None
+        self.reconciler_loop: redemptions.ReconcilerLoop | None = None
         self._cache_rpc = RpcClient(rpc_url, max_connections=64)
         #: Scheme terms, allowances and pass snapshots for scans (see ledger.state_cache).
         self.state = LedgerStateCache(
@@ -331,6 +340,7 @@ class Runtime:
                 node.stop()
             raise
         try:
+            runtime._reconcile_at_start(say)
             runtime._register_merchants()
             if settings.seeds_demo:
                 runtime.demo_seeded_now = seed_demo(runtime, report=say)
@@ -338,10 +348,52 @@ class Runtime:
             runtime._start_relayers()
             if settings.run_indexer:
                 runtime._start_indexer()
+            runtime._supervise()
         except BaseException:
             runtime.close()
             raise
         return runtime
+
+    def _reconcile_at_start(self, say: Reporter) -> None:
+        """Before any relayer signs anything new: replay what the outbox holds and the chain
+        lacks (a restart of the service, of the node, or both), and record what was mined."""
+        code = self.rpc.call("eth_getCode", self.deployment.ledger_address, "latest")
+        self.reconciler = Reconciler(
+            self.rpc,
+            self.outbox,
+            chain_id=self.deployment.chain_id,
+            contract=self.deployment.ledger_address,
+            code_hash=keccak(bytes.fromhex(str(code)[2:])),
+            final_after_s=self.settings.finality_s,
+            on_mined=lambda found: redemptions.record_reconciled(self, found),
+            on_failed=lambda rows: redemptions.record_lost(self, rows),
+        )
+        try:
+            report = self.reconciler.reconcile(deep=True, wait_s=30.0)
+        except ReconcileRefused as exc:
+            raise StartupError(str(exc)) from None
+        if not report.quiet:
+            say(
+                f"outbox reconciled: {report.replayed} replayed, {report.mined} mined, "
+                f"{report.failed} failed, {report.waiting} still waiting"
+            )
+
+    def _supervise(self) -> None:
+        """The periodic reconciler, and (embedded node) the node's supervisor, which restarts
+        a node that died and wakes the reconciler."""
+        assert self.reconciler is not None
+        self.reconciler_loop = redemptions.ReconcilerLoop(
+            self.reconciler, interval_s=self.settings.reconcile_interval_s
+        ).start()
+        if self.node is not None:
+            self.node.on_restart(self._node_restarted)
+            self.node.supervise()
+
+    def _node_restarted(self) -> None:
+        log.warning("the embedded node restarted; reconciling the outbox with it")
+        self.state.clear()
+        if self.reconciler_loop is not None:
+            self.reconciler_loop.wake(deep=True)
 
     def _register_merchants(self) -> None:
         """Merchant id ``i`` is the i-th merchant key: make the registry agree (a new key for an
@@ -373,10 +425,16 @@ class Runtime:
             chain_id=chain_id,
             linger_ms=linger,
             on_receipt=observe,
+            journal=self.outbox,
         ).start()
         for merchant_id, account in enumerate(self.keys.merchants, start=1):
             relayer = Relayer(
-                self.rpc, account=account, chain_id=chain_id, linger_ms=linger, on_receipt=observe
+                self.rpc,
+                account=account,
+                chain_id=chain_id,
+                linger_ms=linger,
+                on_receipt=observe,
+                journal=self.outbox,
             ).start()
             self.merchant_relayers[merchant_id] = relayer
             self.merchant_batchers[merchant_id] = RedemptionBatcher(
@@ -454,6 +512,8 @@ class Runtime:
                 hook()
             except Exception:
                 log.exception("a closing hook failed")
+        if self.reconciler_loop is not None:
+            self.reconciler_loop.stop()
         if self.indexer is not None:
             self.indexer.stop.set()
             if self._indexer_thread is not None:
@@ -468,6 +528,7 @@ class Runtime:
             with contextlib.suppress(Exception):
                 relayer.close(drain=True, timeout=10.0)
         self.state.close()
+        self.outbox.close()
         with contextlib.suppress(Exception):
             self.rpc.close()
         with contextlib.suppress(Exception):

@@ -54,6 +54,10 @@ class HealthOut(BaseModel):
     rpc: Literal["embedded-anvil", "external"]
     env: Literal["development", "production"]
     index_lag_blocks: int | None = None
+    #: Why the service is degraded, in one line (None when ``status`` is ``ok``).
+    detail: str | None = None
+    #: Outbox rows per state (``signed``, ``sent``, ``mined``, ``final``, ``failed``).
+    outbox: dict[str, int] | None = None
 
     model_config = ConfigDict(
         json_schema_extra={

@@ -26,7 +26,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -39,7 +39,9 @@ from hexbytes import HexBytes
 from starlette.concurrency import run_in_threadpool
 
 from api import cohort_claims
-from api.problems import ApiProblem, contract_status
+from api.problems import ApiProblem
+from api.redemptions import failure_values as _failure_values
+from api.redemptions import success_values as _success_values
 from api.runtime import Runtime
 from api.schemas import (
     Balance,
@@ -394,29 +396,6 @@ def _redeemed_event(
     return None
 
 
-def _success_values(outcome: RedemptionAccepted, balance: int) -> dict[str, Any]:
-    """What a mined redemption writes into its record."""
-    return {
-        "status": RedemptionStatus.SUCCEEDED,
-        "tx_hash": HexBytes(outcome.transaction_hash).to_0x_hex(),
-        "block_number": outcome.block_number,
-        "debited": int(outcome.debited),
-        "credited": int(outcome.credited),
-        "discount": int(outcome.discount),
-        "balance_after": balance,
-    }
-
-
-def _failure_values(exc: ce.ContractRevert) -> dict[str, Any]:
-    """What a refusal on chain writes into its record."""
-    return {
-        "status": RedemptionStatus.FAILED,
-        "problem_code": exc.code,
-        "problem_status": contract_status(exc),
-        "problem_detail": str(exc),
-    }
-
-
 def _set(record: RedemptionRecord, values: Mapping[str, Any]) -> None:
     for name, value in values.items():
         setattr(record, name, value)
@@ -428,50 +407,6 @@ def _mark_succeeded(record: RedemptionRecord, outcome: RedemptionAccepted, balan
 
 def _mark_failed(record: RedemptionRecord, exc: ce.ContractRevert) -> None:
     _set(record, _failure_values(exc))
-
-
-def _balances_after(runtime: Runtime, accepted: Sequence[RedemptionAccepted]) -> dict[int, int]:
-    """Each accepted redemption's balance at the end of its block, in one JSON-RPC batch."""
-    calls = [
-        (
-            "eth_call",
-            [
-                {
-                    "to": runtime.client.address,
-                    "data": "0x"
-                    + runtime.client.call_data("balanceOf", o.scheme_id, bytes(o.pass_id)).hex(),
-                },
-                hex(o.block_number),
-            ],
-        )
-        for o in accepted
-    ]
-    replies = runtime.rpc.batch(calls)
-    balances: dict[int, int] = {}
-    for outcome, reply in zip(accepted, replies, strict=True):
-        if isinstance(reply, RpcError):
-            raise reply
-        balances[outcome.redemption_id] = int(str(reply), 16)
-    return balances
-
-
-def record_batch(runtime: Runtime, outcomes: Sequence[BatchOutcome]) -> None:
-    """Save a mined batch in one transaction (the batcher's ``on_outcomes``): accepted items with
-    their balance after, refusals with their problem; then hand what was saved to the waiting
-    requests. A ``RedemptionIdUsed`` refusal is left to its request, which first looks for an
-    earlier submission of the same record."""
-    accepted = [o for o in outcomes if isinstance(o, RedemptionAccepted)]
-    balances = _balances_after(runtime, accepted)
-    updates: dict[int, dict[str, Any]] = {
-        o.redemption_id: _success_values(o, balances[o.redemption_id]) for o in accepted
-    }
-    for outcome in outcomes:
-        if isinstance(outcome, RedemptionRefused) and not isinstance(
-            outcome.error, ce.RedemptionIdUsed
-        ):
-            updates[outcome.redemption_id] = _failure_values(outcome.error)
-    runtime.store.complete_redemptions(updates)
-    runtime.finish(updates)
 
 
 def _collected(
@@ -600,7 +535,27 @@ def _resume(runtime: Runtime, record: RedemptionRecord) -> RedemptionOut:
     event = _redeemed_event(runtime, record, relayer.address)
     if event is not None:
         return _succeed(runtime, record, event)
+    if record.sent_at is not None:
+        # Its transaction is in the outbox (sent before a restart): the reconciler replays it
+        # and records the outcome; sending the id again could only race with that replay.
+        return _await_reconciled(runtime, record)
     return _submit(runtime, record, decode_token_uri(record.token_uri))
+
+
+def _await_reconciled(runtime: Runtime, record: RedemptionRecord) -> RedemptionOut:
+    """Wait (up to the receipt timeout) until the reconciler has recorded ``record``'s
+    outcome, and answer with it; a 504 ``receipt_timeout`` otherwise (retry later)."""
+    deadline = time.monotonic() + runtime.settings.receipt_timeout_s
+    if runtime.reconciler_loop is not None:
+        runtime.reconciler_loop.wake(deep=False)
+    while time.monotonic() < deadline:
+        current = runtime.store.redemption_by_id(record.redemption_id)
+        if current is not None and current.status is RedemptionStatus.SUCCEEDED:
+            return _result(current)
+        if current is not None and current.status is RedemptionStatus.FAILED:
+            raise _stored_problem(current)
+        time.sleep(0.1)
+    raise _receipt_timeout()
 
 
 #: What the checks before allocation raise for a request they refuse.

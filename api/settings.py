@@ -187,6 +187,21 @@ class Settings(BaseSettings):
     index_confirmations: int = Field(
         default=0, ge=0, le=1000, description="Blocks the index stays behind the head."
     )
+    reconcile_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=600,
+        description="How often the reconciler compares the outbox with the chain (it also runs "
+        "at start and at once when the node restarted).",
+    )
+    finality_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=86_400,
+        description="How long a mined transaction stays under watch before the outbox calls it "
+        "final (the embedded node persists its state every second; on QBFT a mined block is "
+        "final at once, but a node restored from a snapshot is caught by its nonces anyway).",
+    )
 
     # -- HTTP hardening (api.middleware): CORS, request size, rate limits ------------------------
     cors_allow_origins: list[str] = Field(

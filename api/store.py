@@ -17,7 +17,7 @@ import enum
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -146,6 +146,11 @@ class RedemptionRecord(SQLModel, table=True):
     reversal_tx_hash: str | None = None
     reversal_block_number: int | None = Field(default=None, sa_type=BigInteger)
     reversed_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    #: When the transaction carrying it was stored in the outbox (and ``tx_hash`` set to it).
+    sent_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    #: When the chain contradicted an answer already given (a confirmed redemption whose
+    #: transaction was lost and could not be replayed, or a refusal that landed after all).
+    promise_broken_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class StaffUser(SQLModel, table=True):
@@ -651,6 +656,17 @@ class ApiStore:
                     .values({name: bindparam(name) for name in names}),
                     rows,
                 )
+
+    def redemptions_by_ids(self, redemption_ids: Iterable[int]) -> dict[int, RedemptionRecord]:
+        """The records of ``redemption_ids`` that exist, by id."""
+        ids = sorted(set(redemption_ids))
+        if not ids:
+            return {}
+        with self.session() as session:
+            rows = session.exec(
+                select(RedemptionRecord).where(col(RedemptionRecord.redemption_id).in_(ids))
+            ).all()
+        return {row.redemption_id: row for row in rows}
 
     def redemption_by_id(self, redemption_id: int) -> RedemptionRecord | None:
         with self.session() as session:

@@ -40,6 +40,7 @@ __all__ = [
     "RedemptionBatcher",
     "RedemptionOutcome",
     "RedemptionRefused",
+    "outcomes_of",
 ]
 
 
@@ -187,7 +188,11 @@ class RedemptionBatcher:
     def _send(self, batch: list[_Pending]) -> None:
         data = self._client.redeem_batch_data([pending.request for pending in batch])
         request = TxRequest(
-            to=self._client.address, data=data, gas=_BASE_GAS + _GAS_PER_ITEM * len(batch)
+            to=self._client.address,
+            data=data,
+            gas=_BASE_GAS + _GAS_PER_ITEM * len(batch),
+            label="redeemBatch",
+            refs=tuple(pending.request.redemption_id for pending in batch),
         )
         try:
             handle = self._relayer.submit(request)
@@ -239,31 +244,52 @@ class RedemptionBatcher:
     def _outcomes(
         self, batch: Sequence[_Pending], handle: TxHandle, receipt: TxReceipt
     ) -> dict[int, RedemptionOutcome]:
-        tx_hash = bytes(receipt.tx_hash)
-        if not receipt.ok:
-            data = self._relayer.revert_data(handle.request, receipt)
-            error = self._client.revert_of(bytes(data or b""))
-            return {
-                id(p): RedemptionRefused(p.request.redemption_id, error, tx_hash) for p in batch
-            }
-        events = self._client.receipt_events(receipt)
-        root = next((e.args["root"] for e in events if e.name == "ReceiptsRecorded"), None)
-        accepted: dict[int, tuple[int, DecodedEvent]] = {}
-        refused: dict[int, DecodedEvent] = {}
-        position = 0
-        for event in events:
-            if event.name == "Redeemed":
-                accepted.setdefault(event.args["redemptionId"], (position, event))
-                position += 1
-            elif event.name == "RedemptionRejected":
-                refused.setdefault(event.args["redemptionId"], event)
-        outcomes: dict[int, RedemptionOutcome] = {}
-        for pending in batch:
-            rid = pending.request.redemption_id
-            if rid in accepted:
-                position_of, event = accepted.pop(rid)
-                args = event.args
-                outcomes[id(pending)] = RedemptionAccepted(
+        ids = [pending.request.redemption_id for pending in batch]
+        by_id = outcomes_of(
+            self._client,
+            ids,
+            receipt,
+            revert=lambda: self._client.revert_of(
+                bytes(self._relayer.revert_data(handle.request, receipt) or b"")
+            ),
+        )
+        return {id(pending): outcome for pending, outcome in zip(batch, by_id, strict=True)}
+
+
+def outcomes_of(
+    client: LedgerClient,
+    redemption_ids: Sequence[int],
+    receipt: TxReceipt,
+    *,
+    revert: Callable[[], ContractRevert],
+) -> list[RedemptionOutcome]:
+    """Each redemption id's outcome in a mined ``redeemBatch`` (or ``claimAndRedeem``)
+    transaction, read from its events; ``revert`` gives the error of a transaction that
+    reverted as a whole (every item refused with it). Also used for transactions the
+    reconciler replayed. One outcome per id, in order (an id given twice is accepted at most
+    once: the contract's id bitmap)."""
+    tx_hash = bytes(receipt.tx_hash)
+    if not receipt.ok:
+        error = revert()
+        return [RedemptionRefused(rid, error, tx_hash) for rid in redemption_ids]
+    events = client.receipt_events(receipt)
+    root = next((e.args["root"] for e in events if e.name == "ReceiptsRecorded"), None)
+    accepted: dict[int, tuple[int, DecodedEvent]] = {}
+    refused: dict[int, DecodedEvent] = {}
+    position = 0
+    for event in events:
+        if event.name == "Redeemed":
+            accepted.setdefault(event.args["redemptionId"], (position, event))
+            position += 1
+        elif event.name == "RedemptionRejected":
+            refused.setdefault(event.args["redemptionId"], event)
+    outcomes: list[RedemptionOutcome] = []
+    for rid in redemption_ids:
+        if rid in accepted:
+            position_of, event = accepted.pop(rid)
+            args = event.args
+            outcomes.append(
+                RedemptionAccepted(
                     redemption_id=rid,
                     pass_id=args["passId"],
                     scheme_id=args["schemeId"],
@@ -277,15 +303,12 @@ class RedemptionBatcher:
                     receipt_root=root,
                     receipt_position=position_of,
                 )
-            elif rid in refused:
-                event = refused.pop(rid)
-                reason = bytes(event.args["reason"])
-                revert = reason + rid.to_bytes(32, "big") + bytes(event.args["detail"])
-                outcomes[id(pending)] = RedemptionRefused(
-                    rid, self._client.revert_of(revert), tx_hash
-                )
-            else:
-                outcomes[id(pending)] = RedemptionRefused(
-                    rid, UnknownRevert({"redemptionId": rid}), tx_hash
-                )
-        return outcomes
+            )
+        elif rid in refused:
+            event = refused.pop(rid)
+            reason = bytes(event.args["reason"])
+            revert_data = reason + rid.to_bytes(32, "big") + bytes(event.args["detail"])
+            outcomes.append(RedemptionRefused(rid, client.revert_of(revert_data), tx_hash))
+        else:
+            outcomes.append(RedemptionRefused(rid, UnknownRevert({"redemptionId": rid}), tx_hash))
+    return outcomes

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import (
     ColumnElement,
@@ -30,12 +31,20 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import make_url
 
 from ledger.relayer import SignedTx, TxReceipt
-from ledger.store.db import Store
+from ledger.store.db import Store, StoreConfig, open_store, upgrade
 from ledger.store.outbox import OutboxState, OutboxTx
 
-__all__ = ["OutboxRow", "SqlOutbox", "older_than", "parse_refs"]
+__all__ = [
+    "OutboxRow",
+    "SqlOutbox",
+    "older_than",
+    "open_outbox",
+    "outbox_store_url",
+    "parse_refs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +113,48 @@ def _row(mapping: object) -> OutboxRow:
 SignedHook = Callable[[Connection, Sequence[SignedTx]], None]
 
 
-class SqlOutbox:
-    """The outbox in the store. Thread-safe; :meth:`close` flushes the progress writer."""
+def outbox_store_url(url: str) -> str:
+    """Where the outbox of the store at ``url`` lives: the same database, except for a SQLite
+    file, whose outbox is a file of its own beside it (``<name>.outbox<suffix>``).
 
-    def __init__(self, db: Store, *, on_signed: SignedHook | None = None) -> None:
+    Why: SQLite has one writer per file, and some registry changes hold their write
+    transaction while their chain transaction is mined (a pass is registered in the registry
+    and on chain, all or none). The relayer must store that transaction in the outbox before it
+    sends it, so on one SQLite file the two would wait for each other. On PostgreSQL the
+    outbox rows and the records they carry are written in one transaction; on SQLite the
+    records are marked in a second transaction right after (a crash in between leaves a
+    record without ``sent_at``; the reconciler still replays its transaction by the outbox's
+    refs, and the contract's id bitmap makes a resubmission harmless)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return url
+    path = Path(str(parsed.database))
+    return str(parsed.set(database=str(path.with_name(f"{path.stem}.outbox{path.suffix}"))))
+
+
+def open_outbox(db: Store, *, on_signed: SignedHook | None = None) -> SqlOutbox:
+    """The outbox of the store ``db`` (see :func:`outbox_store_url`), migrated to head."""
+    url = outbox_store_url(db.config.url)
+    if url == db.config.url:
+        return SqlOutbox(db, on_signed=on_signed)
+    own = open_store(StoreConfig(url))
+    upgrade(own)
+    return SqlOutbox(own, on_signed=on_signed, records_db=db)
+
+
+class SqlOutbox:
+    """The outbox in the store. Thread-safe; :meth:`close` flushes the progress writer.
+
+    ``records_db``: where ``on_signed`` writes, when that is another database than the
+    outbox's own (SQLite, see :func:`outbox_store_url`); it then runs in a transaction of its
+    own right after the outbox rows are committed, and its failure is logged, not raised."""
+
+    def __init__(
+        self, db: Store, *, on_signed: SignedHook | None = None, records_db: Store | None = None
+    ) -> None:
         self.db = db
         self.on_signed = on_signed
+        self.records_db = records_db
         self._pending: list[tuple[str, object]] = []
         self._ready = threading.Condition()
         self._idle = threading.Event()
@@ -156,8 +201,14 @@ class SqlOutbox:
             ]
             if rows:
                 conn.execute(insert(_TABLE), rows)
-            if self.on_signed is not None:
+            if self.on_signed is not None and self.records_db is None:
                 self.on_signed(conn, txs)
+        if self.on_signed is not None and self.records_db is not None:
+            try:
+                with self.records_db.engine.begin() as conn:
+                    self.on_signed(conn, txs)
+            except Exception as exc:  # the rows are stored; the reconciler goes by them
+                log.warning("could not mark what %d transactions carry as sent: %s", len(txs), exc)
 
     def sent(self, tx_hashes: Sequence[str]) -> None:
         self._later("sent", tuple(tx_hashes))
@@ -188,6 +239,8 @@ class SqlOutbox:
             self._closed = True
             self._ready.notify_all()
         self._writer.join(timeout)
+        if self.records_db is not None:  # the outbox's own store (SQLite): opened here
+            self.db.close()
 
     def _write_loop(self) -> None:
         backoff = 0.1

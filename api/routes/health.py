@@ -16,12 +16,23 @@ def health(runtime: RuntimeDep, settings: SettingsDep) -> HealthOut:
 
     ``index_lag_blocks`` is how far the off-chain index is behind the head (None if unknown).
     """
+    detail: str | None = None
     try:
         head: int | None = int(runtime.w3.eth.block_number)
-    except Exception:
+    except Exception as exc:
         head = None
+        detail = f"the node at {runtime.rpc_url} does not answer ({type(exc).__name__})"
+    if runtime.reconciler is not None and runtime.reconciler.refused is not None:
+        detail = runtime.reconciler.refused
+    try:
+        outbox: dict[str, int] | None = runtime.outbox.counts()
+    except Exception:
+        outbox = None
+        detail = detail or "the database does not answer"
     return HealthOut(
-        status="ok" if head is not None else "degraded",
+        status="ok" if detail is None else "degraded",
+        detail=detail,
+        outbox=outbox,
         chain_id=runtime.deployment.chain_id,
         head_block=head,
         ledger_address=runtime.deployment.ledger_address,
