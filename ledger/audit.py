@@ -22,21 +22,69 @@ It then compares that recomputation with
 (c) the reports of :mod:`ledger.reports` when that package is present (imported lazily; the audit
     notes that it skipped the comparison otherwise).
 
+(d) the service's promises and its outbox (:func:`compare_promises`, :func:`compare_outbox`):
+    what the service answered (a redemption confirmed, or refused) against the ledger's own
+    ``Redeemed`` and ``Reversed`` logs, and the transactions the outbox holds against their
+    records and their age. See "Service promises" below.
+
 Every mismatch is a :class:`Difference`; :class:`AuditResult` collects them. ``ok`` is true when
 there are none. Nothing here writes anywhere.
+
+Service promises
+----------------
+
+A service that answered ``201`` to a redemption has made a promise the chain must keep. The
+index cannot tell whether it does (it mirrors the chain, lost blocks included), so the audit
+compares the promises with the chain's logs of the ledger contract.
+
+``ledger`` never imports ``api`` (``tests/test_import_rules.py``), and the promises live in the
+API's table. So the audit takes them as plain typed objects, :class:`ServicePromise`, which the
+API builds from its own table (``api.audit_promises``), rather than reading ``api_*`` tables by
+name: the API owns the meaning of its columns (status values, uint64 text, which merchant id is
+which address, what ``promise_broken_at`` means), and a renamed column then fails the API's
+type check instead of silently emptying the audit. The promises are passed as a callable that
+the audit calls *after* it has read the chain's head: every redemption mined up to that head had
+its record stored before its transaction was signed, so a ``Redeemed`` log up to that head
+without a promise is really unknown to the service; the logs compared with the promises are then
+read up to the head *after* the promises were read, so a confirmed redemption missing from them
+is really missing (not mined later than the audit looked). The promises are compared with the
+chain up to its head, also when the rest of the audit stops at an earlier block.
+
+Differences (kind, one per redemption id unless noted), ``expected`` is what the chain says and
+``actual`` what the service recorded:
+
+- ``promise.missing_on_chain``: confirmed here (record ``succeeded``), but no ``Redeemed`` with
+  that id on chain; also a record the service itself marked broken after confirming it
+  (``promise_broken_at`` set, now ``failed``, e.g. ``confirmation_lost``);
+- ``promise.unknown_here``: a ``Redeemed`` log whose id has no record;
+- ``promise.refused_on_chain``: refused here (record ``failed``), yet ``Redeemed`` on chain; also
+  a record marked broken after a refusal that landed after all (now ``succeeded``);
+- ``promise.amounts`` / ``promise.merchant`` / ``promise.scheme``: the record and the event
+  disagree on debited/credited, on the merchant's address or on the scheme;
+- ``promise.reversal_missing`` / ``promise.reversal_unknown``: a reversal recorded here without a
+  ``Reversed`` log, or the other way round;
+- ``promise.broken``: any other record with ``promise_broken_at`` set (the chain now agrees with
+  the record, but an answer given earlier was contradicted);
+- ``outbox.failed``: an outbox row ``failed`` that carries a redemption whose record is not
+  ``failed`` and that no other live row carries;
+- ``outbox.stuck`` (per transaction): a row neither ``final`` nor ``failed`` older than
+  ``stuck_after_s`` (default 10 minutes); a ``mined`` row whose receipt the chain still has at
+  the recorded block is not stuck (only not yet marked final, e.g. the service stopped).
 """
 
 from __future__ import annotations
 
+import enum
 import importlib
 import importlib.util
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final, Protocol, TypeVar
 
 from eth_abi import decode
-from sqlalchemy import Engine, Table, select
+from sqlalchemy import Engine, Table, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import SQLModel
 
@@ -45,7 +93,9 @@ from ledger.client import LedgerClient, SchemeKind
 from ledger.contract_errors import error_selectors
 from ledger.errors import LedgerError
 from ledger.events import DecodedEvent
+from ledger.outbox import OutboxRow, SqlOutbox
 from ledger.rpc import RpcClient, RpcError
+from ledger.store.db import Store, StoreConfig
 from ledger.store.index import (
     EVENT_TABLES,
     GOVERNANCE_KINDS,
@@ -65,20 +115,30 @@ from ledger.store.index import (
     IndexedScheme,
     IndexedSettlement,
 )
+from ledger.store.outbox import OutboxState, OutboxTx
 
 __all__ = [
+    "DEFAULT_STUCK_AFTER_S",
+    "PROMISE_KINDS",
+    "REDEMPTION_CALLS",
     "AuditError",
     "AuditResult",
     "Difference",
     "LedgerState",
     "MerchantFigures",
     "PassFigures",
+    "PromiseSource",
+    "PromiseStatus",
     "SchemeFigures",
+    "ServicePromise",
     "audit",
+    "compare_outbox",
+    "compare_promises",
     "engine_of",
     "expected_index_rows",
     "fetch_events",
     "read_index_rows",
+    "read_outbox",
     "recompute",
 ]
 
@@ -86,6 +146,24 @@ UNLIMITED: Final = 2**64 - 1
 ZERO_ADDRESS: Final = "0x" + "00" * 20
 DEFAULT_LOG_CHUNK: Final = 5_000
 CALL_BATCH: Final = 400
+#: An outbox row neither final nor failed for longer than this is stuck (seconds).
+DEFAULT_STUCK_AFTER_S: Final = 600.0
+#: Outbox labels (contract functions) whose ``refs`` are redemption ids.
+REDEMPTION_CALLS: Final = frozenset({"redeem", "redeemBatch", "claimAndRedeem"})
+#: The differences of (d), each with what it means in one line.
+PROMISE_KINDS: Final[Mapping[str, str]] = {
+    "promise.missing_on_chain": "confirmed here, missing on chain",
+    "promise.unknown_here": "on chain, unknown here",
+    "promise.refused_on_chain": "refused here, on chain",
+    "promise.amounts": "amounts differ",
+    "promise.merchant": "merchant differs",
+    "promise.scheme": "scheme differs",
+    "promise.reversal_missing": "reversed here, not on chain",
+    "promise.reversal_unknown": "reversed on chain, not here",
+    "promise.broken": "an answer given was contradicted",
+    "outbox.failed": "failed in the outbox, not here",
+    "outbox.stuck": "stuck in the outbox",
+}
 
 IndexKey = tuple[str, int, int]
 """Natural key of an index row: (block hash, log index, position in a batch event or 0)."""
@@ -123,6 +201,8 @@ class Difference:
     key: str
     expected: Any
     actual: Any
+    #: One line for people (the service-promise and outbox differences have one).
+    detail: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -130,7 +210,67 @@ class Difference:
             "key": self.key,
             "expected": _jsonable(self.expected),
             "actual": _jsonable(self.actual),
+            "detail": self.detail,
         }
+
+    @property
+    def about_promises(self) -> bool:
+        """A difference of (d): the service's promises or its outbox against the chain."""
+        return self.kind in PROMISE_KINDS
+
+
+class PromiseStatus(enum.StrEnum):
+    """What the service answered: nothing final yet, confirmed, or refused."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServicePromise:
+    """What the service recorded (and answered) about one redemption id.
+
+    Built by the service from its own records (the API: ``api.audit_promises``). ``merchant`` is
+    the chain address the service redeemed for (None: unknown, not compared); amounts are None
+    until known. ``reference`` says, for people, which request it was (e.g. merchant and
+    idempotency key)."""
+
+    redemption_id: int
+    status: PromiseStatus
+    scheme_id: int | None = None
+    merchant: str | None = None
+    debited: int | None = None
+    credited: int | None = None
+    tx_hash: str | None = None
+    block_number: int | None = None
+    reversal_tx_hash: str | None = None
+    promise_broken_at: datetime | None = None
+    problem_code: str | None = None
+    reference: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """The record as a difference's ``actual``: only what is set."""
+        values: dict[str, Any] = {
+            "status": self.status.value,
+            "scheme_id": self.scheme_id,
+            "merchant": self.merchant,
+            "debited": self.debited,
+            "credited": self.credited,
+            "tx_hash": self.tx_hash,
+            "block_number": self.block_number,
+            "reversal_tx_hash": self.reversal_tx_hash,
+            "problem_code": self.problem_code,
+            "promise_broken_at": (
+                None if self.promise_broken_at is None else self.promise_broken_at.isoformat()
+            ),
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+
+#: The promises, read when the audit calls it (after the head it compares against was read);
+#: None: the database has no promises to compare (e.g. no API tables).
+PromiseSource = Callable[[], Sequence[ServicePromise] | None]
 
 
 @dataclass(slots=True)
@@ -968,6 +1108,307 @@ def _report_differences(
                 )
 
 
+# ================================================================== (d) promises and outbox
+
+
+def _redemption_key(redemption_id: int) -> str:
+    return f"redemption={redemption_id}"
+
+
+def _where(event: DecodedEvent) -> str:
+    return f"block {event.block_number}, tx {_hex(event.transaction_hash)}"
+
+
+def _said(promise: ServicePromise) -> str:
+    """Where the service's record says it happened, for a detail line."""
+    parts = [promise.reference] if promise.reference else []
+    if promise.tx_hash is not None:
+        parts.append(f"tx {promise.tx_hash}")
+    if promise.block_number is not None:
+        parts.append(f"block {promise.block_number}")
+    return "; ".join(parts) if parts else "no transaction recorded"
+
+
+def _broken_note(promise: ServicePromise) -> str:
+    if promise.promise_broken_at is None:
+        return ""
+    code = f" ({promise.problem_code})" if promise.problem_code else ""
+    at = f"{promise.promise_broken_at:%Y-%m-%d %H:%M:%S}"
+    return f"; the service marked this promise broken at {at}{code}"
+
+
+def _event_figures(event: DecodedEvent) -> dict[str, Any]:
+    a = event.args
+    return {
+        "scheme_id": int(a["schemeId"]),
+        "merchant": a["merchant"],
+        "debited": int(a["debited"]),
+        "credited": int(a["credited"]),
+        "block_number": event.block_number,
+        "tx_hash": _hex(event.transaction_hash),
+    }
+
+
+def compare_promises(
+    promises: Sequence[ServicePromise],
+    events: Sequence[DecodedEvent],
+    *,
+    known_until: int,
+) -> list[Difference]:
+    """Compare the service's promises with the ledger's ``Redeemed`` and ``Reversed`` logs in
+    ``events`` (pure). A ``Redeemed`` log without a promise counts only up to block
+    ``known_until`` (what was mined before the promises were read); see the module docstring
+    for the kinds. Sorted by redemption id."""
+    redeemed: dict[int, DecodedEvent] = {}
+    reversed_: dict[int, DecodedEvent] = {}
+    for log in events:
+        if log.name == "Redeemed":
+            redeemed.setdefault(int(log.args["redemptionId"]), log)
+        elif log.name == "Reversed":
+            reversed_.setdefault(int(log.args["redemptionId"]), log)
+    by_id = {p.redemption_id: p for p in promises}
+    found: list[tuple[int, Difference]] = []
+
+    def add(rid: int, kind: str, expected: Any, actual: Any, detail: str) -> None:
+        line = f"{PROMISE_KINDS[kind]}: {detail}"
+        found.append((rid, Difference(kind, _redemption_key(rid), expected, actual, line)))
+
+    for rid, promise in sorted(by_id.items()):
+        event = redeemed.get(rid)
+        broken = _broken_note(promise)
+        before = len(found)
+        if promise.status is PromiseStatus.SUCCEEDED and event is None:
+            add(
+                rid,
+                "promise.missing_on_chain",
+                None,
+                promise.summary(),
+                f"the service confirmed it ({_said(promise)}), but no Redeemed log on chain "
+                f"has this id{broken}",
+            )
+        elif promise.status is PromiseStatus.FAILED and event is not None:
+            add(
+                rid,
+                "promise.refused_on_chain",
+                _event_figures(event),
+                promise.summary(),
+                f"the service refused it ({promise.problem_code or 'no reason recorded'}), "
+                f"but it was redeemed on chain ({_where(event)}){broken}",
+            )
+        elif promise.status is PromiseStatus.FAILED and promise.promise_broken_at is not None:
+            add(
+                rid,
+                "promise.missing_on_chain",
+                None,
+                promise.summary(),
+                f"the service had confirmed it ({_said(promise)}); the chain lost it{broken}",
+            )
+        elif (
+            promise.status is PromiseStatus.SUCCEEDED
+            and promise.promise_broken_at is not None
+            and event is not None
+        ):
+            add(
+                rid,
+                "promise.refused_on_chain",
+                _event_figures(event),
+                promise.summary(),
+                f"the service had refused it, then it landed on chain ({_where(event)}){broken}",
+            )
+        if event is not None and promise.status is PromiseStatus.SUCCEEDED:
+            on_chain = _event_figures(event)
+            if (promise.debited is not None and promise.debited != on_chain["debited"]) or (
+                promise.credited is not None and promise.credited != on_chain["credited"]
+            ):
+                add(
+                    rid,
+                    "promise.amounts",
+                    {"debited": on_chain["debited"], "credited": on_chain["credited"]},
+                    {"debited": promise.debited, "credited": promise.credited},
+                    f"debited/credited here {promise.debited}/{promise.credited}, on chain "
+                    f"{on_chain['debited']}/{on_chain['credited']} ({_where(event)})",
+                )
+            if (
+                promise.merchant is not None
+                and promise.merchant.lower() != str(on_chain["merchant"]).lower()
+            ):
+                add(
+                    rid,
+                    "promise.merchant",
+                    on_chain["merchant"],
+                    promise.merchant,
+                    f"redeemed here for {promise.merchant}, on chain for "
+                    f"{on_chain['merchant']} ({_where(event)})",
+                )
+            if promise.scheme_id is not None and promise.scheme_id != on_chain["scheme_id"]:
+                add(
+                    rid,
+                    "promise.scheme",
+                    on_chain["scheme_id"],
+                    promise.scheme_id,
+                    f"scheme {promise.scheme_id} here, {on_chain['scheme_id']} on chain "
+                    f"({_where(event)})",
+                )
+        reversal = reversed_.get(rid)
+        if promise.reversal_tx_hash is not None and reversal is None:
+            add(
+                rid,
+                "promise.reversal_missing",
+                None,
+                promise.summary(),
+                f"the service reversed it (tx {promise.reversal_tx_hash}), but no Reversed log "
+                "on chain has this id",
+            )
+        elif (
+            promise.reversal_tx_hash is None
+            and reversal is not None
+            and reversal.block_number <= known_until
+        ):
+            add(
+                rid,
+                "promise.reversal_unknown",
+                {"block_number": reversal.block_number, "tx_hash": _hex(reversal.transaction_hash)},
+                promise.summary(),
+                f"reversed on chain ({_where(reversal)}), but the service's record says it is "
+                "not reversed",
+            )
+        if promise.promise_broken_at is not None and len(found) == before:
+            add(
+                rid,
+                "promise.broken",
+                None if event is None else _event_figures(event),
+                promise.summary(),
+                f"the record now agrees with the chain, but an answer given earlier was "
+                f"contradicted{broken}",
+            )
+    for rid, unknown in sorted(redeemed.items()):
+        if rid not in by_id and unknown.block_number <= known_until:
+            add(
+                rid,
+                "promise.unknown_here",
+                _event_figures(unknown),
+                None,
+                f"redeemed on chain for {unknown.args['merchant']} ({_where(unknown)}), but the "
+                "service has no record of this id",
+            )
+    found.sort(key=lambda item: item[0])
+    return [difference for _, difference in found]
+
+
+def read_outbox(engine: Engine) -> list[OutboxRow] | None:
+    """Every row of the outbox (``outbox_tx``), or None when the database has no outbox."""
+    table: Table = OutboxTx.__table__  # type: ignore[attr-defined]
+    if not inspect(engine).has_table(str(table.name)):
+        return None
+    outbox = SqlOutbox(Store(StoreConfig(engine.url.render_as_string(hide_password=False)), engine))
+    try:
+        return outbox.all_rows()
+    finally:
+        outbox.close()
+
+
+def _receipts(rpc: RpcClient, tx_hashes: Sequence[str]) -> dict[str, tuple[int, str] | None]:
+    """Transaction hash -> (block number, block hash) of its receipt on chain, or None."""
+    out: dict[str, tuple[int, str] | None] = {}
+    for part in _chunks(list(tx_hashes), CALL_BATCH):
+        replies = rpc.batch([("eth_getTransactionReceipt", [h]) for h in part])
+        for tx_hash, reply in zip(part, replies, strict=True):
+            if isinstance(reply, RpcError):
+                raise AuditError(f"the node did not answer for transaction {tx_hash}: {reply}")
+            if isinstance(reply, dict) and reply.get("blockNumber"):
+                out[tx_hash] = (
+                    int(str(reply["blockNumber"]), 16),
+                    str(reply.get("blockHash", "")).lower(),
+                )
+            else:
+                out[tx_hash] = None
+    return out
+
+
+def compare_outbox(
+    rows: Sequence[OutboxRow],
+    promises: Sequence[ServicePromise] | None,
+    *,
+    now: datetime,
+    stuck_after_s: float = DEFAULT_STUCK_AFTER_S,
+    receipts: Mapping[str, tuple[int, str] | None] | None = None,
+) -> list[Difference]:
+    """The outbox against the promises and the clock (pure).
+
+    ``receipts`` holds what the chain says about the old ``mined`` rows (see :func:`audit`): a
+    row whose receipt is there, in the recorded block, is not stuck."""
+    differences: list[Difference] = []
+    live: set[int] = set()  # redemption ids some row that is not failed carries
+    for row in rows:
+        if row.state is not OutboxState.FAILED and row.label in REDEMPTION_CALLS:
+            live.update(row.refs)
+    by_id = {p.redemption_id: p for p in promises or ()}
+    reported: set[int] = set()
+    for row in rows:
+        if row.state is not OutboxState.FAILED or row.label not in REDEMPTION_CALLS:
+            continue
+        for rid in row.refs:
+            promise = by_id.get(rid)
+            if promise is None or promise.status is PromiseStatus.FAILED:
+                continue
+            if rid in live or rid in reported:
+                continue
+            reported.add(rid)
+            detail = (
+                f"{PROMISE_KINDS['outbox.failed']}: transaction {row.tx_hash} carrying it "
+                f"failed ({row.reason or 'no reason'}), but the record is "
+                f"{promise.status.value} ({_said(promise)})"
+            )
+            differences.append(
+                Difference(
+                    "outbox.failed",
+                    _redemption_key(rid),
+                    {"tx_hash": row.tx_hash, "state": row.state.value, "reason": row.reason},
+                    promise.summary(),
+                    detail,
+                )
+            )
+    limit = now - timedelta(seconds=stuck_after_s)
+    for row in rows:
+        if row.state in (OutboxState.FINAL, OutboxState.FAILED) or row.created_at > limit:
+            continue
+        seen = None if receipts is None else receipts.get(row.tx_hash)
+        recorded = (row.block_number, (row.block_hash or "").lower())
+        if row.state is OutboxState.MINED and seen is not None and seen == recorded:
+            continue  # mined where the outbox says, only not marked final yet
+        age = now - row.created_at
+        if receipts is None:
+            chain = "the chain was not asked"
+        elif seen is None:
+            chain = "the chain has no receipt for it"
+        else:
+            chain = f"the chain mined it in block {seen[0]}"
+        refs = f", carrying redemption(s) {', '.join(map(str, row.refs))}" if row.refs else ""
+        detail = (
+            f"{PROMISE_KINDS['outbox.stuck']}: {row.label or 'a call'} from {row.sender} "
+            f"(nonce {row.nonce}{refs}) is still {row.state.value} after "
+            f"{int(age.total_seconds() // 60)} min; {chain}"
+        )
+        differences.append(
+            Difference(
+                "outbox.stuck",
+                f"tx={row.tx_hash}",
+                None if seen is None else {"block_number": seen[0], "block_hash": seen[1]},
+                {
+                    "state": row.state.value,
+                    "sender": row.sender,
+                    "nonce": row.nonce,
+                    "label": row.label,
+                    "refs": list(row.refs),
+                    "created_at": row.created_at.isoformat(),
+                    "block_number": row.block_number,
+                },
+                detail,
+            )
+        )
+    return differences
+
+
 # ================================================================== the audit
 
 
@@ -981,12 +1422,23 @@ def audit(
     compare_chain: bool = True,
     compare_reports: bool = True,
     log_chunk: int = DEFAULT_LOG_CHUNK,
+    promises: Sequence[ServicePromise] | PromiseSource | None = None,
+    compare_outbox_rows: bool = True,
+    stuck_after_s: float = DEFAULT_STUCK_AFTER_S,
+    now: datetime | None = None,
 ) -> AuditResult:
     """Audit the ledger at ``client.address`` from ``from_block`` (its deployment) to ``to_block``.
 
     ``to_block`` defaults to the index checkpoint when ``store`` has one for this contract (the
-    block the index claims to mirror), else the node's latest block. Raises :class:`AuditError`
-    when the node or the database cannot be read; mismatches are returned, never raised.
+    block the index claims to mirror), else the node's latest block; an index checkpoint beyond
+    the node's head (a node that lost blocks) is a difference, and the audit stops at the head.
+    Raises :class:`AuditError` when the node or the database cannot be read; mismatches are
+    returned, never raised.
+
+    ``promises`` (a sequence, or a :data:`PromiseSource` called once the chain's head is known)
+    are compared with the chain's logs up to its head; the outbox is read from ``store`` when it
+    has one (``compare_outbox_rows``), its open rows older than ``stuck_after_s`` before ``now``
+    are stuck. See the module docstring, "Service promises".
     """
     engine = None if store is None else engine_of(store)
     try:
@@ -1000,7 +1452,24 @@ def audit(
             checkpoint = _checkpoint(engine, chain_id, client.address)
         except SQLAlchemyError as exc:
             raise AuditError(f"cannot read the index database: {_first_line(exc)}") from exc
-    target = to_block if to_block is not None else (checkpoint[0] if checkpoint else head)
+    ahead: Difference | None = None
+    if to_block is None and checkpoint is not None and checkpoint[0] > head:
+        try:  # the indexer may have followed a block mined since the head was read
+            head = int(str(rpc.call("eth_blockNumber")), 16)
+        except LedgerError as exc:
+            raise AuditError(f"cannot read the node: {exc}") from exc
+        if checkpoint[0] > head:
+            ahead = Difference(
+                "index.checkpoint",
+                f"block={checkpoint[0]}",
+                f"at most the node's head {head}",
+                checkpoint[0],
+                f"the index mirrors block {checkpoint[0]}, beyond the node's head {head}: "
+                "the node lost blocks (or is another chain)",
+            )
+    target = (
+        to_block if to_block is not None else (min(checkpoint[0], head) if checkpoint else head)
+    )
     if target > head:
         raise AuditError(f"block {target} is beyond the node's head {head}")
     if from_block < 0 or from_block > target:
@@ -1022,6 +1491,8 @@ def audit(
         state=state,
     )
     result.differences.extend(state.anomalies)
+    if ahead is not None:
+        result.differences.append(ahead)
     for event in events:  # logs of a block that is no longer canonical
         if _hex(event.block_hash) != blocks[event.block_number][0]:
             result.differences.append(
@@ -1081,7 +1552,91 @@ def audit(
             if report_differences is not None:
                 result.differences.extend(report_differences)
                 result.checked.append("reports")
+
+    _audit_promises(
+        result,
+        rpc=rpc,
+        client=client,
+        engine=engine,
+        events=events,
+        head=head,
+        promises=promises,
+        compare_outbox_rows=compare_outbox_rows,
+        stuck_after_s=stuck_after_s,
+        now=now,
+        log_chunk=log_chunk,
+    )
     return result
+
+
+def _audit_promises(
+    result: AuditResult,
+    *,
+    rpc: RpcClient,
+    client: LedgerClient,
+    engine: Engine | None,
+    events: Sequence[DecodedEvent],
+    head: int,
+    promises: Sequence[ServicePromise] | PromiseSource | None,
+    compare_outbox_rows: bool,
+    stuck_after_s: float,
+    now: datetime | None,
+    log_chunk: int,
+) -> None:
+    """(d): the promises against the chain up to its head, then the outbox."""
+    loaded: Sequence[ServicePromise] | None = None
+    if promises is None:
+        result.notes.append("service promises not compared: none given")
+    else:
+        try:
+            loaded = promises() if callable(promises) else promises
+        except SQLAlchemyError as exc:
+            raise AuditError(f"cannot read the service's records: {_first_line(exc)}") from exc
+        if loaded is None:
+            result.notes.append(
+                "service promises not compared: the database holds no service records"
+            )
+    if loaded is not None:
+        try:  # read after the promises: a confirmed redemption mined by now is in these logs
+            latest = int(str(rpc.call("eth_blockNumber")), 16)
+            later = fetch_events(
+                rpc, client, from_block=result.to_block + 1, to_block=latest, chunk=log_chunk
+            )
+        except LedgerError as exc:
+            raise AuditError(f"cannot read the node: {exc}") from exc
+        redemptions = [e for e in (*events, *later) if e.name in ("Redeemed", "Reversed")]
+        result.differences.extend(compare_promises(loaded, redemptions, known_until=head))
+        result.checked.append("service promises")
+        if latest > result.to_block:
+            result.notes.append(f"service promises compared with the chain up to block {latest}")
+
+    if not compare_outbox_rows:
+        return
+    if engine is None:
+        result.notes.append("outbox not compared: no database given")
+        return
+    try:
+        rows = read_outbox(engine)
+    except SQLAlchemyError as exc:
+        raise AuditError(f"cannot read the outbox: {_first_line(exc)}") from exc
+    if rows is None:
+        result.notes.append("outbox not compared: the database has no outbox")
+        return
+    at = now if now is not None else datetime.now(UTC)
+    limit = at - timedelta(seconds=stuck_after_s)
+    old_open = [
+        row.tx_hash
+        for row in rows
+        if row.state not in (OutboxState.FINAL, OutboxState.FAILED) and row.created_at <= limit
+    ]
+    try:
+        receipts = _receipts(rpc, old_open)
+    except LedgerError as exc:
+        raise AuditError(f"cannot read the node: {exc}") from exc
+    result.differences.extend(
+        compare_outbox(rows, loaded, now=at, stuck_after_s=stuck_after_s, receipts=receipts)
+    )
+    result.checked.append("outbox")
 
 
 # ================================================================== helpers

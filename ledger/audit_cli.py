@@ -6,12 +6,19 @@
 
 Exit codes: 0 clean, 1 a mismatch (audit) or a failed verification (verify-export), 2 bad input
 (unreachable node or database, missing deployment record, bad scope); bad input prints one line.
+
+:func:`run_audit` is the audit command's body, shared with ``stadjerspas audit`` (``api.cli``),
+which adds the service's promises (``promises``: read from the database it opened) and the
+defaults of the embedded service. This command alone has no promises to compare (``ledger``
+never reads the API's tables) and says so in a note; it still compares the outbox.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -23,14 +30,33 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from web3 import HTTPProvider, Web3
 
-from ledger.audit import AuditError, AuditResult, audit
+from ledger.audit import (
+    DEFAULT_STUCK_AFTER_S,
+    PROMISE_KINDS,
+    AuditError,
+    AuditResult,
+    ServicePromise,
+    audit,
+)
 from ledger.client import LedgerClient
 from ledger.deploy import load_deployment
 from ledger.errors import LedgerError
 from ledger.export import ExportError, Scope, export, verify_export
 from ledger.rpc import RpcClient
 
-__all__ = ["app", "audit_command", "export_command", "verify_export_command"]
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_MISMATCH",
+    "PromiseLoader",
+    "app",
+    "audit_command",
+    "export_command",
+    "run_audit",
+    "verify_export_command",
+]
+
+#: Reads the service's promises from the database the audit opened (None: it holds none).
+PromiseLoader = Callable[[Engine], Sequence[ServicePromise] | None]
 
 EXIT_MISMATCH = 1
 EXIT_BAD_INPUT = 2
@@ -71,7 +97,9 @@ def _engine(database_url: str) -> Engine:
     return engine
 
 
-def _load_abi(abi_path: Path | None, project_root: Path) -> list[dict[str, Any]]:
+def _load_abi(
+    abi_path: Path | None, project_root: Path, build_dir: Path | None = None
+) -> list[dict[str, Any]]:
     if abi_path is not None:
         try:
             data = json.loads(abi_path.read_text(encoding="utf-8"))
@@ -85,7 +113,7 @@ def _load_abi(abi_path: Path | None, project_root: Path) -> list[dict[str, Any]]
 
     try:
         artifacts = compile_contracts(
-            project_root=project_root, cache_dir=project_root / "var" / "build"
+            project_root=project_root, cache_dir=build_dir or project_root / "var" / "build"
         )
         return [dict(item) for item in artifacts.get("StadjerspasLedger").abi]
     except (LedgerError, KeyError, OSError) as exc:
@@ -111,12 +139,34 @@ def _print_result(result: AuditResult) -> None:
     if result.ok:
         console.print("[bold green]clean:[/] no differences")
         return
-    table = Table(title=f"{len(result.differences)} difference(s)")
-    for column in ("kind", "key", "expected", "actual"):
-        table.add_column(column, overflow="fold")
-    for d in result.differences:
-        table.add_row(d.kind, d.key, _short(d.expected), _short(d.actual))
-    console.print(table)
+    promises = [d for d in result.differences if d.about_promises]
+    others = [d for d in result.differences if not d.about_promises]
+    console.print(
+        f"[bold red]{len(result.differences)} difference(s)[/]"
+        + (f", {len(promises)} between the service's promises and the chain" if promises else ""),
+        highlight=False,
+    )
+    if others:
+        table = Table(title=f"ledger vs chain: {len(others)} difference(s)")
+        for column in ("kind", "key", "expected", "actual"):
+            table.add_column(column, overflow="fold")
+        for d in others:
+            table.add_row(d.kind, d.key, _short(d.expected), _short(d.actual))
+        console.print(table)
+        for d in others:
+            if d.detail:
+                console.print(f"{d.key}: {d.detail}", highlight=False, soft_wrap=True)
+    if promises:
+        console.print(f"service promises vs chain: {len(promises)} difference(s)", highlight=False)
+        for d in promises:
+            what = d.detail or PROMISE_KINDS[d.kind]
+            console.print(f"  {_label(d.key)}: {what}", highlight=False, soft_wrap=True)
+
+
+def _label(key: str) -> str:
+    """``redemption=17`` -> ``redemption 17``; ``tx=0x..`` -> ``tx 0x..``."""
+    name, _, value = key.partition("=")
+    return f"{name} {value}" if value else key
 
 
 def _short(value: Any, limit: int = 160) -> str:
@@ -143,18 +193,53 @@ def audit_command(
     project_root: Annotated[Path, typer.Option(help="Where contracts/ is.")] = Path("."),
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     reports: Annotated[bool, typer.Option(help="Compare with the reports too.")] = True,
+    stuck_after: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds after which an open outbox transaction is stuck."),
+    ] = DEFAULT_STUCK_AFTER_S,
 ) -> None:
-    """Recompute every balance and total from the chain; compare with the contract, the index
-    and the reports. Exit 1 on any difference."""
+    """Recompute every balance and total from the chain; compare with the contract, the index,
+    the reports and the outbox. Exit 1 on any difference."""
+    run_audit(
+        rpc_url=rpc_url,
+        deployment=deployment,
+        database_url=database_url,
+        block=block,
+        abi=abi,
+        project_root=project_root,
+        as_json=as_json,
+        reports=reports,
+        stuck_after_s=stuck_after,
+    )
+
+
+def run_audit(
+    *,
+    rpc_url: str,
+    deployment: Path,
+    database_url: str | None,
+    block: int | None = None,
+    abi: Path | None = None,
+    project_root: Path = Path("."),
+    build_dir: Path | None = None,
+    as_json: bool = False,
+    reports: bool = True,
+    stuck_after_s: float = DEFAULT_STUCK_AFTER_S,
+    promises: PromiseLoader | None = None,
+) -> NoReturn:
+    """Run the audit and print it; always ends with ``typer.Exit``: 0 clean, 1 differences,
+    2 bad input (one line on stderr)."""
     record = load_deployment(deployment) if deployment.is_file() else None
     if record is None:
         _fail(f"no deployment record at {deployment}")
-    ledger_abi = _load_abi(abi, project_root)
+    ledger_abi = _load_abi(abi, project_root, build_dir)
     engine = _engine(database_url) if database_url else None
     rpc = RpcClient(rpc_url, timeout=60.0)
     try:
         w3 = Web3(HTTPProvider(rpc_url, cache_allowed_requests=True))
         client = LedgerClient(w3, address=record.ledger_address, abi=ledger_abi)
+        # read when the audit asks (after it has read the chain's head)
+        source = None if promises is None or engine is None else partial(promises, engine)
         result = audit(
             rpc=rpc,
             client=client,
@@ -162,6 +247,8 @@ def audit_command(
             to_block=block,
             store=engine,
             compare_reports=reports,
+            promises=source,
+            stuck_after_s=stuck_after_s,
         )
     except AuditError as exc:
         _fail(str(exc))

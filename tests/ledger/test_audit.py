@@ -5,13 +5,18 @@ cohort by Merkle root with a claim and a claim-and-redeem, single and batched re
 rejected item, a reversal, a settlement, an expiry) is mirrored into the index tables; the audit
 of the clean index finds nothing; one tampered row (an amount changed, a row deleted, a row added)
 is reported exactly, and the CLI exits 1; re-indexing makes it clean again.
+
+The service's promises (what it answered about each redemption id) are compared with the
+chain's own ``Redeemed``/``Reversed`` logs: promises that match are clean, and each kind of
+broken promise is reported by its redemption id; the outbox's failed and stuck transactions too.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +25,8 @@ from typer.testing import CliRunner
 
 from ledger.audit import (
     AuditResult,
+    PromiseStatus,
+    ServicePromise,
     _block_times,
     audit,
     expected_index_rows,
@@ -28,6 +35,8 @@ from ledger.audit import (
 from ledger.audit_cli import app
 from ledger.client import UNLIMITED
 from ledger.deploy import save_deployment
+from ledger.outbox import SqlOutbox
+from ledger.relayer import SignedTx
 from ledger.rpc import RpcClient
 from ledger.store.db import Store
 from ledger.store.index import (
@@ -38,6 +47,7 @@ from ledger.store.index import (
     IndexedReversal,
     IndexedSettlement,
 )
+from ledger.store.outbox import OutboxState, OutboxTx
 from tests.ledger.conftest import LedgerEnv, every_event, rpc_of
 
 REF = b"SEPA-AUDIT-0001".ljust(32, b"\x00")
@@ -192,7 +202,8 @@ def test_clean_audit_of_every_event_kind(
 
     assert result.differences == []
     assert result.ok
-    assert result.checked == ["contract views", "index rows", "reports"]
+    assert result.checked == ["contract views", "index rows", "reports", "outbox"]
+    assert "service promises not compared: none given" in result.notes
     names = {
         e.name
         for e in fetch_events(
@@ -243,6 +254,7 @@ def test_audit_without_a_database_checks_the_chain_only(scenario: Scenario) -> N
     assert result.ok
     assert result.checked == ["contract views"]
     assert any("index not compared" in note for note in result.notes)
+    assert any("outbox not compared" in note for note in result.notes)
 
 
 # ---------------------------------------------------------------- tampering
@@ -334,3 +346,256 @@ def test_cli_bad_input_exits_2(cli_files: dict[str, str], tmp_path: Path) -> Non
     code, output = _cli(cli_files | {"deployment": str(tmp_path / "none.json")}, None)
     assert code == 2
     assert "no deployment record" in output
+
+
+# ---------------------------------------------------------------- service promises
+
+
+def kept_promises(scenario: Scenario) -> list[ServicePromise]:
+    """What a service that sent the scenario's redemptions would have recorded: every
+    ``Redeemed`` confirmed with its figures, the rejected id refused, the reversal recorded."""
+    events = fetch_events(
+        scenario.rpc,
+        scenario.env.client,
+        from_block=scenario.from_block,
+        to_block=int(scenario.rpc.call("eth_blockNumber"), 16),
+    )
+    reversals = {
+        int(e.args["redemptionId"]): "0x" + e.transaction_hash.hex()
+        for e in events
+        if e.name == "Reversed"
+    }
+    promises = [
+        ServicePromise(
+            redemption_id=int(e.args["redemptionId"]),
+            status=PromiseStatus.SUCCEEDED,
+            scheme_id=int(e.args["schemeId"]),
+            merchant=str(e.args["merchant"]).lower(),  # the case is not compared
+            debited=int(e.args["debited"]),
+            credited=int(e.args["credited"]),
+            tx_hash="0x" + e.transaction_hash.hex(),
+            block_number=e.block_number,
+            reversal_tx_hash=reversals.get(int(e.args["redemptionId"])),
+            reference=f"key-{int(e.args['redemptionId'])}",
+        )
+        for e in events
+        if e.name == "Redeemed"
+    ]
+    rejected = [int(e.args["redemptionId"]) for e in events if e.name == "RedemptionRejected"]
+    promises += [
+        ServicePromise(
+            redemption_id=rid, status=PromiseStatus.FAILED, problem_code="insufficient_balance"
+        )
+        for rid in rejected
+    ]
+    promises.append(ServicePromise(redemption_id=777, status=PromiseStatus.PENDING))
+    return promises
+
+
+def _promise_kinds(result: AuditResult) -> list[tuple[str, str]]:
+    return [(d.kind, d.key) for d in result.differences if d.about_promises]
+
+
+def test_kept_promises_are_clean(scenario: Scenario) -> None:
+    promises = kept_promises(scenario)
+    result = scenario.audit(None, promises=lambda: promises)
+    assert result.differences == []
+    assert "service promises" in result.checked
+
+
+def test_broken_promises_are_listed_by_redemption_id(scenario: Scenario) -> None:
+    kept = {p.redemption_id: p for p in kept_promises(scenario)}
+    broken_at = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
+    other = scenario.env.other_merchant.address
+    changed = dict(kept)
+    changed[9_999] = ServicePromise(  # confirmed, never on chain (a node that lost it)
+        redemption_id=9_999,
+        status=PromiseStatus.SUCCEEDED,
+        scheme_id=scenario.budget,
+        debited=100,
+        credited=100,
+        tx_hash="0x" + "ab" * 32,
+        block_number=3,
+    )
+    del changed[1]  # on chain, unknown here
+    changed[3] = replace(kept[3], status=PromiseStatus.FAILED, problem_code="pass_blocked")
+    changed[5] = replace(kept[5], credited=(kept[5].credited or 0) + 1)
+    changed[7] = replace(kept[7], merchant=other)
+    changed[2] = replace(kept[2], reversal_tx_hash=None)  # reversed on chain, not here
+    changed[8] = replace(kept[8], reversal_tx_hash="0x" + "cd" * 32)  # reversed here only
+    # the service marked these broken itself: a confirmation the chain lost (now failed), and a
+    # refusal that landed after all (now succeeded, agreeing with the chain)
+    changed[9_998] = ServicePromise(
+        redemption_id=9_998,
+        status=PromiseStatus.FAILED,
+        problem_code="confirmation_lost",
+        promise_broken_at=broken_at,
+    )
+    changed[6] = replace(kept[6], promise_broken_at=broken_at)
+
+    result = scenario.audit(None, promises=list(changed.values()))
+
+    assert not result.ok
+    assert _promise_kinds(result) == [
+        ("promise.unknown_here", "redemption=1"),
+        ("promise.reversal_unknown", "redemption=2"),
+        ("promise.refused_on_chain", "redemption=3"),
+        ("promise.amounts", "redemption=5"),
+        ("promise.refused_on_chain", "redemption=6"),
+        ("promise.merchant", "redemption=7"),
+        ("promise.reversal_missing", "redemption=8"),
+        ("promise.missing_on_chain", "redemption=9998"),
+        ("promise.missing_on_chain", "redemption=9999"),
+    ]
+    assert [d for d in result.differences if not d.about_promises] == []
+    by_key = {(d.kind, d.key): d for d in result.differences}
+    missing = by_key[("promise.missing_on_chain", "redemption=9999")]
+    assert missing.detail.startswith("confirmed here, missing on chain: ")
+    assert missing.expected is None
+    assert missing.actual["status"] == "succeeded"
+    lost = by_key[("promise.missing_on_chain", "redemption=9998")]
+    assert "confirmation_lost" in lost.detail
+    assert "2026-12-04 10:00:00" in lost.detail
+    amounts = by_key[("promise.amounts", "redemption=5")]
+    assert amounts.actual["credited"] == amounts.expected["credited"] + 1
+    merchant = by_key[("promise.merchant", "redemption=7")]
+    assert merchant.actual == other
+    assert merchant.expected == scenario.env.merchant.address
+    assert "landed on chain" in by_key[("promise.refused_on_chain", "redemption=6")].detail
+    for d in result.differences:  # one line each
+        assert d.detail
+        assert "\n" not in d.detail
+        assert d.to_json()["detail"] == d.detail
+
+
+def test_a_broken_mark_is_always_reported(scenario: Scenario) -> None:
+    """A record the service marked broken is listed even when it now agrees with the chain:
+    the merchant was given an answer the chain contradicted."""
+    at = datetime.now(UTC)
+    marked = [
+        replace(p, promise_broken_at=at, problem_code="confirmation_lost")
+        if p.redemption_id in (4, 777)  # refused / pending now, and the chain agrees
+        else p
+        for p in kept_promises(scenario)
+    ]
+    result = scenario.audit(None, promises=marked)
+    assert _promise_kinds(result) == [
+        ("promise.missing_on_chain", "redemption=4"),  # failed + broken: it had been confirmed
+        ("promise.broken", "redemption=777"),
+    ]
+    for d in result.differences:
+        assert "marked this promise broken" in d.detail
+
+
+def test_promises_are_compared_up_to_the_head_not_the_audited_block(scenario: Scenario) -> None:
+    promises = kept_promises(scenario)
+    last = max(p.block_number or 0 for p in promises)
+    # the audit stops before the last redemptions; the promises are still checked against them
+    result = scenario.audit(None, to_block=last - 1, promises=promises)
+    assert _promise_kinds(result) == []
+    assert any("compared with the chain up to block" in note for note in result.notes)
+
+
+# ---------------------------------------------------------------- the outbox
+
+
+def _store_rows(store: Store, rows: list[SignedTx]) -> None:
+    outbox = SqlOutbox(store)
+    try:
+        outbox.signed(rows)
+    finally:
+        outbox.close()
+
+
+def _set_row(store: Store, tx_hash: str, **values: object) -> None:
+    with store.engine.begin() as conn:
+        table = _table(OutboxTx)
+        conn.execute(update(table).where(table.c.tx_hash == tx_hash).values(**values))
+
+
+def test_failed_and_stuck_outbox_rows(scenario: Scenario, migrated_store: Store) -> None:
+    fill_index(scenario, migrated_store)
+    promises = kept_promises(scenario)
+    events = fetch_events(
+        scenario.rpc,
+        scenario.env.client,
+        from_block=scenario.from_block,
+        to_block=int(scenario.rpc.call("eth_blockNumber"), 16),
+    )
+    batch = next(e for e in events if e.name == "Redeemed" and int(e.args["redemptionId"]) == 5)
+    batch_hash = "0x" + batch.transaction_hash.hex()
+    merchant = scenario.env.merchant.address
+
+    def signed(tx_hash: str, nonce: int, refs: tuple[int, ...]) -> SignedTx:
+        return SignedTx(
+            tx_hash=tx_hash,
+            sender=merchant,
+            nonce=nonce,
+            raw=b"\x01",
+            label="redeemBatch",
+            refs=refs,
+        )
+
+    lost, superseded, variant, waiting = ("0x" + c * 64 for c in "1234")
+    _store_rows(
+        migrated_store,
+        [
+            signed(batch_hash, 1, (2, 3, 4, 5, 6, 7)),  # mined where the chain has it
+            signed(lost, 2, (1,)),  # failed, yet redemption 1 is confirmed here
+            signed(superseded, 3, (6,)),  # failed, but a variant of it carries 6 and was mined
+            signed(variant, 3, (6,)),
+            signed(waiting, 4, (777,)),  # sent long ago, never mined
+        ],
+    )
+    _set_row(
+        migrated_store,
+        batch_hash,
+        state=OutboxState.MINED.value,
+        block_number=batch.block_number,
+        block_hash="0x" + batch.block_hash.hex(),
+    )
+    _set_row(migrated_store, lost, state=OutboxState.FAILED.value, reason="nonce taken")
+    _set_row(migrated_store, superseded, state=OutboxState.FAILED.value, reason="superseded")
+    _set_row(migrated_store, variant, state=OutboxState.FINAL.value)
+    _set_row(migrated_store, waiting, state=OutboxState.SENT.value)
+
+    fresh = scenario.audit(migrated_store, promises=promises, compare_reports=False)
+    assert [(d.kind, d.key) for d in fresh.differences if d.about_promises] == [
+        ("outbox.failed", "redemption=1")
+    ]
+    assert "outbox" in fresh.checked
+
+    later = datetime.now(UTC) + timedelta(minutes=11)
+    old = scenario.audit(migrated_store, promises=promises, compare_reports=False, now=later)
+    kinds = [(d.kind, d.key) for d in old.differences if d.about_promises]
+    assert kinds == [("outbox.failed", "redemption=1"), ("outbox.stuck", f"tx={waiting}")]
+    stuck = old.differences[-1]
+    assert "still sent after 11 min" in stuck.detail
+    assert "777" in stuck.detail
+    assert "the chain has no receipt" in stuck.detail
+    # a mined row the chain does not have where the outbox says is stuck too
+    _set_row(migrated_store, batch_hash, block_hash="0x" + "ee" * 32)
+    moved = scenario.audit(migrated_store, promises=promises, compare_reports=False, now=later)
+    assert ("outbox.stuck", f"tx={batch_hash}") in [(d.kind, d.key) for d in moved.differences]
+    # the stuck threshold is a parameter
+    patient = scenario.audit(
+        migrated_store, promises=promises, compare_reports=False, now=later, stuck_after_s=3600
+    )
+    assert [d.kind for d in patient.differences if d.about_promises] == ["outbox.failed"]
+
+
+def test_an_index_ahead_of_the_node_is_a_difference(
+    scenario: Scenario, migrated_store: Store
+) -> None:
+    """A node restarted from an older state is behind the index: the audit says so and audits
+    up to the node's head instead of refusing to run."""
+    fill_index(scenario, migrated_store)
+    head = int(scenario.rpc.call("eth_blockNumber"), 16)
+    with migrated_store.engine.begin() as conn:
+        table = _table(IndexCheckpoint)
+        conn.execute(update(table).values(block_number=head + 50))
+    result = scenario.audit(migrated_store, compare_reports=False)
+    assert result.to_block == head
+    ahead = [d for d in result.differences if d.kind == "index.checkpoint"]
+    assert [d.key for d in ahead] == [f"block={head + 50}"]
+    assert "beyond the node's head" in ahead[0].detail
