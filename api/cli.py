@@ -8,7 +8,10 @@
 - ``stadjerspas qr``: render a pass token URI as a QR code (terminal, PNG or SVG).
 - ``stadjerspas index``: backfill the index from the node and follow the head.
 - ``stadjerspas report scheme|merchant|district|chart``: reports as CSV/JSON, charts as PNG/SVG.
-- ``stadjerspas audit``: recompute everything from the node; compare with contract, index, reports.
+- ``stadjerspas audit``: recompute everything from the node; compare with contract, index, reports,
+  and the service's promises and outbox. Without options it audits the embedded default of
+  ``make run`` (``var/``: its deployment record, its SQLite database, its node; see
+  :func:`audit`).
 - ``stadjerspas export`` / ``verify-export``: the whole ledger and registry in open formats.
 
 Errors print one line (``error: ...``) and exit with 2 for bad input, 1 for anything else.
@@ -20,9 +23,12 @@ import contextlib
 import gc
 import getpass
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -33,6 +39,7 @@ from rich.table import Table
 
 from api.settings import PROJECT_ROOT, Settings
 from ledger import audit_cli
+from ledger.audit import DEFAULT_STUCK_AFTER_S
 from ledger.errors import LedgerError
 from ledger.indexer import cli as index_cli
 from ledger.reports import cli as reports_cli
@@ -297,9 +304,171 @@ def qr(
 # The off-chain side lives in `ledger` (no API needed): mirror, report, audit and export.
 app.command("index")(index_cli.index)
 app.add_typer(reports_cli.app, name="report")
-app.command("audit")(audit_cli.audit_command)
 app.command("export")(audit_cli.export_command)
 app.command("verify-export")(audit_cli.verify_export_command)
+
+
+# ---------------------------------------------------------------- audit
+
+
+@app.command("audit")
+def audit(
+    rpc_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="STADJERSPAS_RPC_URL",
+            help="JSON-RPC endpoint (default: the embedded node of var/, started if it is down).",
+        ),
+    ] = None,
+    deployment: Annotated[
+        Path | None, typer.Option(help="Deployment record (default: <var-dir>/deployment.json).")
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="STADJERSPAS_DATABASE_URL",
+            help="The service's database (default: SQLite <var-dir>/stadjerspas.db).",
+        ),
+    ] = None,
+    database: Annotated[
+        bool, typer.Option(help="Compare with the database (--no-database: the chain only).")
+    ] = True,
+    var_dir: Annotated[Path | None, typer.Option(help="State directory (default: var).")] = None,
+    block: Annotated[
+        int | None, typer.Option(help="Audit up to this block (default: index checkpoint/head).")
+    ] = None,
+    abi: Annotated[Path | None, typer.Option(help="ABI JSON (default: compile).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    reports: Annotated[bool, typer.Option(help="Compare with the reports too.")] = True,
+    stuck_after: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds after which an open outbox transaction is stuck."),
+    ] = DEFAULT_STUCK_AFTER_S,
+) -> None:
+    """Recompute every balance and total from the chain; compare with the contract, the index,
+    the reports, the service's promises and its outbox. Exit 0 clean, 1 differences, 2 bad input.
+
+    Every option left out is the service's own setting, as `stadjerspas up` reads it; with none,
+    the embedded default of `make run`: its node when it answers on its port, else a copy of its
+    saved chain (var/anvil) started for the audit and stopped after it (nothing in var/ changes).
+    """
+    from api.audit_promises import load_promises
+
+    if deployment is not None:
+        _check_record(deployment)
+    settings = None
+    if rpc_url is None or deployment is None or (database and database_url is None):
+        settings = _settings(var_dir=var_dir)
+    record = deployment if deployment is not None else _need(settings).deployment_file
+    _check_record(record)
+    url = None
+    if database:
+        url = database_url if database_url is not None else _need(settings).sqlalchemy_url
+    project_root = settings.project_root if settings is not None else PROJECT_ROOT
+    build_dir = settings.artifacts_dir if settings is not None else None
+    with _audit_chain(rpc_url, settings) as chain:
+        audit_cli.run_audit(
+            rpc_url=chain,
+            deployment=record,
+            database_url=url,
+            block=block,
+            abi=abi,
+            project_root=project_root,
+            build_dir=build_dir,
+            as_json=as_json,
+            reports=reports,
+            stuck_after_s=stuck_after,
+            promises=load_promises,
+        )
+
+
+def _check_record(record: Path) -> None:
+    if not record.is_file():
+        _fail(
+            f"no deployment record at {record}: start the service once (`make run`) or pass "
+            "--deployment",
+            EXIT_BAD_INPUT,
+        )
+
+
+def _need(settings: Settings | None) -> Settings:
+    assert settings is not None
+    return settings
+
+
+def _answers(url: str, chain_id: int) -> int | None:
+    """The chain id of the node at ``url``, or None when nothing answers there."""
+    from ledger.rpc import RpcClient
+
+    with RpcClient(url, timeout=2.0, retries=0) as rpc:
+        try:
+            return int(str(rpc.call("eth_chainId")), 16)
+        except (LedgerError, OSError, ValueError):
+            return None
+
+
+@contextlib.contextmanager
+def _audit_chain(rpc_url: str | None, settings: Settings | None) -> Iterator[str]:
+    """The node to audit: ``rpc_url``; else ``STADJERSPAS_RPC_URL``; else the embedded node on
+    its port when it answers; else a copy of the embedded node's saved chain, started on a free
+    port for the audit (the copy: anvil rewrites its state file every second and when it
+    stops, and an audit writes nothing; a free port: ``make run`` may start meanwhile)."""
+    if rpc_url is not None:
+        yield rpc_url
+        return
+    settings = _need(settings)
+    if settings.rpc_url is not None:
+        yield settings.rpc_url
+        return
+    if not settings.is_development:
+        _fail("STADJERSPAS_RPC_URL is required in production (or pass --rpc-url)", EXIT_BAD_INPUT)
+    if settings.anvil_port != 0:
+        url = f"http://127.0.0.1:{settings.anvil_port}"
+        chain_id = _answers(url, settings.anvil_chain_id)
+        if chain_id is not None:
+            if chain_id != settings.anvil_chain_id:
+                _fail(
+                    f"the node on port {settings.anvil_port} is chain {chain_id}, not the "
+                    f"embedded chain {settings.anvil_chain_id}",
+                    EXIT_BAD_INPUT,
+                )
+            err.print(f"auditing the embedded node at {url}", highlight=False)
+            yield url
+            return
+    from ledger.node import STATE_FILE, AnvilConfig, AnvilNode
+
+    saved = settings.anvil_dir / STATE_FILE
+    if not saved.is_file():
+        _fail(
+            f"the embedded node is not running and there is no saved chain at {saved}",
+            EXIT_BAD_INPUT,
+        )
+    with tempfile.TemporaryDirectory(prefix="stadjerspas-audit-") as tmp:
+        state_dir = Path(tmp) / "anvil"
+        state_dir.mkdir()
+        for name in (STATE_FILE, STATE_FILE + ".bak"):  # the backup, should anvil refuse it
+            if (settings.anvil_dir / name).is_file():
+                shutil.copyfile(settings.anvil_dir / name, state_dir / name)
+        node = AnvilNode(
+            AnvilConfig(
+                state_dir=state_dir,
+                port=0,
+                chain_id=settings.anvil_chain_id,
+                project_root=settings.project_root,
+            )
+        )
+        try:
+            node.start()
+        except LedgerError as exc:
+            _fail(f"cannot start the embedded node from {saved}: {exc}".splitlines()[0])
+        try:
+            err.print(
+                f"the embedded node is not running: auditing a copy of {saved} on {node.rpc_url}",
+                highlight=False,
+            )
+            yield node.rpc_url
+        finally:
+            node.stop()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -187,7 +187,7 @@ def audit_command(
         typer.Option(envvar="STADJERSPAS_DATABASE_URL", help="Index database (unset: chain only)."),
     ] = None,
     block: Annotated[
-        int | None, typer.Option(help="Audit up to this block [default: index checkpoint/head].")
+        int | None, typer.Option(help="Audit up to this block (default: index checkpoint/head).")
     ] = None,
     abi: Annotated[Path | None, typer.Option(help="ABI JSON (default: compile).")] = None,
     project_root: Annotated[Path, typer.Option(help="Where contracts/ is.")] = Path("."),
