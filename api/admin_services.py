@@ -59,6 +59,7 @@ from api.admin_schemas import (
     SchemeIn,
     SchemeOut,
 )
+from api.audit_promises import load_promises
 from api.jobs import Job, Progress, jobs_of
 from api.problems import ApiProblem
 from api.runtime import Runtime
@@ -967,7 +968,10 @@ def set_merchant_location(
 
 def run_audit(runtime: Runtime, body: AuditIn) -> AuditOut:
     """Recompute the ledger from the node's events and compare it with the contract, the index
-    and the reports (``ledger.audit``); the differences are returned, never raised."""
+    and the reports, and the service's promises (its redemption records, read once the chain's
+    head is known) and its outbox with the chain (``ledger.audit``); the differences are
+    returned, never raised."""
+    engine = runtime.store.db.engine
     head = int(runtime.w3.eth.block_number)
     start = runtime.deployment.deployed_block
     if body.to_block is not None and not start <= body.to_block <= head:
@@ -980,8 +984,9 @@ def run_audit(runtime: Runtime, body: AuditIn) -> AuditOut:
             client=runtime.client,
             from_block=start,
             to_block=body.to_block,
-            store=runtime.store.db.engine,
+            store=engine,
             compare_reports=body.compare_reports,
+            promises=lambda: load_promises(engine),
         )
     except AuditError as exc:
         raise ApiProblem(503, "audit_unavailable", str(exc)) from None

@@ -590,6 +590,38 @@ _NL.update(
         "admin.audit.key": "Wat",
         "admin.audit.expected": "Verwacht",
         "admin.audit.actual": "Gevonden",
+        "admin.audit.promises": "Beloften van de dienst tegenover de keten",
+        "admin.audit.promises.hint": (
+            "Wat de dienst aan winkeliers heeft geantwoord (bevestigd of geweigerd) naast de "
+            "eigen gebeurtenissen van de keten, en de transacties in de outbox."
+        ),
+        "admin.audit.promises.ok": "Elke belofte klopt met de keten.",
+        "admin.audit.promises.differences": "{n} belofte(n) kloppen niet met de keten.",
+        "admin.audit.promises.skipped": "Niet vergeleken: de database bevat geen verzoeken.",
+        "admin.audit.promises.none": "niets",
+        "admin.audit.promises.item": "Wat",
+        "admin.audit.promises.what": "Verschil",
+        "admin.audit.promises.chain": "Op de keten",
+        "admin.audit.promises.service": "Bij de dienst",
+        "admin.audit.promises.item.redemption": "Inwisseling {id}",
+        "admin.audit.promises.item.tx": "Transactie {id}",
+        "admin.audit.promises.kind.promise.missing_on_chain": (
+            "Hier bevestigd, ontbreekt op de keten"
+        ),
+        "admin.audit.promises.kind.promise.unknown_here": "Op de keten, hier onbekend",
+        "admin.audit.promises.kind.promise.refused_on_chain": "Hier geweigerd, op de keten",
+        "admin.audit.promises.kind.promise.amounts": "Bedragen verschillen",
+        "admin.audit.promises.kind.promise.merchant": "Winkelier verschilt",
+        "admin.audit.promises.kind.promise.scheme": "Regeling verschilt",
+        "admin.audit.promises.kind.promise.reversal_missing": (
+            "Hier teruggedraaid, niet op de keten"
+        ),
+        "admin.audit.promises.kind.promise.reversal_unknown": (
+            "Op de keten teruggedraaid, hier niet"
+        ),
+        "admin.audit.promises.kind.promise.broken": "Een gegeven antwoord is tegengesproken",
+        "admin.audit.promises.kind.outbox.failed": "Mislukt in de outbox, hier niet",
+        "admin.audit.promises.kind.outbox.stuck": "Blijft hangen in de outbox",
     }
 )
 _EN.update(
@@ -833,6 +865,32 @@ _EN.update(
         "admin.audit.key": "What",
         "admin.audit.expected": "Expected",
         "admin.audit.actual": "Found",
+        "admin.audit.promises": "Service promises vs chain",
+        "admin.audit.promises.hint": (
+            "What the service answered merchants (confirmed or refused) against the chain's own "
+            "events, and the transactions in the outbox."
+        ),
+        "admin.audit.promises.ok": "Every promise matches the chain.",
+        "admin.audit.promises.differences": "{n} promise(s) do not match the chain.",
+        "admin.audit.promises.skipped": "Not compared: the database holds no requests.",
+        "admin.audit.promises.none": "nothing",
+        "admin.audit.promises.item": "What",
+        "admin.audit.promises.what": "Difference",
+        "admin.audit.promises.chain": "On chain",
+        "admin.audit.promises.service": "In the service",
+        "admin.audit.promises.item.redemption": "Redemption {id}",
+        "admin.audit.promises.item.tx": "Transaction {id}",
+        "admin.audit.promises.kind.promise.missing_on_chain": "Confirmed here, missing on chain",
+        "admin.audit.promises.kind.promise.unknown_here": "On chain, unknown here",
+        "admin.audit.promises.kind.promise.refused_on_chain": "Refused here, on chain",
+        "admin.audit.promises.kind.promise.amounts": "Amounts differ",
+        "admin.audit.promises.kind.promise.merchant": "Merchant differs",
+        "admin.audit.promises.kind.promise.scheme": "Scheme differs",
+        "admin.audit.promises.kind.promise.reversal_missing": "Reversed here, not on chain",
+        "admin.audit.promises.kind.promise.reversal_unknown": "Reversed on chain, not here",
+        "admin.audit.promises.kind.promise.broken": "An answer given was contradicted",
+        "admin.audit.promises.kind.outbox.failed": "Failed in the outbox, not here",
+        "admin.audit.promises.kind.outbox.stuck": "Stuck in the outbox",
     }
 )
 

@@ -81,10 +81,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
 from eth_abi import decode
-from sqlalchemy import Engine, Table, inspect, select
+from sqlalchemy import Engine, Table, inspect, make_url, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import SQLModel
 
@@ -93,9 +94,9 @@ from ledger.client import LedgerClient, SchemeKind
 from ledger.contract_errors import error_selectors
 from ledger.errors import LedgerError
 from ledger.events import DecodedEvent
-from ledger.outbox import OutboxRow, SqlOutbox
+from ledger.outbox import OutboxRow, SqlOutbox, outbox_store_url
 from ledger.rpc import RpcClient, RpcError
-from ledger.store.db import Store, StoreConfig
+from ledger.store.db import Store, StoreConfig, open_store
 from ledger.store.index import (
     EVENT_TABLES,
     GOVERNANCE_KINDS,
@@ -1296,11 +1297,28 @@ def compare_promises(
 
 
 def read_outbox(engine: Engine) -> list[OutboxRow] | None:
-    """Every row of the outbox (``outbox_tx``), or None when the database has no outbox."""
+    """Every row of the outbox of the store on ``engine`` (``outbox_tx``; a SQLite store keeps
+    it in a file of its own beside it, see :func:`ledger.outbox.outbox_store_url`), or None
+    when there is no outbox. Opens, never creates nor migrates anything."""
+    url = engine.url.render_as_string(hide_password=False)
+    own = outbox_store_url(url)
+    if own == url:
+        return _outbox_rows(engine, url)
+    path = make_url(own).database
+    if not path or not Path(path).is_file():
+        return None
+    store = open_store(StoreConfig(own))
+    try:
+        return _outbox_rows(store.engine, own)
+    finally:
+        store.close()
+
+
+def _outbox_rows(engine: Engine, url: str) -> list[OutboxRow] | None:
     table: Table = OutboxTx.__table__  # type: ignore[attr-defined]
     if not inspect(engine).has_table(str(table.name)):
         return None
-    outbox = SqlOutbox(Store(StoreConfig(engine.url.render_as_string(hide_password=False)), engine))
+    outbox = SqlOutbox(Store(StoreConfig(url), engine))
     try:
         return outbox.all_rows()
     finally:

@@ -66,6 +66,7 @@ from api.routes.pages import (
 )
 from api.runtime import Runtime
 from api.settings import Settings
+from ledger.audit import PROMISE_KINDS
 from ledger.indexer.checkpoint import index_state
 from ledger.reports import (
     DEFAULT_K,
@@ -1326,5 +1327,14 @@ async def audit_run(request: Request, settings: SettingsDep, runtime: RuntimeDep
             error=_problem_text(problem),
         )
     return _page(
-        request, settings, principal, "admin_audit.html", section="/admin/web/audit", result=result
+        request,
+        settings,
+        principal,
+        "admin_audit.html",
+        section="/admin/web/audit",
+        result=result,
+        # "Service promises vs chain": the records and the outbox against the chain's logs
+        promises_checked="service promises" in result.checked,
+        promise_differences=[d for d in result.differences if d.kind in PROMISE_KINDS],
+        other_differences=[d for d in result.differences if d.kind not in PROMISE_KINDS],
     )

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import delete, insert
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
@@ -25,6 +26,7 @@ from api import services
 from api.auth import DEV_STAFF
 from api.main import create_app
 from api.runtime import Runtime
+from api.store import RedemptionRecord, RedemptionStatus
 from ledger.reports import scheme_report
 from tests.api.conftest import dev_settings
 
@@ -418,6 +420,58 @@ def test_audit_runs_and_shows_the_result(login: Login) -> None:
     assert result.status_code == 200, result.text
     assert 'id="audit-result"' in result.text
     assert 'id="audit-verdict"' in result.text
+
+
+def test_audit_shows_service_promises_against_the_chain(login: Login, runtime: Runtime) -> None:
+    """The section "Service promises vs chain": clean, then a confirmed redemption the chain
+    does not have, listed by its id."""
+    client = login("auditor")
+    page = client.get("/admin/web/audit")
+    form = {"csrf": _csrf(page.text)}
+    clean = client.post("/admin/web/audit", data=form)
+    assert clean.status_code == 200, clean.text
+    section = clean.text[clean.text.index('id="audit-promises"') :]
+    assert "Service promises vs chain" in section
+    assert "Every promise matches the chain." in section
+
+    table = RedemptionRecord.__table__  # type: ignore[attr-defined]
+    ghost = 900_000_123
+    now = datetime.now(UTC)
+    with runtime.store.db.engine.begin() as conn:
+        conn.execute(
+            insert(table).values(
+                merchant_id=1,
+                idempotency_key="ghost",
+                request_hash="0" * 64,
+                redemption_id=ghost,
+                token_uri="stadjerspas:1:x",
+                scheme_id=1,
+                amount=100,
+                status=RedemptionStatus.SUCCEEDED.value,
+                tx_hash="0x" + "ab" * 32,
+                block_number=1,
+                debited=100,
+                credited=100,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    try:
+        broken = client.post("/admin/web/audit", data=form)
+    finally:
+        with runtime.store.db.engine.begin() as conn:
+            conn.execute(delete(table).where(table.c.redemption_id == ghost))
+    assert broken.status_code == 200, broken.text
+    assert 'id="audit-result" data-ok="false"' in broken.text
+    section = broken.text[broken.text.index('id="audit-promises"') :]
+    assert 'data-ok="false"' in section
+    assert "1 promise(s) do not match the chain." in section
+    assert f"Redemption {ghost}" in section
+    assert "Confirmed here, missing on chain" in section
+    assert 'data-kind="promise.missing_on_chain"' in section
+    assert "0x" + "ab" * 32 in section  # what the service recorded
+    dutch = client.post("/admin/web/audit?lang=nl", data=form)
+    assert "Beloften van de dienst tegenover de keten" in dutch.text
 
 
 def test_cohort_issuance_from_the_form(login: Login, runtime: Runtime) -> None:
