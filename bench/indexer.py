@@ -5,10 +5,13 @@ object with ``events_per_s_sqlite`` and ``events_per_s_postgres`` (target >= 10,
 
 Set-up (not timed): a private anvil (:func:`bench._chain.bench_chain`, no step tracing), 1,000
 passes with budgets, then ``--events`` redemptions in ``redeemBatch`` transactions of ``--batch``
-items, signed locally (one pass token per pass, reused with fresh redemption ids) and sent in
-JSON-RPC batches with explicit nonces. Timed: :meth:`ledger.indexer.Indexer.sync` from the
-deployment block to the head into a freshly migrated store (``events`` counts every log applied:
-the redemptions, one ``ReceiptsRecorded`` per transaction and the set-up's events).
+items (one pass token per pass, reused with fresh redemption ids), sent through the product's
+:class:`ledger.relayer.Relayer` (``SEND_BATCH`` transactions per JSON-RPC batch; it resends lost
+transactions and re-prices a nonce anvil has parked, which raw sends never recovered from), and
+every receipt checked (a ``NonceConflict`` is checked against the chain, see
+:func:`_receipt_despite_conflict`). Timed: :meth:`ledger.indexer.Indexer.sync` from the deployment
+block to the head into a freshly migrated store (``events`` counts every log applied: the
+redemptions, one ``ReceiptsRecorded`` per transaction and the set-up's events).
 
 PostgreSQL runs when ``--postgres-url`` or ``$STADJERSPAS_TEST_POSTGRES_URL`` names a server: a
 database of its own is created there and dropped afterwards. Otherwise its figure is ``null``.
@@ -33,9 +36,10 @@ from sqlalchemy.engine import make_url
 
 from bench._chain import CHAIN_ID, BenchChain, BenchError, bench_chain, bench_pass_ids
 from ledger.client import RedemptionRequest
+from ledger.errors import RelayerError
 from ledger.indexer import Indexer, IndexerConfig, RangePolicy
-from ledger.relayer import sign_transaction
-from ledger.rpc import RpcClient, RpcError
+from ledger.relayer import NonceConflict, Relayer, TxHandle, TxReceipt, TxRequest, parse_receipt
+from ledger.rpc import RpcClient, RpcRequest
 from ledger.store.db import Store, StoreConfig, open_store, upgrade
 from wallet.eip712 import PassToken, sign_pass_token
 from wallet.keys import as_private_key
@@ -47,6 +51,8 @@ TARGET_EVENTS_PER_S = 10_000
 PASSES = 1_000
 BATCH_GAS = 12_000_000
 SEND_BATCH = 8  # raw transactions per JSON-RPC batch (anvil refuses bodies over a few MB)
+MINE_TIMEOUT_S = 600.0  # for every redeemBatch transaction to be mined
+CONFLICT_CHECK_S = 10.0  # to find the receipt of a transaction the relayer called taken
 
 
 def say(message: str) -> None:
@@ -65,7 +71,14 @@ class BenchResult:
 
 
 def generate(chain: BenchChain, *, events: int, batch: int) -> int:
-    """Send ``events`` accepted redemptions in ``redeemBatch`` transactions; return the head."""
+    """Send ``events`` accepted redemptions in ``redeemBatch`` transactions; return the head.
+
+    The transactions go through :class:`ledger.relayer.Relayer`, the product's sender: it assigns
+    the nonces, sends ``SEND_BATCH`` raw transactions per JSON-RPC batch, resends what the node
+    lost and re-prices a nonce anvil has parked behind an already-mined one (its invariant 8).
+    Every handle must resolve with a successful receipt carrying all of its redemptions (a
+    :class:`~ledger.relayer.NonceConflict` counts if the transaction was mined after all).
+    """
     a = chain.accounts
     scheme = chain.create_scheme()
     pass_ids = bench_pass_ids("idx", PASSES)
@@ -81,56 +94,86 @@ def generate(chain: BenchChain, *, events: int, batch: int) -> int:
         )
         for p in pass_ids
     ]
-    rpc = RpcClient(chain.node.rpc_url, timeout=300.0)
-    try:
-        nonce = int(rpc.call("eth_getTransactionCount", a.merchant.address, "pending"), 16)
-        raws: list[str] = []
-        hashes: list[str] = []
-        for first in range(0, events, batch):
-            requests = [
-                RedemptionRequest(
-                    redemption_id=i + 1, scheme_id=scheme, amount=1, token=tokens[i % PASSES]
-                )
-                for i in range(first, min(events, first + batch))
-            ]
-            raw, tx_hash = sign_transaction(
-                bytes(a.merchant.key),
-                chain_id=CHAIN_ID,
-                nonce=nonce,
+    txs: list[TxRequest] = []
+    expected_logs: list[int] = []  # the redemptions of each transaction + its ReceiptsRecorded
+    for first in range(0, events, batch):
+        requests = [
+            RedemptionRequest(
+                redemption_id=i + 1, scheme_id=scheme, amount=1, token=tokens[i % PASSES]
+            )
+            for i in range(first, min(events, first + batch))
+        ]
+        txs.append(
+            TxRequest(
                 to=chain.client.address,
                 gas=BATCH_GAS,
                 data=chain.client.redeem_batch_data(requests),
-                gas_price=0,
             )
-            nonce += 1
-            raws.append("0x" + raw.hex())
-            hashes.append("0x" + tx_hash.hex())
-        for start in range(0, len(raws), SEND_BATCH):
-            replies = rpc.batch(
-                [("eth_sendRawTransaction", [r]) for r in raws[start : start + SEND_BATCH]]
-            )
-            for reply in replies:
-                if isinstance(reply, RpcError):
-                    raise BenchError(f"sending a redeemBatch failed: {reply}")
-            say(f"  sent {min(len(raws), start + SEND_BATCH) * batch:,} redemptions")
-        deadline = time.monotonic() + 600
-        receipts: list[object] = []
-        while time.monotonic() < deadline:
-            receipts = rpc.batch([("eth_getTransactionReceipt", [h]) for h in hashes[-1:]])
-            if receipts and receipts[0] is not None:
-                break
-            time.sleep(0.2)
-        for start in range(0, len(hashes), 200):
-            for receipt in rpc.batch(
-                [("eth_getTransactionReceipt", [h]) for h in hashes[start : start + 200]]
-            ):
-                if not isinstance(receipt, dict) or receipt.get("status") != "0x1":
-                    raise BenchError(f"a redeemBatch transaction failed: {receipt!r}")
-                if len(receipt["logs"]) != min(batch, events) + 1:
-                    raise BenchError("a redeemBatch transaction rejected some redemptions")
+        )
+        expected_logs.append(len(requests) + 1)
+    with (
+        RpcClient(chain.node.rpc_url, timeout=300.0) as rpc,
+        Relayer(rpc, account=a.merchant, chain_id=CHAIN_ID, max_batch=SEND_BATCH) as relayer,
+    ):
+        handles = relayer.submit_many(txs)
+        deadline = time.monotonic() + MINE_TIMEOUT_S
+        done = overruled = 0
+        for n, (handle, logs) in enumerate(zip(handles, expected_logs, strict=True), 1):
+            try:
+                receipt = handle.result(timeout=max(0.0, deadline - time.monotonic()))
+            except NonceConflict as conflict:
+                receipt = _receipt_despite_conflict(rpc, handle, conflict)
+                overruled += 1
+            except RelayerError as exc:
+                raise BenchError(
+                    f"redeemBatch transaction (nonce {handle.nonce}) failed: {exc}"
+                ) from exc
+            if not receipt.ok:
+                raise BenchError(f"redeemBatch transaction {receipt.tx_hash.to_0x_hex()} reverted")
+            if len(receipt.logs) != logs:
+                raise BenchError(
+                    f"redeemBatch transaction {receipt.tx_hash.to_0x_hex()} rejected some "
+                    f"redemptions ({len(receipt.logs)} logs, expected {logs})"
+                )
+            done += logs - 1
+            if n % 50 == 0 or n == len(handles):
+                say(f"  mined {done:,} redemptions")
+        m = relayer.metrics()
+        say(
+            f"  relayer: {m.confirmed} confirmed in {m.batches} send batches, {m.resent} resent, "
+            f"{m.repriced} re-priced, {m.resyncs} resyncs, {m.failed} failed; {overruled} "
+            "NonceConflict(s) found mined after all"
+        )
         return int(rpc.call("eth_blockNumber"), 16)
-    finally:
-        rpc.close()
+
+
+def _receipt_despite_conflict(
+    rpc: RpcClient, handle: TxHandle, conflict: NonceConflict
+) -> TxReceipt:
+    """The receipt of a transaction the relayer gave up on with :class:`NonceConflict`.
+
+    Nothing else signs with the merchant key on the benchmark's private node, so a conflict here
+    is a false alarm: under load, anvil reports the account's ``latest`` nonce past a block's
+    transactions a moment before their receipts can be read, and the relayer's "two polls without
+    a receipt" can be two polls a few milliseconds apart. Poll the receipts of the hashes known
+    for the nonce (the first signed and the current variant) for ``CONFLICT_CHECK_S`` seconds.
+    """
+    hashes = {conflict.tx_hash}
+    if handle.tx_hash is not None:
+        hashes.add(handle.tx_hash.to_0x_hex())
+    say(f"  nonce {conflict.nonce}: the relayer reports a NonceConflict; checking its receipts")
+    deadline = time.monotonic() + CONFLICT_CHECK_S
+    while True:
+        replies = rpc.batch([RpcRequest("eth_getTransactionReceipt", (h,)) for h in sorted(hashes)])
+        for reply in replies:
+            if isinstance(reply, dict):
+                return parse_receipt(reply, conflict.nonce)
+        if time.monotonic() >= deadline:
+            raise BenchError(
+                f"redeemBatch transaction (nonce {conflict.nonce}) failed: {conflict}; no receipt "
+                f"for {', '.join(sorted(hashes))} after {CONFLICT_CHECK_S:.0f}s"
+            ) from conflict
+        time.sleep(0.1)
 
 
 def time_backfill(
