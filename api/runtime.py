@@ -278,6 +278,7 @@ class Runtime:
                         state_dir=settings.anvil_dir,
                         port=settings.anvil_port,
                         chain_id=settings.anvil_chain_id,
+                        state_interval_s=settings.anvil_state_interval_s,
                         project_root=settings.project_root,
                     )
                 )

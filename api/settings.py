@@ -88,6 +88,13 @@ class Settings(BaseSettings):
         default=8545, ge=0, le=65535, description="Embedded anvil port (0: any)."
     )
     anvil_chain_id: int = Field(default=31337, ge=1)
+    anvil_state_interval_s: int = Field(
+        default=1,
+        ge=1,
+        le=86_400,
+        description="How often (seconds) the embedded node writes its state file. What a "
+        "killed node loses since then, the reconciler replays from the outbox.",
+    )
     auto_deploy: bool | None = Field(
         default=None, description="Deploy when no deployment record exists (default: development)."
     )

@@ -506,6 +506,7 @@ class _Tx:
     stall_resent_at: float = 0.0  # identical resend made because the nonce looked stalled
     maybe_accepted: bool = False  # a node accepted it, or may have (connection lost mid-send)
     missing_polls: int = 0  # consecutive polls with nonce < latest and no receipt
+    missing_since: float = 0.0  # when the first of those polls was
     journaled: set[bytes] = field(default_factory=set)  # hashes of variants in the outbox
 
     def __post_init__(self) -> None:
@@ -644,6 +645,7 @@ class Relayer:
         max_reprices: int = 10,
         on_receipt: Callable[[TxReceipt], None] | None = None,
         journal: TxJournal | None = None,
+        conflict_after: float = 2.0,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -666,6 +668,7 @@ class Relayer:
         self.max_reprices = max_reprices
         self.on_receipt = on_receipt
         self.journal = journal
+        self.conflict_after = conflict_after
         self._key = bytes(account.key)
 
         self._lock = threading.Lock()
@@ -1393,8 +1396,16 @@ class Relayer:
                             self._c.reverted += 1
                         done.append((tx, parsed))
                 elif all(r is None for r in results):
+                    # Under load anvil reports a nonce as used a moment before the receipt of
+                    # the transaction that used it can be read: a conflict needs two polls
+                    # AND ``conflict_after`` seconds without a receipt.
                     tx.missing_polls += 1
-                    if tx.missing_polls >= 2:
+                    if tx.missing_polls == 1:
+                        tx.missing_since = time.monotonic()
+                    if (
+                        tx.missing_polls >= 2
+                        and time.monotonic() - tx.missing_since >= self.conflict_after
+                    ):
                         del self._inflight[tx.nonce]
                         self._c.conflicts += 1
                         conflicts.append(tx)

@@ -359,7 +359,8 @@ class LedgerStateCache:
         while not self._stop.wait(self._poll_interval_s):
             try:
                 self.poll()
-            except (ChainError, OSError, ValueError) as exc:
+            except Exception as exc:  # e.g. NodeUnavailable while the node restarts: the
+                # follower must outlive any outage, or the cache would never move again
                 self.stats.follower_errors += 1
                 log.warning("state cache: cannot read the chain (%s); retrying", exc)
 

@@ -1,0 +1,199 @@
+"""Nothing confirmed is ever lost (issue 9), in process, on the embedded anvil, real signals:
+
+- the node is SIGKILLed after confirmed redemptions that it never wrote to its state file: the
+  supervisor restarts it from its older state, ``/health`` comes back to ``ok`` by itself, and
+  the reconciler replays every lost transaction with its original bytes, so every 201 answer is
+  on chain exactly once and no record contradicts the chain;
+- the same with the service gone too: a new service on the same state replays at start;
+- a node that comes back as another chain (its state lost): nothing is replayed, the service
+  says why and stays degraded.
+
+The node writes its state only when told to (``anvil_state_interval_s`` of an hour, and a
+graceful restart after the demo data is in), so what the kill loses is exactly the redemptions.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from api.runtime import Runtime
+from api.store import RedemptionStatus
+from ledger.rpc import RpcClient, RpcRequest
+from tests.api.conftest import dev_settings, holder, merchant
+
+_REDEEMED = "Redeemed"
+
+
+def _wait(
+    what: str, check: Callable[[], bool], timeout: float = 60.0, show: Callable[[], Any] = str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {show()}")
+        time.sleep(0.1)
+
+
+def _onchain_redemptions(runtime: Runtime) -> dict[int, list[dict[str, Any]]]:
+    """Redemption id -> its ``Redeemed`` events, read from the node's logs."""
+    with RpcClient(runtime.rpc_url) as rpc:
+        (logs,) = rpc.batch(
+            [
+                RpcRequest(
+                    "eth_getLogs",
+                    (
+                        {
+                            "address": runtime.deployment.ledger_address,
+                            "fromBlock": hex(runtime.deployment.deployed_block),
+                            "toBlock": "latest",
+                        },
+                    ),
+                )
+            ]
+        )
+    assert isinstance(logs, list)
+    found: dict[int, list[dict[str, Any]]] = {}
+    for event in runtime.client.decode_logs([dict(item) for item in logs]):
+        if event.name == _REDEEMED:
+            found.setdefault(int(event.args["redemptionId"]), []).append(dict(event.args))
+    return found
+
+
+def _redeem_many(client: TestClient, count: int, *, prefix: str = "rel") -> list[dict[str, Any]]:
+    """``count`` redemptions of 1 euro from 8 concurrent terminals on 2 merchants and 20 passes;
+    each request retried with the same key until it is answered 201."""
+    tokens = {}
+    for n in range(1, 21):
+        number = f"GR{n:07d}"
+        tokens[number] = client.get(
+            f"/holder/passes/{number}/token", headers=holder(client, number)
+        ).json()["token_uri"]
+    heads = {m: merchant(client, m) for m in (1, 2)}
+
+    def one(i: int) -> dict[str, Any]:
+        number = f"GR{i % 20 + 1:07d}"
+        merchant_id = 1 + i % 2
+        body = {"token": tokens[number], "scheme_id": 1, "amount": 100}
+        headers = {**heads[merchant_id], "Idempotency-Key": f"{prefix}-{i}"}
+        for _ in range(20):
+            response = client.post("/merchant/redemptions", json=body, headers=headers)
+            if response.status_code == 201:
+                return {"merchant_id": merchant_id, **response.json()}
+            time.sleep(0.5)
+        raise AssertionError(f"redemption {i} never confirmed: {response.text}")
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def _assert_chain_keeps_every_answer(runtime: Runtime, answers: list[dict[str, Any]]) -> None:
+    onchain = _onchain_redemptions(runtime)
+    for answer in answers:
+        events = onchain.get(answer["redemption_id"], [])
+        assert len(events) == 1, f"redemption {answer['redemption_id']}: {len(events)} on chain"
+        assert events[0]["credited"] == answer["credited"]
+    records = runtime.store.redemptions_by_ids(a["redemption_id"] for a in answers)
+    assert all(r.status is RedemptionStatus.SUCCEEDED for r in records.values())
+    assert all(r.promise_broken_at is None for r in records.values())
+
+
+def _persist_now(runtime: Runtime) -> None:
+    """A graceful restart: anvil writes its state file on SIGINT."""
+    assert runtime.node is not None
+    runtime.node.restart()
+    _wait("the node after a graceful restart", runtime.node.is_healthy)
+
+
+@pytest.mark.slow
+def test_a_killed_node_heals_and_loses_no_confirmed_redemption(tmp_path: Path) -> None:
+    settings = dev_settings(tmp_path / "var", anvil_state_interval_s=3600)
+    with Runtime.start(settings) as runtime, TestClient(create_app(settings, runtime)) as client:
+        assert runtime.node is not None
+        _persist_now(runtime)
+        head_before = runtime.w3.eth.block_number
+        answers = _redeem_many(client, 60)
+        assert runtime.w3.eth.block_number > head_before
+        os.kill(runtime.node.pid or 0, signal.SIGKILL)
+        _wait(
+            "the supervisor's restart",
+            lambda: runtime.node is not None and runtime.node.restarts == 1,
+        )
+        _wait("/health ok", lambda: client.get("/health").json()["status"] == "ok")
+        _wait(
+            "every confirmed redemption back on chain",
+            lambda: all(a["redemption_id"] in _onchain_redemptions(runtime) for a in answers),
+        )
+        _assert_chain_keeps_every_answer(runtime, answers)
+        # the counter keeps working after the heal
+        more = _redeem_many(client, 10, prefix="after")
+        _assert_chain_keeps_every_answer(runtime, answers + more)
+        health = client.get("/health").json()
+        assert health["status"] == "ok"
+        assert health["detail"] is None
+
+
+@pytest.mark.slow
+def test_node_and_service_both_gone_the_next_start_replays(tmp_path: Path) -> None:
+    settings = dev_settings(tmp_path / "var", anvil_state_interval_s=3600)
+    with Runtime.start(settings) as first, TestClient(create_app(settings, first)) as client:
+        _persist_now(first)
+        answers = _redeem_many(client, 40)
+        assert first.node is not None
+        first.node._stop_supervising()  # the service is gone: nobody restarts it
+        os.kill(first.node.pid or 0, signal.SIGKILL)  # the node dies with the service
+    with Runtime.start(settings) as second:
+        # the start itself replayed them, before any new transaction was signed
+        _assert_chain_keeps_every_answer(second, answers)
+        assert second.reconciler is not None
+        assert second.reconciler.last_report is not None
+        assert second.reconciler.last_report.replayed > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.slow
+def test_a_node_that_comes_back_as_another_chain_is_not_replayed_on(tmp_path: Path) -> None:
+    settings = dev_settings(tmp_path / "var", anvil_state_interval_s=3600, anvil_port=_free_port())
+    with Runtime.start(settings) as runtime, TestClient(create_app(settings, runtime)) as client:
+        assert runtime.node is not None
+        _redeem_many(client, 4)
+        state_file = runtime.node.state_file
+        runtime.node._stop_supervising()
+        process = runtime.node._process
+        assert process is not None
+        process.kill()
+        process.wait(10)
+        runtime.node._process = None
+        runtime.node._close_log()
+        for leftover in state_file.parent.glob(state_file.name + "*"):
+            leftover.unlink()  # the node's state is gone: it comes back empty
+        runtime.node.start()
+        assert runtime.reconciler_loop is not None
+        runtime.reconciler_loop.wake(deep=True)
+        _wait(
+            "/health degraded with the reason",
+            lambda: (
+                "not the chain this service deployed to"
+                in (client.get("/health").json()["detail"] or "")
+            ),
+            timeout=20,
+            show=lambda: client.get("/health").json(),
+        )
+        assert client.get("/health").json()["status"] == "degraded"
+        assert runtime.w3.eth.get_code(runtime.deployment.ledger_address) == b""
