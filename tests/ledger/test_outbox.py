@@ -18,7 +18,7 @@ from eth_hash.auto import keccak
 
 from ledger.node import AnvilConfig, AnvilNode
 from ledger.outbox import OutboxRow, SqlOutbox
-from ledger.reconciler import Mined, ReconcileRefused, Reconciler
+from ledger.reconciler import Mined, Reconciler, ReconcileRefused
 from ledger.relayer import Relayer, SignedTx, TxRequest, sign_transaction
 from ledger.rpc import RpcClient
 from ledger.store.db import Store
@@ -145,13 +145,17 @@ def test_replay_after_the_node_lost_blocks_and_the_sender_died(
         assert _balance(rpc, to) == sum(range(1, 31))
         _kill(node)
         node.start()
-        assert _nonce(rpc, account.address) == 0 and _balance(rpc, to) == 0
+        assert _nonce(rpc, account.address) == 0
+        assert _balance(rpc, to) == 0
         reconciler = Reconciler(rpc, outbox, chain_id=CHAIN_ID, on_mined=seen.extend)
         report = reconciler.reconcile(deep=True, wait_s=20)
-        assert report.replayed == 30 and report.waiting == 0 and report.failed == 0
+        assert report.replayed == 30
+        assert report.waiting == 0
+        assert report.failed == 0
         assert _nonce(rpc, account.address) == 30
         assert _balance(rpc, to) == sum(range(1, 31))  # each value exactly once
-        assert len(seen) == 30 and all(m.again for m in seen)
+        assert len(seen) == 30
+        assert all(m.again for m in seen)
         # a second pass finds nothing to do, and sending the bytes again changes nothing
         assert reconciler.reconcile(deep=True, wait_s=5).replayed == 0
         assert _balance(rpc, to) == sum(range(1, 31))
@@ -208,10 +212,12 @@ def test_a_nonce_taken_by_another_transaction_fails_its_row(
         report = Reconciler(rpc, outbox, chain_id=CHAIN_ID, on_failed=failed.extend).reconcile(
             deep=True
         )
-        assert report.failed == 1 and report.replayed == 0
+        assert report.failed == 1
+        assert report.replayed == 0
         (row,) = outbox.all_rows()
         assert row.state is OutboxState.FAILED
-        assert row.reason is not None and "taken by another transaction" in row.reason
+        assert row.reason is not None
+        assert "taken by another transaction" in row.reason
         assert [r.refs for r in failed] == [(7, 8)]
         outbox.close()
 
