@@ -34,6 +34,15 @@ def test_node_kill(seed: int) -> None:
     _check(run)
 
 
+# A real bug, found by this scenario (docs/reliability.md, "Findings"): after the crash the
+# service refuses to start (the start-up reconciler asks the restarted anvil for balances at
+# historical blocks it no longer has). Not strict: a kill that leaves no mined-but-unrecorded
+# transaction in the outbox restarts fine. Remove the mark when api/redemptions.py is fixed.
+@pytest.mark.xfail(
+    reason="service restart after SIGKILL fails: eth_call at a historical block "
+    "(BlockOutOfRangeError) in api.redemptions._balances_after",
+    strict=False,
+)
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_service_kill(seed: int) -> None:
     run = run_scenario("service-kill", seed, LOAD_S)
