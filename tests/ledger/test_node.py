@@ -190,8 +190,10 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 10.0)
         time.sleep(0.02)
 
 
-def _supervisors() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("anvil-supervisor-")]
+def _supervisors(port: int) -> list[threading.Thread]:
+    """The supervisor threads of the node on ``port`` (other nodes of the test session, e.g.
+    an API runtime's embedded node, have supervisors of their own)."""
+    return [t for t in threading.enumerate() if t.name == f"anvil-supervisor-{port}"]
 
 
 def _backup_height(node: AnvilNode) -> int | None:
@@ -271,7 +273,7 @@ def test_stop_and_restart_while_supervised(node: AnvilNode) -> None:
     node.on_restart(lambda: restarted.append(node.restarts))
     node.supervise(check_interval_s=0.05)
     node.supervise(check_interval_s=0.05)  # idempotent: one thread
-    assert len(_supervisors()) == 1
+    assert len(_supervisors(port)) == 1
 
     node.restart()  # a deliberate restart is not the supervisor's business
     assert node.port == port
@@ -279,10 +281,10 @@ def test_stop_and_restart_while_supervised(node: AnvilNode) -> None:
     assert node.is_healthy()
     assert node.restarts == 0
     assert restarted == []
-    assert len(_supervisors()) == 1  # still supervised
+    assert len(_supervisors(port)) == 1  # still supervised
 
     node.stop()
-    assert _supervisors() == []  # stop() ends supervision first
+    assert _supervisors(port) == []  # stop() ends supervision first
     time.sleep(0.3)
     assert not node.is_running()
     assert node.restarts == 0
@@ -307,7 +309,7 @@ def test_stop_racing_a_supervised_restart(node: AnvilNode) -> None:
         time.sleep(delay)
         node.stop()
         restarts = node.restarts
-        assert _supervisors() == []
+        assert _supervisors(port) == []
         assert not node.is_running()
         assert _port_is_closed(port)
         time.sleep(0.05)
