@@ -90,8 +90,25 @@ def failure_values(exc: ce.ContractRevert) -> dict[str, Any]:
     }
 
 
-def _balances_after(runtime: Runtime, accepted: Sequence[RedemptionAccepted]) -> dict[int, int]:
-    """Each accepted redemption's balance at the end of its block, in one JSON-RPC batch."""
+def _balances_after(
+    runtime: Runtime, accepted: Sequence[RedemptionAccepted], *, latest_if_pruned: bool = False
+) -> dict[int, int]:
+    """Each accepted redemption's balance at the end of its block, in one JSON-RPC batch.
+
+    ``latest_if_pruned``: a node without the state of that block (anvil restarted from its state
+    file keeps no history) answers with the balance now instead of an error (the reconciler's
+    outcomes, found after a restart)."""
+    try:
+        return _balances_at_blocks(runtime, accepted)
+    except RpcError:
+        if not latest_if_pruned:
+            raise
+        return _balances_at_blocks(runtime, accepted, at_latest=True)
+
+
+def _balances_at_blocks(
+    runtime: Runtime, accepted: Sequence[RedemptionAccepted], *, at_latest: bool = False
+) -> dict[int, int]:
     calls = [
         (
             "eth_call",
@@ -101,7 +118,7 @@ def _balances_after(runtime: Runtime, accepted: Sequence[RedemptionAccepted]) ->
                     "data": "0x"
                     + runtime.client.call_data("balanceOf", o.scheme_id, bytes(o.pass_id)).hex(),
                 },
-                hex(o.block_number),
+                "latest" if at_latest else hex(o.block_number),
             ],
         )
         for o in accepted
@@ -195,7 +212,7 @@ def record_reconciled(runtime: Runtime, found: Sequence[Mined]) -> None:
             revert=lambda: runtime.client.revert_of(b""),
         )
     accepted = [o for o in outcomes if isinstance(o, RedemptionAccepted)]
-    balances = _balances_after(runtime, accepted)
+    balances = _balances_after(runtime, accepted, latest_if_pruned=True)
     updates: dict[int, dict[str, Any]] = {}
     now = _now()
     for outcome in outcomes:

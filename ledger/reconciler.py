@@ -346,9 +346,10 @@ class Reconciler:
         report.waiting = len(left)
 
     def _record(self, found: Sequence[Mined], report: ReconcileReport) -> None:
-        self.outbox.record_mined([m.receipt for m in found])
-        report.mined += len(found)
+        # the outcomes first: if that fails, the rows stay open and the next pass tries again
         if self.on_mined is not None:
             self.on_mined(found)
+        self.outbox.record_mined([m.receipt for m in found])
+        report.mined += len(found)
         # what on_mined has read is settled (record_mined flags rows that moved block)
         self.outbox.clear_remined([m.row.tx_hash for m in found])
