@@ -2,7 +2,7 @@
 seeds each; nothing confirmed may be lost, nothing doubled, and the audit must be clean.
 
 Each run starts the real service (``stadjerspas up``) in a temporary directory, 96 terminals
-redeem for 10 s and the fault lands 25-60 % into that; a run takes about 40-60 s.
+redeem for 10 s and the fault lands 25-60 % into that; a run takes about 60-100 s.
 """
 
 from __future__ import annotations
