@@ -36,6 +36,7 @@ __all__ = [
     "TOKEN_URI_LENGTH",
     "TOKEN_URI_SCHEME",
     "TOKEN_URI_VERSION",
+    "TOKEN_WHITESPACE",
     "decode_token_uri",
     "encode_token_uri",
 ]
@@ -51,6 +52,12 @@ _PAYLOAD_CHARS = 112  # base64url of 84 bytes, no padding
 _SIGNATURE_CHARS = 87  # base64url of 65 bytes, no padding
 #: Length of every valid version-1 token URI.
 TOKEN_URI_LENGTH = len(_PREFIX) + _PAYLOAD_CHARS + 1 + _SIGNATURE_CHARS
+#: What is ignored around a token: whitespace, ASCII and Unicode (a paste from a phone), but
+#: not the control characters \x1c-\x1f that ``str.isspace()`` also counts.
+TOKEN_WHITESPACE = "".join(
+    chr(code) for code in range(0x3001) if chr(code).isspace() and not 0x1C <= code <= 0x1F
+)
+
 #: Inputs longer than this (before stripping whitespace) are refused without parsing.
 MAX_TOKEN_URI_LENGTH = 512
 
@@ -136,7 +143,8 @@ def decode_token_uri(text: str | bytes) -> SignedPassToken:
         raise TokenTooLong(
             f"token is {len(text)} characters long; at most {MAX_TOKEN_URI_LENGTH} are accepted"
         )
-    text = text.strip()
+    # Whitespace only (str.strip() would also drop the control characters \x1c-\x1f).
+    text = text.strip(TOKEN_WHITESPACE)
     if not text:
         raise TokenMalformed("token is empty")
     if not text.startswith(_SCHEME_PREFIX):
