@@ -31,7 +31,7 @@ redemption is judged against the balance after it. A pass with several unclaimed
 scheme (several cohorts) has the others claimed by plain ``claim`` transactions sent just before
 it through the same relayer (lower nonces, so mined first). The outcome is a
 :class:`~ledger.batcher.RedemptionOutcome` like a batched one, so the idempotency record is
-completed exactly as for a batch (:func:`api.services.redeem`).
+completed exactly as for a batch (:func:`api.redemptions.redeem`).
 """
 
 from __future__ import annotations

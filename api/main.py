@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 
 import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
 
-from api import __version__, redemptions
+from api import __version__
 from api.auth import Auth
 from api.middleware import install_middleware
 from api.problems import install_problem_handlers
@@ -83,7 +82,6 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     )
     app.state.settings = settings
     app.state.runtime = runtime
-    runtime.outcome_sink = partial(redemptions.record_batch, runtime)
     app.state.auth = Auth(settings, runtime.store)
     app.state.auth.bootstrap(range(1, len(runtime.keys.merchants) + 1))
     install_problem_handlers(app)

@@ -30,8 +30,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING, Any, Self
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -39,7 +39,6 @@ from eth_hash.auto import keccak
 from pydantic import SecretStr
 from web3 import HTTPProvider, Web3
 
-from api import redemptions
 from api.demo import demo_merchant, seed_demo
 from api.settings import DEV_MERCHANT_COUNT, Settings
 from api.store import ApiStore
@@ -67,6 +66,9 @@ from ledger.rpc import RpcClient
 from ledger.state_cache import LedgerStateCache
 from ledger.store.base import StoreError
 from wallet import Domain, WalletError, load_keystore
+
+if TYPE_CHECKING:
+    from api.redemptions import ReconcilerLoop
 
 __all__ = ["DEV_ACCOUNT_INDEX", "Runtime", "ServiceKeys", "StartupError", "load_service_keys"]
 
@@ -233,9 +235,6 @@ class Runtime:
         self.redemption_keys = AsyncKeyedLocks()
         self.inflight: dict[tuple[int, str], Future[BatchOutcome]] = {}
         self.inflight_lock = threading.Lock()
-        #: Called with each mined batch's outcomes (``api.services.record_batch``): it saves the
-        #: batch's records in one transaction and leaves them in ``finished`` for the requests.
-        self.outcome_sink: Callable[[Sequence[BatchOutcome]], None] | None = None
         self.finished: OrderedDict[int, Mapping[str, Any]] = OrderedDict()
         self.finished_lock = threading.Lock()
         self._closed = False
@@ -246,9 +245,9 @@ class Runtime:
         self._indexer_rpc: RpcClient | None = None
         #: Every signed transaction, stored before it is sent (ledger.outbox); the records a
         #: transaction carries are marked sent in the same database transaction.
-        self.outbox = open_outbox(store.db, on_signed=redemptions.mark_sent)
+        self.outbox = open_outbox(store.db, on_signed=_desk().mark_sent)
         self.reconciler: Reconciler | None = None
-        self.reconciler_loop: redemptions.ReconcilerLoop | None = None
+        self.reconciler_loop: ReconcilerLoop | None = None
         self._cache_rpc = RpcClient(rpc_url, max_connections=64)
         #: Scheme terms, allowances and pass snapshots for scans (see ledger.state_cache).
         self.state = LedgerStateCache(
@@ -366,8 +365,8 @@ class Runtime:
             contract=self.deployment.ledger_address,
             code_hash=keccak(bytes.fromhex(str(code)[2:])),
             final_after_s=self.settings.finality_s,
-            on_mined=lambda found: redemptions.record_reconciled(self, found),
-            on_failed=lambda rows: redemptions.record_lost(self, rows),
+            on_mined=lambda found: _desk().record_reconciled(self, found),
+            on_failed=lambda rows: _desk().record_lost(self, rows),
         )
         try:
             report = self.reconciler.reconcile(deep=True, wait_s=30.0)
@@ -383,9 +382,11 @@ class Runtime:
         """The periodic reconciler, and (embedded node) the node's supervisor, which restarts
         a node that died and wakes the reconciler."""
         assert self.reconciler is not None
-        self.reconciler_loop = redemptions.ReconcilerLoop(
-            self.reconciler, interval_s=self.settings.reconcile_interval_s
-        ).start()
+        self.reconciler_loop = (
+            _desk()
+            .ReconcilerLoop(self.reconciler, interval_s=self.settings.reconcile_interval_s)
+            .start()
+        )
         if self.node is not None:
             self.node.on_restart(self._node_restarted)
             self.node.supervise()
@@ -448,9 +449,9 @@ class Runtime:
             )
 
     def _batch_mined(self, outcomes: Sequence[BatchOutcome]) -> None:
-        sink = self.outcome_sink
-        if sink is not None:
-            sink(outcomes)
+        """A merchant's batch is mined: the redemption desk records its outcomes in one
+        transaction and leaves them in ``finished`` for the waiting requests."""
+        _desk().record_batch(self, outcomes)
 
     def finish(self, saved: Mapping[int, Mapping[str, Any]]) -> None:
         """Leave what was saved into each redemption's record (by redemption id) for the
@@ -575,6 +576,14 @@ class Runtime:
         if self.issuer_relayer is None:
             raise RuntimeError("the runtime's relayers are not started")
         return self.issuer_relayer
+
+
+def _desk() -> ModuleType:
+    """:mod:`api.redemptions`, the redemption desk (imported when first used: it imports the
+    services, which import this module)."""
+    from api import redemptions
+
+    return redemptions
 
 
 def _grants(keys: ServiceKeys) -> list[RoleGrant]:

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Path, Query, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from api import services
+from api import redemptions, services
 from api.deps import IdempotencyKey, MerchantId, ReadingTerminal, RuntimeDep
 from api.problems import ApiProblem, problem_responses
 from api.schemas import (
@@ -105,7 +105,7 @@ async def redeem(
     first result (header ``Idempotent-Replayed: true``) and never redeems twice; the same key
     with another body is refused with ``idempotency_key_reused``.
     """
-    outcome = await services.redeem(
+    outcome = await redemptions.redeem(
         runtime,
         merchant_id=merchant_id,
         idempotency_key=idempotency_key,

@@ -28,7 +28,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from api import holder_services, services
+from api import holder_services, redemptions, services
 from api.auth import Auth, Kind, Principal, Scope
 from api.deps import RuntimeDep, SettingsDep, parse_idempotency_key
 from api.i18n import LANG_COOKIE, LANGUAGES, MESSAGES, pick_language, translate
@@ -530,7 +530,7 @@ async def merchant_web_redeem(
     """The scanner page's redeem call, with the page's Idempotency-Key."""
     merchant_id = _terminal_merchant(request, runtime)
     key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
-    outcome = await services.redeem(
+    outcome = await redemptions.redeem(
         runtime,
         merchant_id=merchant_id,
         idempotency_key=key,

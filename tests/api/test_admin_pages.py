@@ -22,7 +22,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
-from api import services
+from api import redemptions, services
 from api.auth import DEV_STAFF
 from api.main import create_app
 from api.runtime import Runtime
@@ -371,7 +371,7 @@ def test_create_scheme_from_the_form(login: Login, runtime: Runtime) -> None:
 def test_payout_run_create_download_confirm(login: Login, runtime: Runtime) -> None:
     token = services.make_pass_token(runtime, runtime.settings, "GR0000010").token_uri
     asyncio.run(
-        services.redeem(
+        redemptions.redeem(
             runtime,
             merchant_id=2,
             idempotency_key=str(uuid.uuid4()),

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from api import services
+from api import redemptions, services
 from api.auth import DEV_HOLDER_PIN, dev_terminal_id, dev_terminal_secret
 from api.demo import DEMO_MERCHANT_NAMES, DEMO_MERCHANTS
 from api.runtime import Runtime
@@ -226,7 +226,7 @@ def _redeem(runtime: Runtime, pass_number: str, scheme_id: int, amount: int) -> 
     running on this thread)."""
     token = services.make_pass_token(runtime, runtime.settings, pass_number).token_uri
     redemption = partial(
-        services.redeem,
+        redemptions.redeem,
         runtime,
         merchant_id=MERCHANT_ID,
         idempotency_key=f"pages-{time.time_ns()}",
