@@ -108,8 +108,13 @@ def _eth_call(runtime: Runtime, data: bytes, *, sender: str | None = None, block
 
 
 def balance_at(runtime: Runtime, scheme_id: int, pid: bytes, block: int) -> int:
+    """The balance at the end of ``block``; the balance now if the node no longer has that
+    block's state (anvil restarted from its state file keeps no history)."""
     data = runtime.client.call_data("balanceOf", scheme_id, pid)
-    return int.from_bytes(_eth_call(runtime, data, block=hex(block)), "big")
+    try:
+        return int.from_bytes(_eth_call(runtime, data, block=hex(block)), "big")
+    except RpcError:
+        return int.from_bytes(_eth_call(runtime, data, block="latest"), "big")
 
 
 def _receipt_events(runtime: Runtime, receipt: TxReceipt) -> list[DecodedEvent]:

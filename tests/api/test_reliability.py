@@ -197,3 +197,44 @@ def test_a_node_that_comes_back_as_another_chain_is_not_replayed_on(tmp_path: Pa
         )
         assert client.get("/health").json()["status"] == "degraded"
         assert runtime.w3.eth.get_code(runtime.deployment.ledger_address) == b""
+
+
+@pytest.mark.slow
+def test_a_retry_of_a_landed_but_unrecorded_redemption_after_a_node_restart(
+    tmp_path: Path,
+) -> None:
+    """The service died after the redemption was mined but before it recorded the outcome (its
+    record is pending, not even marked sent), and the node restarted from its state file, which
+    keeps no history. The retry with the same key finds the redemption on chain and answers with
+    it (the balance after is read at the head when the node no longer has the block's state)."""
+    settings = dev_settings(tmp_path / "var", anvil_state_interval_s=3600)
+    with Runtime.start(settings) as runtime, TestClient(create_app(settings, runtime)) as client:
+        number = "GR0000003"
+        token = client.get(f"/holder/passes/{number}/token", headers=holder(client, number))
+        body = {"token": token.json()["token_uri"], "scheme_id": 1, "amount": 250}
+        headers = {**merchant(client, 1), "Idempotency-Key": "landed-unrecorded"}
+        first = client.post("/merchant/redemptions", json=body, headers=headers)
+        assert first.status_code == 201, first.text
+        rid = first.json()["redemption_id"]
+        runtime.store.complete_redemptions(
+            {
+                rid: {
+                    "status": RedemptionStatus.PENDING,
+                    "tx_hash": None,
+                    "block_number": None,
+                    "debited": None,
+                    "credited": None,
+                    "balance_after": None,
+                    "sent_at": None,
+                }
+            }
+        )
+        assert runtime.node is not None
+        runtime.node.rpc("anvil_mine", ["0x2"])  # the redemption's block is no longer the head
+        _persist_now(runtime)  # the restarted node has the redemption, not its block's state
+        retry = client.post("/merchant/redemptions", json=body, headers=headers)
+        assert retry.status_code == 201, retry.text
+        assert retry.json()["redemption_id"] == rid
+        assert retry.json()["credited"] == first.json()["credited"]
+        assert retry.json()["balance"] == first.json()["balance"]
+        assert len(_onchain_redemptions(runtime)[rid]) == 1
