@@ -19,6 +19,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledger import contract_errors as ce
@@ -270,6 +271,28 @@ async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The database dropped or refused the connection (a restart, a cut network): nothing was
+    changed by this request's failed statement; the same request may be retried."""
+    assert isinstance(exc, DBAPIError)
+    log.warning("store_unavailable on %s: %s", request.url.path, type(exc.orig).__name__)
+    return problem_response(
+        status=503,
+        code="store_unavailable",
+        title=_title("store_unavailable"),
+        detail="the database is not reachable at the moment; retry the same request shortly",
+        instance=_instance(request),
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DBAPIError)
+    if exc.connection_invalidated or isinstance(exc, OperationalError):
+        return await _store_unavailable(request, exc)
+    return await _unhandled(request, exc)
+
+
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
@@ -288,6 +311,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(LedgerError, _ledger_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unhandled)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -238,3 +239,31 @@ def test_a_retry_of_a_landed_but_unrecorded_redemption_after_a_node_restart(
         assert retry.json()["credited"] == first.json()["credited"]
         assert retry.json()["balance"] == first.json()["balance"]
         assert len(_onchain_redemptions(runtime)[rid]) == 1
+
+
+def test_a_database_that_cannot_be_written_answers_503_and_the_retry_succeeds(
+    runtime: Runtime, client: TestClient
+) -> None:
+    """Another process holds the SQLite file's write lock longer than the busy timeout (as a
+    PostgreSQL restart or a cut connection would fail a statement): the redemption is answered
+    503 ``store_unavailable`` with Retry-After, nothing is stored, and the same request
+    retried afterwards is redeemed once."""
+    number = "GR0000004"
+    token = client.get(f"/holder/passes/{number}/token", headers=holder(client, number))
+    body = {"token": token.json()["token_uri"], "scheme_id": 1, "amount": 100}
+    headers = {**merchant(client, 1), "Idempotency-Key": "db-locked"}
+    path = runtime.store.db.engine.url.database
+    assert path is not None
+    blocker = sqlite3.connect(path, timeout=1)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        refused = client.post("/merchant/redemptions", json=body, headers=headers)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["code"] == "store_unavailable"
+    assert refused.headers["Retry-After"] == "1"
+    retry = client.post("/merchant/redemptions", json=body, headers=headers)
+    assert retry.status_code == 201, retry.text
+    assert len(_onchain_redemptions(runtime)[retry.json()["redemption_id"]]) == 1

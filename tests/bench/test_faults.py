@@ -22,6 +22,7 @@ def _check(run: dict) -> None:
     assert run["fault_injected"], f"the fault was not injected during the load {where}"
     assert run["confirmed"] > 0, where
     assert run["lost"] == 0, f"{run['lost_detail']} {where}"
+    assert run["unanswered"] == 0, f"requests never answered (records left pending) {where}"
     assert run["doubled"] == 0, f"{run['doubled_detail']} {where}"
     assert not run["merchant_mismatch"], f"{run['merchant_mismatch']} {where}"
     assert not run["scheme_mismatch"], f"{run['scheme_mismatch']} {where}"
@@ -34,15 +35,9 @@ def test_node_kill(seed: int) -> None:
     _check(run)
 
 
-# A real bug, found by this scenario (docs/reliability.md, "Findings"): after the crash the
-# service refuses to start (the start-up reconciler asks the restarted anvil for balances at
-# historical blocks it no longer has). Not strict: a kill that leaves no mined-but-unrecorded
-# transaction in the outbox restarts fine. Remove the mark when api/redemptions.py is fixed.
-@pytest.mark.xfail(
-    reason="service restart after SIGKILL fails: eth_call at a historical block "
-    "(BlockOutOfRangeError) in api.redemptions._balances_after",
-    strict=False,
-)
+# This scenario found a restart bug (docs/reliability.md, "Findings"): the start-up reconciler
+# asked the restarted anvil for balances at historical blocks it no longer has, and the start
+# failed with redemptions left pending. Fixed in api.redemptions / ledger.reconciler.
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_service_kill(seed: int) -> None:
     run = run_scenario("service-kill", seed, LOAD_S)
