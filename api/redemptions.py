@@ -765,7 +765,7 @@ def record_lost(runtime: Runtime, rows: Sequence[OutboxRow]) -> None:
             values: dict[str, Any] = {
                 "status": RedemptionStatus.FAILED,
                 "problem_code": "transaction_lost",
-                "problem_status": 503,
+                "problem_status": 409,
                 "problem_detail": (
                     f"the transaction {row.tx_hash} carrying this redemption was never mined "
                     f"({row.reason}); nothing was redeemed; use a new Idempotency-Key to try "

@@ -393,6 +393,10 @@ class RedemptionItem(BaseModel):
     tx_hash: str | None
     block_number: int | None
     problem_code: str | None
+    #: Why it failed, in one line (e.g. its transaction was lost).
+    problem_detail: str | None = None
+    #: True when the chain contradicted an answer already given for it (see the audit).
+    promise_broken: bool = False
     created_at: datetime
     reversed: bool
     reversal_tx_hash: str | None

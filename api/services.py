@@ -391,6 +391,8 @@ def _item(record: RedemptionRecord) -> RedemptionItem:
         tx_hash=record.tx_hash,
         block_number=record.block_number,
         problem_code=record.problem_code,
+        problem_detail=record.problem_detail,
+        promise_broken=record.promise_broken_at is not None,
         created_at=record.created_at,
         reversed=record.reversal_tx_hash is not None,
         reversal_tx_hash=record.reversal_tx_hash,

@@ -14,6 +14,7 @@ graceful restart after the demo data is in), so what the kill loses is exactly t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from api import redemptions
 from api.main import create_app
 from api.runtime import Runtime
 from api.store import RedemptionStatus
@@ -267,3 +269,39 @@ def test_a_database_that_cannot_be_written_answers_503_and_the_retry_succeeds(
     retry = client.post("/merchant/redemptions", json=body, headers=headers)
     assert retry.status_code == 201, retry.text
     assert len(_onchain_redemptions(runtime)[retry.json()["redemption_id"]]) == 1
+
+
+@pytest.mark.slow
+def test_a_lost_transaction_fails_its_redemptions_everywhere(tmp_path: Path) -> None:
+    """The reconciler found the transaction of a confirmed redemption will never be mined (its
+    nonce was taken): the record fails with the reason, flagged as a broken promise; the
+    terminal's list shows it; a retry with the key answers the failure, never the old 201.
+    (A runtime of its own: the record then contradicts the chain, as the audit will say.)"""
+    settings = dev_settings(tmp_path / "var")
+    with Runtime.start(settings) as runtime, TestClient(create_app(settings, runtime)) as client:
+        _lose_a_confirmed_redemption(runtime, client)
+
+
+def _lose_a_confirmed_redemption(runtime: Runtime, client: TestClient) -> None:
+    number = "GR0000005"
+    token = client.get(f"/holder/passes/{number}/token", headers=holder(client, number))
+    body = {"token": token.json()["token_uri"], "scheme_id": 1, "amount": 100}
+    headers = {**merchant(client, 2), "Idempotency-Key": "lost-tx"}
+    first = client.post("/merchant/redemptions", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    rid = first.json()["redemption_id"]
+    runtime.outbox.flush()
+    (row,) = [r for r in runtime.outbox.all_rows() if rid in r.refs]
+    lost = dataclasses.replace(row, reason="nonce 7 of 0xabc was taken by another transaction")
+    redemptions.record_lost(runtime, [lost])
+
+    retry = client.post("/merchant/redemptions", json=body, headers=headers)
+    assert retry.status_code == 409, retry.text
+    assert retry.json()["code"] == "confirmation_lost"
+    assert "was never mined (nonce 7 of 0xabc was taken" in retry.json()["detail"]
+    listed = client.get("/merchant/redemptions", headers=merchant(client, 2)).json()["items"]
+    (item,) = [i for i in listed if i["redemption_id"] == rid]
+    assert item["status"] == "failed"
+    assert item["promise_broken"] is True
+    assert item["problem_code"] == "confirmation_lost"
+    assert "never mined" in item["problem_detail"]
