@@ -388,6 +388,16 @@ class SqlOutbox:
             ).all()
         return [_row(r) for r in rows]
 
+    def rows_at_nonce(self, sender: str, nonce: int) -> list[OutboxRow]:
+        """Every row (variant) of ``sender``'s ``nonce``, whatever its state."""
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                select(_TABLE)
+                .where(_TABLE.c.sender == sender, _TABLE.c.nonce == nonce)
+                .order_by(_TABLE.c.created_at)
+            ).all()
+        return [_row(r) for r in rows]
+
     def mined_since(self, since: datetime) -> list[OutboxRow]:
         """Rows mined (or final) at or after ``since``: what a node restart may have lost."""
         with self.db.engine.connect() as conn:

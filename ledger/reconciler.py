@@ -26,6 +26,7 @@ confirmed and whose replay is refused is a broken promise, reported loudly (see
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -102,6 +103,7 @@ class Reconciler:
         final_depth: int = 0,
         settle_after_s: float = 5.0,
         deep_window_s: float = 300.0,
+        conflict_after_s: float = 2.0,
         on_mined: Callable[[Sequence[Mined]], None] | None = None,
         on_failed: Callable[[Sequence[OutboxRow]], None] | None = None,
     ) -> None:
@@ -114,6 +116,7 @@ class Reconciler:
         self.final_depth = final_depth
         self.settle_after_s = settle_after_s
         self.deep_window_s = deep_window_s
+        self.conflict_after_s = conflict_after_s
         self.on_mined = on_mined
         self.on_failed = on_failed
         self.refused: str | None = None
@@ -205,13 +208,17 @@ class Reconciler:
                     final.append(row.tx_hash)
             elif nonce < latest[sender]:
                 conflicts.append(variants)
-        # a nonce the chain has passed without any of our hashes: look once more, then fail
+        # A nonce the chain has passed without any of our hashes. Look again after
+        # ``conflict_after_s``, at every variant the outbox now holds for it (a relayer may
+        # have re-priced the same call meanwhile, and under load a node reports a nonce as used
+        # a moment before the receipt can be read); only then is it another's transaction.
         if conflicts:
-            time.sleep(0.3)
-            again = self._receipts([r for group in conflicts for r in group])
+            time.sleep(self.conflict_after_s)
             for group in conflicts:
+                variants = self.outbox.rows_at_nonce(group[0].sender, group[0].nonce) or group
+                again = self._receipts(variants)
                 hit = next(
-                    ((r, rc) for r in group if (rc := again.get(r.tx_hash)) is not None), None
+                    ((r, rc) for r in variants if (rc := again.get(r.tx_hash)) is not None), None
                 )
                 if hit is not None:
                     found.append(Mined(hit[0], hit[1], again=hit[0].replays > 0))
@@ -220,11 +227,15 @@ class Reconciler:
                     f"nonce {group[0].nonce} of {group[0].sender} was taken by another "
                     "transaction; this one was not mined and never will be"
                 )
-                self.outbox.mark_failed([r.tx_hash for r in group], reason)
-                report.failed += len(group)
-                log.error("outbox: %s (%s)", reason, ", ".join(r.tx_hash for r in group))
+                self.outbox.mark_failed([r.tx_hash for r in variants], reason)
+                report.failed += len(variants)
+                log.error("outbox: %s (%s)", reason, ", ".join(r.tx_hash for r in variants))
                 if self.on_failed is not None:
-                    self.on_failed([r for r in group if r.refs] or group[:1])
+                    lost = [
+                        dataclasses.replace(r, state=OutboxState.FAILED, reason=reason)
+                        for r in variants
+                    ]
+                    self.on_failed([r for r in lost if r.refs][:1] or lost[:1])
         # replay what is missing, per sender in nonce order
         replayed: list[str] = []
         for sender, lost in to_replay.items():

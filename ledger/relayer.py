@@ -1414,11 +1414,8 @@ class Relayer:
         if self.journal is not None:
             for parsed in landed:  # also transactions restored after a rollback (no handle)
                 self.journal.mined(parsed)
-            for tx in conflicts:
-                self.journal.failed(
-                    [v.hash.to_0x_hex() for v in tx.variants],
-                    f"nonce {tx.nonce} of {self.address} was taken by another transaction",
-                )
+            # A nonce conflict is left to the reconciler, which looks again at every variant
+            # the outbox holds before it fails anything (the outbox is the one authority).
         for tx, parsed in done:
             handle = tx.handle
             assert handle is not None
