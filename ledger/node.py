@@ -262,6 +262,10 @@ class AnvilNode:
             "0",
             "--cache-path",
             str(self.cache_dir),
+            # first come, first mined (as Besu's sequenced pool): transactions the reconciler
+            # replays land in the order they were first signed, not by fee
+            "--order",
+            "fifo",
         ]
         if cfg.mnemonic is not None:
             cmd += ["--mnemonic", cfg.mnemonic]

@@ -236,11 +236,14 @@ class Reconciler:
                         for r in variants
                     ]
                     self.on_failed([r for r in lost if r.refs][:1] or lost[:1])
-        # replay what is missing, per sender in nonce order
-        replayed: list[str] = []
+        # replay what is missing: per sender in nonce order, all senders in the order the
+        # transactions were first signed (so items of several merchants on one pass meet the
+        # balances in the order they did the first time)
+        chosen: list[OutboxRow] = []
         for sender, lost in to_replay.items():
             missing = [r for r in lost if not receipts.get(r.tx_hash)]
-            replayed += self._replay(sender, latest[sender], missing, report)
+            chosen += self._one_per_nonce(sender, latest[sender], missing, report)
+        replayed = self._replay(chosen, report)
         if found:
             self._record(found, report)
         if final:
@@ -292,24 +295,45 @@ class Reconciler:
                 )
         return out
 
-    def _replay(
+    def _one_per_nonce(
         self, sender: str, latest: int, rows: Sequence[OutboxRow], report: ReconcileReport
-    ) -> list[str]:
-        """Broadcast one variant per nonce (the newest signed: re-priced variants bid more)."""
+    ) -> list[OutboxRow]:
+        """One variant per nonce (the newest signed: a re-priced variant bids more), each
+        dated by when its nonce was first signed."""
         if not rows:
             return []
+        first_signed: dict[int, datetime] = {}
         per_nonce: dict[int, OutboxRow] = {}
         for row in sorted(rows, key=lambda r: (r.nonce, r.created_at)):
+            first_signed.setdefault(row.nonce, row.created_at)
             per_nonce[row.nonce] = row
         nonces = sorted(per_nonce)
         if nonces[0] > latest:
             gap = f"{sender}: nonces {latest}..{nonces[0] - 1} are in no outbox row"
             log.error("reconciler: %s; the replays wait behind them", gap)
             report.gaps.append(gap)
-        chosen = [per_nonce[n] for n in nonces]
-        replies = self.rpc.batch(
-            [RpcRequest("eth_sendRawTransaction", ("0x" + r.raw.hex(),)) for r in chosen]
-        )
+        # a later nonce is never dated before an earlier one of the same sender
+        chosen: list[OutboxRow] = []
+        floor = first_signed[nonces[0]]
+        for nonce in nonces:
+            floor = max(floor, first_signed[nonce])
+            chosen.append(dataclasses.replace(per_nonce[nonce], created_at=floor))
+        return chosen
+
+    def _replay(self, rows: Sequence[OutboxRow], report: ReconcileReport) -> list[str]:
+        """Broadcast ``rows`` with their original bytes, oldest first, one request after the
+        other (a node may handle the requests of one JSON-RPC batch in parallel, which would
+        lose the order; a node mines first come, first served: anvil ``--order fifo``, Besu's
+        sequenced pool)."""
+        if not rows:
+            return []
+        chosen = sorted(rows, key=lambda r: (r.created_at, r.sender, r.nonce))
+        replies: list[object] = []
+        for row in chosen:
+            (reply,) = self.rpc.batch(
+                [RpcRequest("eth_sendRawTransaction", ("0x" + row.raw.hex(),))]
+            )
+            replies.append(reply)
         sent: list[str] = []
         for row, reply in zip(chosen, replies, strict=True):
             if isinstance(reply, RpcError) and classify_send_error(reply) not in (
@@ -321,7 +345,7 @@ class Reconciler:
                     "reconciler: the node refused the replay of %s (nonce %d of %s): %s",
                     row.tx_hash,
                     row.nonce,
-                    sender,
+                    row.sender,
                     reply.message,
                 )
                 continue
@@ -330,12 +354,9 @@ class Reconciler:
         report.replayed += len(sent)
         if sent:
             log.warning(
-                "reconciler: replayed %d transactions of %s (nonces %d..%d) with their "
-                "original bytes",
+                "reconciler: replayed %d transactions of %d senders with their original bytes",
                 len(sent),
-                sender,
-                nonces[0],
-                nonces[-1],
+                len({r.sender for r in chosen}),
             )
         return sent
 

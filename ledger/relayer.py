@@ -1256,8 +1256,14 @@ class Relayer:
         with self._lock:
             if latest < self._confirmed_upto:
                 # The chain lost blocks (node restarted from an older state): bring back the
-                # confirmed transactions we still hold, with their original bytes.
+                # confirmed transactions we still hold, with their original bytes. With a
+                # journal (the durable outbox), its reconciler brings them back instead, in the
+                # order they were first signed across every sender; they are only forgotten here.
                 restored = [tx for n, tx in self._history.items() if n >= latest]
+                if self.journal is not None:
+                    for tx in restored:
+                        del self._history[tx.nonce]
+                    restored = []
                 for tx in restored:
                     del self._history[tx.nonce]
                     tx.missing_polls = 0

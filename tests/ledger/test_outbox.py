@@ -235,3 +235,34 @@ def test_a_node_of_another_chain_is_refused(node: AnvilNode, migrated_store: Sto
             reconciler.reconcile()
         assert reconciler.refused is not None
         outbox.close()
+
+
+def test_replays_keep_the_order_in_which_several_senders_signed(
+    node: AnvilNode, migrated_store: Store, dev_accounts: list[LocalAccount]
+) -> None:
+    """Transactions of two senders, signed alternately, come back after the node lost them in
+    that same order across both senders (not one sender's batch after the other's), so items
+    that compete for one balance meet it as they did the first time."""
+    to = Account.create().address
+    with RpcClient(node.rpc_url) as rpc:
+        outbox = SqlOutbox(migrated_store)
+        first = Relayer(rpc, account=dev_accounts[3], chain_id=CHAIN_ID, journal=outbox)
+        second = Relayer(rpc, account=dev_accounts[4], chain_id=CHAIN_ID, journal=outbox)
+        signed: list[str] = []
+        with first, second:
+            for i in range(12):
+                relayer = (first, second)[i % 2]
+                receipt = relayer.submit(TxRequest(to=to, gas=21_000, value=i + 1)).result(30)
+                signed.append(receipt.tx_hash.to_0x_hex())
+        outbox.flush()
+        _kill(node)
+        node.start()
+        report = Reconciler(rpc, outbox, chain_id=CHAIN_ID).reconcile(deep=True, wait_s=20)
+        assert report.replayed == 12
+        mined = []
+        for tx_hash in signed:
+            receipt = rpc.call("eth_getTransactionReceipt", tx_hash)
+            assert isinstance(receipt, dict)
+            mined.append((int(receipt["blockNumber"], 16), int(receipt["transactionIndex"], 16)))
+        assert mined == sorted(mined)
+        outbox.close()
