@@ -346,6 +346,7 @@ class Runtime:
                 runtime.demo_seeded_now = seed_demo(runtime, report=say)
             runtime.state.start()
             runtime._start_relayers()
+            runtime._adopt_unmined()
             if settings.run_indexer:
                 runtime._start_indexer()
             runtime._supervise()
@@ -447,6 +448,18 @@ class Runtime:
                 max_in_flight=self.settings.batch_max_in_flight,
                 on_outcomes=self._batch_mined,
             )
+
+    def _adopt_unmined(self) -> None:
+        """Each relayer takes over its account's outbox rows the chain has not mined (a replay
+        the node holds but did not mine yet): it never signs another transaction for their
+        nonces, and re-prices them if the node sits on them."""
+        for relayer in (self.issuer_relayer, *self.merchant_relayers.values()):
+            if relayer is None:
+                continue
+            latest = int(
+                str(self.rpc.call("eth_getTransactionCount", relayer.address, "latest")), 16
+            )
+            relayer.adopt(self.outbox.unmined_of(relayer.address, latest))
 
     def _batch_mined(self, outcomes: Sequence[BatchOutcome]) -> None:
         """A merchant's batch is mined: the redemption desk records its outcomes in one

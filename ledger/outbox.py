@@ -323,7 +323,8 @@ class SqlOutbox:
                     ),
                     else_=OutboxState.MINED.value,
                 ),
-                remined=or_(_TABLE.c.remined, moved),
+                # moved to another block, or mined after a replay: its outcome is read again
+                remined=or_(_TABLE.c.remined, moved, _TABLE.c.replays > 0),
                 block_number=receipt.block_number,
                 block_hash=block_hash,
                 status=receipt.status,
@@ -397,6 +398,14 @@ class SqlOutbox:
                 .order_by(_TABLE.c.created_at)
             ).all()
         return [_row(r) for r in rows]
+
+    def unmined_of(self, sender: str, latest: int) -> list[bytes]:
+        """The raw bytes to adopt for ``sender``'s nonces at or above ``latest`` (the newest
+        signed variant of each), in nonce order: what a relayer takes over at start."""
+        newest: dict[int, OutboxRow] = {}
+        for row in self.rows_from_nonce(sender, latest):
+            newest[row.nonce] = row  # rows come by nonce, then by when they were signed
+        return [newest[nonce].raw for nonce in sorted(newest)]
 
     def mined_since(self, since: datetime) -> list[OutboxRow]:
         """Rows mined (or final) at or after ``since``: what a node restart may have lost."""

@@ -530,6 +530,25 @@ class _Tx:
         return len(self.variants) - 1
 
 
+def _decode_signed(raw: bytes) -> tuple[int, TxRequest, _Fees]:
+    """The nonce, call and fees of a signed legacy or EIP-1559 transaction of ours."""
+    if raw[:1] == b"\x02":
+        fields = rlp.decode(raw[1:])
+        nonce, tip, max_fee, gas, to, value, data = fields[1:8]
+        fees = _Fees(gas_price=None, max_fee=_int(max_fee), priority_fee=_int(tip))
+    else:
+        fields = rlp.decode(raw)
+        nonce, price, gas, to, value, data = fields[:6]
+        fees = _Fees(gas_price=_int(price))
+    call = TxRequest(
+        to=checksummed("0x" + bytes(to).hex()) if to else None,
+        gas=_int(gas),
+        data=bytes(data),
+        value=_int(value),
+    )
+    return _int(nonce), call, fees
+
+
 def _bumped(old: _Fees, policy: _Fees) -> _Fees:
     """The minimally higher fee of a replacement: one wei more than ``old`` (tip and max fee for
     EIP-1559), and never below the current fee ``policy`` of the same transaction type."""
@@ -839,6 +858,34 @@ class Relayer:
     def next_nonce(self) -> int:
         with self._lock:
             return self._next_nonce
+
+    def adopt(self, raws: Iterable[bytes]) -> int:
+        """Take over signed, unmined transactions of this account that an earlier process
+        stored in the outbox (call right after :meth:`start`, before submitting): they are
+        watched, resent and re-priced like the relayer's own (no caller waits on them), and no
+        new transaction is signed for their nonces. Returns how many were adopted."""
+        adopted = 0
+        now = time.monotonic()
+        with self._lock:
+            for raw in raws:
+                nonce, call, fees = _decode_signed(raw)
+                if nonce in self._inflight or nonce < self._confirmed_upto:
+                    continue
+                variant = _Variant("0x" + raw.hex(), HexBytes(keccak(raw)), fees)
+                tx = _Tx(nonce, call, variant, None)
+                tx.journaled.add(variant.hash)
+                tx.maybe_accepted = True
+                tx.sends = tx.variant_sends = 1
+                tx.last_sent = tx.variant_sent_at = now
+                self._inflight[nonce] = tx
+                self._next_nonce = max(self._next_nonce, nonce + 1)
+                self._accepted_upto = max(self._accepted_upto, nonce + 1)
+                adopted += 1
+            if adopted:
+                self._watch.notify()
+        if adopted:
+            log.warning("relayer for %s adopted %d unmined transactions", self.address, adopted)
+        return adopted
 
     @property
     def pending_count(self) -> int:

@@ -266,3 +266,53 @@ def test_replays_keep_the_order_in_which_several_senders_signed(
             mined.append((int(receipt["blockNumber"], 16), int(receipt["transactionIndex"], 16)))
         assert mined == sorted(mined)
         outbox.close()
+
+
+def test_a_relayer_adopts_what_the_outbox_holds_unmined(
+    node: AnvilNode, migrated_store: Store
+) -> None:
+    """Transactions stored in the outbox that the node never mined (an earlier process died
+    after storing them, or a node sat on a replay): a new relayer of the account takes them
+    over, sends them with their original bytes, and signs nothing new for their nonces."""
+    account: LocalAccount = Account.create()
+    to = Account.create().address
+    with RpcClient(node.rpc_url) as rpc:
+        node.rpc("anvil_setBalance", [account.address, hex(10**20)])
+        outbox = SqlOutbox(migrated_store)
+        stored = []
+        for nonce in range(3):
+            raw, tx_hash = sign_transaction(
+                bytes(account.key),
+                chain_id=CHAIN_ID,
+                nonce=nonce,
+                to=to,
+                gas=21_000,
+                value=nonce + 1,
+                gas_price=10**9,
+            )
+            stored.append("0x" + tx_hash.hex())
+            outbox.signed(
+                [
+                    SignedTx(
+                        tx_hash="0x" + tx_hash.hex(),
+                        sender=account.address,
+                        nonce=nonce,
+                        raw=raw,
+                        label="call",
+                        refs=(),
+                    )
+                ]
+            )
+        relayer = Relayer(
+            rpc, account=account, chain_id=CHAIN_ID, journal=outbox, reprice_after=1.0
+        )
+        with relayer:
+            assert relayer.adopt(outbox.unmined_of(account.address, 0)) == 3
+            own = relayer.submit(TxRequest(to=to, gas=21_000, value=100)).result(30)
+            assert own.nonce == 3
+        for tx_hash in stored:
+            receipt = rpc.call("eth_getTransactionReceipt", tx_hash)
+            assert isinstance(receipt, dict)
+            assert receipt["status"] == "0x1"
+        assert _balance(rpc, to) == 1 + 2 + 3 + 100
+        outbox.close()
