@@ -56,7 +56,8 @@ from ledger.deploy import (
     save_deployment,
 )
 from ledger.errors import LedgerError
-from ledger.indexer.checkpoint import index_status
+from ledger.indexer.checkpoint import IndexStatus, index_state
+from ledger.indexer.fetch import RetryPolicy
 from ledger.indexer.follow import Indexer, IndexerConfig
 from ledger.node import DEV_MNEMONIC, AnvilConfig, AnvilNode
 from ledger.outbox import open_outbox
@@ -491,6 +492,8 @@ class Runtime:
                 start_block=self.deployment.deployed_block,
                 confirmations=self.settings.index_confirmations,
                 poll_interval_s=0.5,
+                # a node that restarted is back within seconds: look again soon, and rewind
+                retry=RetryPolicy(max_s=2.0),
             ),
         )
         self._indexer_thread = threading.Thread(
@@ -507,8 +510,13 @@ class Runtime:
 
     def index_lag(self) -> int | None:
         """Blocks the index is behind the head, or None when it cannot be told."""
+        state = self.index_state()
+        return None if state is None else state.lag
+
+    def index_state(self) -> IndexStatus | None:
+        """How far the index is behind the head (and whether it diverged), None if unknown."""
         try:
-            return index_status(
+            return index_state(
                 self.store.db,
                 self.w3,
                 contract=self.deployment.ledger_address,

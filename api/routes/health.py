@@ -14,7 +14,9 @@ router = APIRouter(tags=["health"])
 def health(runtime: RuntimeDep, settings: SettingsDep) -> HealthOut:
     """``status`` is ``degraded`` (still HTTP 200) when the node does not answer.
 
-    ``index_lag_blocks`` is how far the off-chain index is behind the head (None if unknown).
+    ``index_lag_blocks`` is how far the off-chain index is behind the head (None if unknown);
+    an index that still mirrors blocks the node no longer has (it is about to rewind) makes the
+    service ``degraded`` until it has.
     """
     detail: str | None = None
     try:
@@ -29,6 +31,12 @@ def health(runtime: RuntimeDep, settings: SettingsDep) -> HealthOut:
     except Exception:
         outbox = None
         detail = detail or "the database does not answer"
+    index = runtime.index_state()
+    if index is not None and index.diverged and detail is None:
+        detail = (
+            f"the index mirrors block {index.checkpoint}, which the node no longer has "
+            "(it restarted from older state); the indexer is rewinding"
+        )
     return HealthOut(
         status="ok" if detail is None else "degraded",
         detail=detail,
@@ -39,5 +47,5 @@ def health(runtime: RuntimeDep, settings: SettingsDep) -> HealthOut:
         deployment_block=runtime.deployment.deployed_block,
         rpc="embedded-anvil" if runtime.node is not None else "external",
         env=settings.env,
-        index_lag_blocks=runtime.index_lag(),
+        index_lag_blocks=None if index is None else index.lag,
     )

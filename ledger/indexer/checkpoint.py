@@ -60,12 +60,18 @@ def load_checkpoint(conn: Connection, *, chain_id: int, contract: str | None) ->
 
 @dataclass(frozen=True, slots=True)
 class IndexStatus:
-    """How far the index is behind the node's head (``lag`` in blocks)."""
+    """How far the index is behind the node's head (``lag`` in blocks).
+
+    ``diverged`` is true when the checkpoint's block is not on the node's chain (beyond its head,
+    or another hash there): the node lost or replaced blocks the index still mirrors, and the
+    indexer has yet to rewind.
+    """
 
     chain_id: int
     head: int
     checkpoint: int | None
     lag: int
+    diverged: bool = False
 
 
 def index_state(
@@ -77,7 +83,8 @@ def index_state(
 ) -> IndexStatus:
     """The node's head, the indexed block and the lag between them.
 
-    Without a checkpoint the lag counts from ``start_block`` (everything is still to do).
+    Without a checkpoint the lag counts from ``start_block`` (everything is still to do). The
+    checkpoint's hash is compared with the node's block of that number (``diverged``).
     """
     if isinstance(node, RpcClient):
         replies = node.batch([("eth_chainId", ()), ("eth_blockNumber", ())])
@@ -90,12 +97,33 @@ def index_state(
     with engine_of(store).connect() as conn:
         checkpoint = load_checkpoint(conn, chain_id=chain_id, contract=contract)
     done = checkpoint.number if checkpoint is not None else start_block - 1
+    diverged = False
+    if checkpoint is not None:
+        diverged = (
+            checkpoint.number > head or _block_hash(node, checkpoint.number) != checkpoint.hash
+        )
     return IndexStatus(
         chain_id=chain_id,
         head=head,
         checkpoint=None if checkpoint is None else checkpoint.number,
         lag=max(0, head - done),
+        diverged=diverged,
     )
+
+
+def _block_hash(node: RpcClient | Web3, number: int) -> str | None:
+    """The node's hash of block ``number`` (lower case), None when it has no such block."""
+    if isinstance(node, RpcClient):
+        block = node.call("eth_getBlockByNumber", hex(number), False)
+        return str(block["hash"]).lower() if isinstance(block, dict) else None
+    from web3.exceptions import BlockNotFound
+
+    try:
+        found = node.eth.get_block(number)
+    except BlockNotFound:
+        return None
+    value = found.get("hash")
+    return None if value is None else "0x" + bytes(value).hex()
 
 
 def index_status(

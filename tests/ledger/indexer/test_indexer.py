@@ -193,6 +193,32 @@ def test_reorg_rewinds_to_the_common_ancestor(ledger: LedgerEnv, migrated_store:
     assert _fresh_dump(ledger, migrated_store) == reorged
 
 
+def test_status_tells_an_index_ahead_of_a_node_that_lost_blocks(
+    ledger: LedgerEnv, migrated_store: Store
+) -> None:
+    s = every_event(ledger)
+    fork = rpc(ledger, "evm_snapshot")
+    redemptions(ledger, s.budget, s.passes[0], range(100, 106), per_tx=2)  # 3 blocks
+    indexer = make_indexer(migrated_store, ledger)
+    indexer.sync()
+    address = ledger.client.address
+    assert not index_state(migrated_store, rpc_of(ledger), contract=address).diverged
+    assert not index_state(migrated_store, ledger.w3, contract=address).diverged
+
+    assert rpc(ledger, "evm_revert", fork)  # the node restarted from older state
+    behind = index_state(migrated_store, rpc_of(ledger), contract=address)
+    assert behind.diverged
+    assert behind.checkpoint is not None
+    assert behind.checkpoint > behind.head
+    # the same height again, other blocks: the hash tells
+    redemptions(ledger, s.budget, s.passes[1], range(300, 306), per_tx=2)
+    same_height = index_state(migrated_store, ledger.w3, contract=address)
+    assert same_height.head == same_height.checkpoint
+    assert same_height.diverged
+    indexer.sync()
+    assert not index_state(migrated_store, rpc_of(ledger), contract=address).diverged
+
+
 def test_reorg_to_a_shorter_chain_is_seen_while_idle(
     ledger: LedgerEnv, migrated_store: Store
 ) -> None:
