@@ -8,6 +8,9 @@ file with the same rows:
   ``generated_at``;
 - integers as integers (also uint128 amounts, which JSON carries exactly), ``true``/``false``,
   dates and times in ISO 8601, bytes as ``0x``-hex, an empty CSV field / JSON ``null`` for NULL;
+- CSV text cells that a spreadsheet would run as a formula (a name beginning with ``= + - @``, a
+  tab or a carriage return) get a leading ``'`` (:mod:`ledger.csv_safe`); numbers, including
+  negative amounts, are written as numbers; the JSON Lines file keeps the exact text;
 - ``manifest.json``: format version, the schema's Alembic revision (when the database has one), the
   chain id and contract address the index mirrors, when it was generated, the scope, which columns
   were withheld, and per file its row count, size and SHA-256.
@@ -53,6 +56,7 @@ from sqlalchemy import Connection, Engine, Table, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.audit import engine_of
+from ledger.csv_safe import csv_cell
 from ledger.errors import LedgerError
 from ledger.store import registry as _registry  # noqa: F401 - registers the registry tables
 from ledger.store.base import metadata
@@ -368,10 +372,14 @@ def _value(value: Any) -> Any:
 
 
 def _csv_text(value: Any) -> str:
+    """A CSV cell: text is escaped against formula injection (:func:`ledger.csv_safe.csv_cell`);
+    numbers stay numbers (a negative amount is not a formula)."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str):
+        return str(csv_cell(value))
     return str(value)
 
 

@@ -8,6 +8,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
+from ledger.csv_safe import csv_cell
 from ledger.reports.governance import GovernanceEntry, GovernanceLog
 from ledger.reports.models import (
     DISTRICT_METRICS,
@@ -77,7 +78,9 @@ def to_csv(report: Report) -> str:
     """One row per scheme and bucket / merchant / district and scheme.
 
     District rows leave suppressed figures empty and name them in the ``suppressed`` column;
-    ``district`` and ``scheme_id`` are empty for totals over all districts / schemes.
+    ``district`` and ``scheme_id`` are empty for totals over all districts / schemes. Text cells
+    that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab, CR first) get a
+    leading ``'`` (:mod:`ledger.csv_safe`); numbers are written as numbers.
     """
     out = io.StringIO()
     if isinstance(report, SchemeReport | MerchantReport | GovernanceLog):
@@ -85,7 +88,7 @@ def to_csv(report: Report) -> str:
         fields = list(rows[0]) if rows else _empty_fields(report)
         writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(_safe(row) for row in rows)
         return out.getvalue()
     fields = ["district", "district_name", "scheme_id", *DISTRICT_METRICS, "suppressed"]
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
@@ -106,8 +109,12 @@ def to_csv(report: Report) -> str:
             if fig.suppressed:
                 hidden.append(f"{metric}:{fig.reason}")
         row["suppressed"] = ";".join(hidden)
-        writer.writerow(row)
+        writer.writerow(_safe(row))
     return out.getvalue()
+
+
+def _safe(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: csv_cell(value) for key, value in row.items()}
 
 
 def _empty_fields(report: SchemeReport | MerchantReport | GovernanceLog) -> list[str]:
