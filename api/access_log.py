@@ -19,23 +19,30 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["UNMATCHED", "access_log", "access_record", "log_request"]
+__all__ = ["UNMATCHED", "access_log", "access_record", "log_request", "route_template"]
 
 access_log = logging.getLogger("api.access")
 UNMATCHED = "(unmatched)"
+
+
+def route_template(scope: Mapping[str, Any]) -> str:
+    """The matched route's template (``/holder/passes/{pass_number}/token``), with the root
+    path, or :data:`UNMATCHED`: what every log line names instead of the request's path."""
+    template = getattr(scope.get("route"), "path", None)
+    if not isinstance(template, str):
+        return UNMATCHED
+    root = scope.get("root_path", "")
+    return (root if isinstance(root, str) else "") + template
 
 
 def access_record(
     scope: Mapping[str, Any], status: int, principal: str, request_id: str, started: float
 ) -> dict[str, Any]:
     """The fields of one access-log line (``started`` from :func:`time.perf_counter`)."""
-    template = getattr(scope.get("route"), "path", None)
-    if not isinstance(template, str):
-        template = UNMATCHED
     return {
         "event": "http_request",
         "method": scope.get("method", ""),
-        "route": scope.get("root_path", "") + template,
+        "route": route_template(scope),
         "status": status,
         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
         "principal": principal,

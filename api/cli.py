@@ -84,15 +84,22 @@ def up(
     port: Annotated[int | None, typer.Option(help="HTTP port [default: 8000].")] = None,
     var_dir: Annotated[Path | None, typer.Option(help="State directory [default: var].")] = None,
     anvil_port: Annotated[int | None, typer.Option(help="Embedded anvil port.")] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: Annotated[
+        str, typer.Option(help="Log level of the service's loggers (api, ledger, uvicorn).")
+    ] = "info",
 ) -> None:
     """Start the chain (embedded anvil unless STADJERSPAS_RPC_URL is set) and serve the API."""
     import uvicorn
 
+    from api.log_privacy import configure_logging
     from api.main import create_app
     from api.runtime import Runtime, StartupError
 
     settings = _settings(host=host, port=port, var_dir=var_dir, anvil_port=anvil_port)
+    # Logs without personal data (api.log_privacy): one redacting handler for every logger,
+    # installed before anything logs; uvicorn's access log (client IP, path, query) stays off,
+    # api.access_log writes one line per request with the route template instead.
+    configure_logging(log_level)
     console.print(f"[bold]Stadjerspas Ledger[/] ({settings.env}), state in {settings.var_dir}")
     try:
         runtime = Runtime.start(settings, report=lambda m: console.print(f"  {m}"))
@@ -107,7 +114,8 @@ def up(
             host=settings.host,
             port=settings.port,
             log_level=log_level,
-            access_log=True,
+            log_config=None,  # configured above
+            access_log=False,
         )
         server = uvicorn.Server(config)
         # What start-up built (ABIs, compiled contracts, web3, templates) lives as long as the
@@ -139,13 +147,11 @@ def _print_banner(settings: Settings, runtime: Any) -> None:
         table.add_row("holder token", settings.holder_token.get_secret_value())
         for merchant in runtime.store.merchants():
             token = settings.merchant_tokens.get(merchant.id)
-            if token is not None:
-                table.add_row(
-                    f"merchant {merchant.id}", f"{merchant.name}: {token.get_secret_value()}"
-                )
+            if token is not None:  # by id: registry values never go to the console
+                table.add_row(f"merchant {merchant.id}", token.get_secret_value())
         holders = runtime.store.holders()
         if holders:
-            table.add_row("demo passes", f"{holders[0].pass_number} .. {holders[-1].pass_number}")
+            table.add_row("demo passes", f"{len(holders)} (numbers and PIN in README.md)")
     console.print(table)
     if settings.is_development:
         console.print("[dim]development keys and tokens: never use them in production[/]")

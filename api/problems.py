@@ -21,7 +21,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from api.access_log import route_template
 from ledger import contract_errors as ce
 from ledger.errors import LedgerError, NodeError, RelayerError
 from ledger.relayer import ReceiptTimeout
@@ -32,6 +34,7 @@ __all__ = [
     "ApiProblem",
     "Problem",
     "contract_status",
+    "document_problems",
     "install_problem_handlers",
     "problem_response",
     "problem_responses",
@@ -228,7 +231,9 @@ async def _ledger_error(request: Request, exc: Exception) -> JSONResponse:
         status, code = 503, "relayer_unavailable"
     else:
         status, code = 502, "chain_error"
-    log.warning("%s on %s: %s", code, request.url.path, exc)
+    # the route's template, never the path (it can hold a pass number); api.log_privacy
+    # scrubs the error's text
+    log.warning("%s on %s %s: %s", code, request.method, route_template(request.scope), exc)
     return problem_response(
         status=status, code=code, title=_title(code), detail=str(exc), instance=_instance(request)
     )
@@ -261,21 +266,40 @@ async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     except ValueError:
         phrase = "Error"
     code = phrase.lower().replace(" ", "_").replace("-", "_")
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
     return problem_response(
         status=exc.status_code,
         code=code,
         title=phrase,
         detail=str(exc.detail) if exc.detail else None,
         instance=_instance(request),
-        headers=exc.headers,
+        headers=headers,
     )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route answers on this path (RFC 9110: ``Allow`` on a 405). Starlette
+    names only the first route's, but a path can have several (``GET`` and ``DELETE``)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        allowed = getattr(route, "methods", None)
+        if allowed and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= set(allowed)
+    return ", ".join(sorted(methods))
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """The database dropped or refused the connection (a restart, a cut network): nothing was
     changed by this request's failed statement; the same request may be retried."""
     assert isinstance(exc, DBAPIError)
-    log.warning("store_unavailable on %s: %s", request.url.path, type(exc.orig).__name__)
+    log.warning(
+        "store_unavailable on %s %s: %s",
+        request.method,
+        route_template(request.scope),
+        type(exc.orig).__name__,
+    )
     return problem_response(
         status=503,
         code="store_unavailable",
@@ -294,7 +318,9 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.error(
+        "unhandled error on %s %s", request.method, route_template(request.scope), exc_info=exc
+    )
     return problem_response(
         status=500,
         code="internal_error",
@@ -337,3 +363,83 @@ def problem_responses(*examples: tuple[int, str, str]) -> dict[int | str, dict[s
         }
         for status, found in grouped.items()
     }
+
+
+# -- the OpenAPI document ---------------------------------------------------------------------
+
+#: What any operation may answer besides its own problems, and when (see ``document_problems``).
+_COMMON_PROBLEMS: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "There was an error parsing the body"),
+    401: ("unauthorized", "this endpoint needs a bearer token"),
+    403: ("insufficient_scope", "this endpoint needs the scopes ['admin']"),
+    413: ("body_too_large", "the request body is larger than 1048576 bytes"),
+    422: ("validation_failed", "body.amount: Input should be greater than 0"),
+    429: ("rate_limited", "too many requests from this client; retry in 1 s"),
+    503: ("store_unavailable", "the database is not reachable at the moment; retry shortly"),
+}
+_RETRY_AFTER = {
+    "description": "Seconds to wait before the same request is retried.",
+    "schema": {"type": "integer", "minimum": 1},
+}
+_UNUSED_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def _common_statuses(
+    path: str, operation: Mapping[str, Any], unlimited: frozenset[str]
+) -> set[int]:
+    statuses = {503}
+    if path not in unlimited:
+        statuses.add(429)
+    if operation.get("security"):
+        statuses |= {401, 403}
+    if operation.get("parameters") or operation.get("requestBody"):
+        statuses.add(422)
+    if operation.get("requestBody"):
+        statuses |= {400, 413}
+    return statuses
+
+
+def _problem_content(response: Mapping[str, Any]) -> dict[str, Any]:
+    """The response's content as ``application/problem+json`` only (the service never answers an
+    error as ``application/json``), keeping the examples a route gave."""
+    media: dict[str, Any] = {"schema": {"$ref": "#/components/schemas/Problem"}}
+    for declared in response.get("content", {}).values():
+        for key in ("examples", "example"):
+            if key in declared:
+                media[key] = declared[key]
+    return {PROBLEM_MEDIA_TYPE: media}
+
+
+def document_problems(
+    document: dict[str, Any], *, unlimited_paths: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """Make the OpenAPI document say what the service answers on errors, for every operation:
+
+    - every 4xx/5xx response is ``application/problem+json`` with the ``Problem`` schema (FastAPI's
+      default 422 ``HTTPValidationError`` in ``application/json`` is never sent);
+    - the statuses any route can answer are listed where they apply: 401/403 (a bearer token is
+      needed: missing, expired, wrong kind or scope), 422 (parameters or a body to validate),
+      400/413 (a body: unparseable, too large), 429 (rate limit, with ``Retry-After``; not on
+      ``unlimited_paths``) and 503 (the database is unreachable, with ``Retry-After``).
+    """
+    for path, item in document.get("paths", {}).items():
+        for method, operation in item.items():
+            if method not in {"get", "put", "post", "delete", "patch", "head", "options"}:
+                continue
+            responses: dict[str, Any] = operation.setdefault("responses", {})
+            for status in sorted(_common_statuses(path, operation, unlimited_paths)):
+                if str(status) not in responses:
+                    code, detail = _COMMON_PROBLEMS[status]
+                    responses[str(status)] = problem_responses((status, code, detail))[status]
+            for key, response in responses.items():
+                if key.isdigit() and int(key) >= 400:
+                    response.pop("model", None)
+                    response["content"] = _problem_content(response)
+                    if int(key) in {429, 503}:
+                        response.setdefault("headers", {})["Retry-After"] = _RETRY_AFTER
+    schemas = document.get("components", {}).get("schemas", {})
+    if "Problem" not in schemas:
+        schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name in _UNUSED_SCHEMAS:
+        schemas.pop(name, None)
+    return document
