@@ -18,7 +18,8 @@ and the rule:
   (:class:`CsvImportError`); a file with any problem imports nothing;
 - pass numbers are ``GR`` + 7 digits, unique; a pass gets 32 random secret bytes
   (:func:`ledger.passid.new_pass_secret`) and, optionally, an activation code that is returned in
-  the clear once and stored only as a scrypt hash;
+  the clear once and stored only as an Argon2id hash (:mod:`ledger.secrets_hash`; older scrypt
+  hashes still verify and are replaced by Argon2id at their first successful check);
 - merchants have an 8-digit KvK number, a chain address and optionally an IBAN validated with
   ``schwifty`` (country format, length and mod-97 check digits); a merchant without an IBAN is
   allowed (payouts report it);
@@ -31,11 +32,8 @@ Several calls can share one database transaction: ``with registry.transaction():
 
 from __future__ import annotations
 
-import base64
 import contextvars
 import csv
-import hashlib
-import hmac
 import io
 import logging
 import re
@@ -55,6 +53,7 @@ from sqlmodel import Session, col, delete, select, update
 
 from ledger.errors import LedgerError
 from ledger.passid import new_pass_secret, pass_id
+from ledger.secrets_hash import check_secret, hash_secret, needs_rehash
 from ledger.store.db import Store
 from ledger.store.registry import (
     CardStatus,
@@ -131,7 +130,6 @@ _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _EARLIEST_BIRTH = date(1900, 1, 1)
 _CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
 _CODE_LENGTH = 12
-_SCRYPT_LOG_N, _SCRYPT_R, _SCRYPT_P = 14, 8, 1
 _MAX_SERIAL = 2**63 - 1  # a signed BIGINT; the contract takes a uint64
 
 
@@ -537,38 +535,13 @@ def _pass_id_hex(value: bytes | str) -> str:
 
 
 def _hash_activation_code(code: str) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(
-        _code_bytes(code), salt=salt, n=2**_SCRYPT_LOG_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
-    )
-    b64 = base64.b64encode
-    return (
-        f"scrypt${_SCRYPT_LOG_N}${_SCRYPT_R}${_SCRYPT_P}$"
-        f"{b64(salt).decode()}${b64(digest).decode()}"
-    )
+    return hash_secret(_code_text(code))
 
 
-def _code_bytes(code: str) -> bytes:
-    return "".join(ch for ch in code.upper() if ch.isalnum()).encode("ascii", "ignore")
-
-
-def _check_activation_code(code: str, stored: str) -> bool:
-    try:
-        scheme, log_n, r, p, salt, digest = stored.split("$")
-        if scheme != "scrypt":
-            return False
-        expected = base64.b64decode(digest)
-        actual = hashlib.scrypt(
-            _code_bytes(code),
-            salt=base64.b64decode(salt),
-            n=2 ** int(log_n),
-            r=int(r),
-            p=int(p),
-            dklen=len(expected),
-        )
-    except ValueError:
-        return False
-    return hmac.compare_digest(actual, expected)
+def _code_text(code: str) -> str:
+    """The activation code as hashed: upper case, letters and digits only (``abcd-efgh`` and
+    ``ABCDEFGH`` are the same code)."""
+    return "".join(ch for ch in code.upper() if ch.isalnum()).encode("ascii", "ignore").decode()
 
 
 def _new_activation_code() -> str:
@@ -1274,11 +1247,22 @@ class Registry:
             return int(session.exec(select(func.count()).select_from(PassRecord)).one())
 
     def verify_activation_code(self, pass_number: str, code: str) -> bool:
-        """Whether ``code`` is the activation code of ``pass_number`` (False if unknown)."""
+        """Whether ``code`` is the activation code of ``pass_number``. An unknown pass, or one
+        without a code, costs the same hash work and returns False. A code that verifies
+        against an older hash (scrypt) has that hash replaced by Argon2id."""
         record = self.find_pass(pass_number)
-        if record is None or record.activation_code_hash is None:
+        stored = record.activation_code_hash if record is not None else None
+        if not check_secret(_code_text(code), stored):
             return False
-        return _check_activation_code(code, record.activation_code_hash)
+        if record is not None and stored is not None and needs_rehash(stored):
+            with self._unit() as session:
+                session.exec(
+                    update(PassRecord)
+                    .where(col(PassRecord.id) == record.id)
+                    .where(col(PassRecord.activation_code_hash) == stored)
+                    .values(activation_code_hash=_hash_activation_code(code))
+                )
+        return True
 
     def _set_status(self, pass_number: str, status: PassStatus) -> PassRecord:
         with self._unit() as session:

@@ -379,7 +379,7 @@ def test_issue_pass(registry: Registry) -> None:
     assert code.count("-") == 2
     assert record.activation_code_hash is not None
     assert code not in record.activation_code_hash
-    assert record.activation_code_hash.startswith("scrypt$")
+    assert record.activation_code_hash.startswith("$argon2id$")
     assert registry.verify_activation_code(record.pass_number, code)
     assert registry.verify_activation_code(record.pass_number, code.lower().replace("-", " "))
     assert not registry.verify_activation_code(record.pass_number, "AAAA-BBBB-CCCC")
