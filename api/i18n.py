@@ -52,6 +52,8 @@ _NL: dict[str, str] = {
     "holder.qr.valid_until": "Geldig tot {time}",
     "holder.qr.refreshed": "Nieuwe code geladen.",
     "holder.qr.refresh_failed": "De code kon niet worden vernieuwd. Herlaad de pagina.",
+    "holder.code.label": "Geen camera? Noem deze code:",
+    "holder.code.hint": "De korte code werkt net zo lang als de QR-code en vernieuwt mee.",
     "holder.blocked": "Deze pas is geblokkeerd. Neem contact op met de gemeente.",
     "holder.balances.title": "Mijn tegoeden",
     "holder.balances.scheme": "Regeling",
@@ -114,7 +116,7 @@ _NL: dict[str, str] = {
     "merchant.scan.camera": "Camera",
     "merchant.scan.video": "Camerabeeld",
     "merchant.scan.manual": "Code intypen",
-    "merchant.scan.manual.label": "Pascode (begint met stadjerspas:1:)",
+    "merchant.scan.manual.label": "Korte code van de klant (bijv. K7QX-M4PZ) of de hele pascode",
     "merchant.scan.manual.submit": "Code gebruiken",
     "merchant.scan.again": "Volgende pas scannen",
     "merchant.result.title": "Pas",
@@ -160,6 +162,13 @@ _NL: dict[str, str] = {
     "problem.token_wrong_chain": "Deze pascode hoort bij een ander systeem.",
     "problem.token_wrong_contract": "Deze pascode hoort bij een ander systeem.",
     "problem.token_revoked": "Deze pas is ingetrokken.",
+    "problem.short_code_unknown": (
+        "Deze korte code bestaat niet of is verlopen. Vraag de klant om de code die nu op het "
+        "scherm staat."
+    ),
+    "problem.short_code_throttled": (
+        "Te veel verkeerde codes ingetypt. Wacht een minuut of scan de QR-code."
+    ),
     "problem.pass_blocked": "Deze pas is geblokkeerd.",
     "problem.redemption_pass_blocked": "Deze pas is geblokkeerd.",
     "problem.redemption_amount_over_balance": "Het bedrag is hoger dan het saldo.",
@@ -213,6 +222,8 @@ _EN: dict[str, str] = {
     "holder.qr.valid_until": "Valid until {time}",
     "holder.qr.refreshed": "New code loaded.",
     "holder.qr.refresh_failed": "The code could not be renewed. Reload the page.",
+    "holder.code.label": "No camera? Read out this code:",
+    "holder.code.hint": "The short code works as long as the QR code and is renewed with it.",
     "holder.blocked": "This pass is blocked. Please contact the municipality.",
     "holder.balances.title": "My balances",
     "holder.balances.scheme": "Scheme",
@@ -275,7 +286,7 @@ _EN: dict[str, str] = {
     "merchant.scan.camera": "Camera",
     "merchant.scan.video": "Camera preview",
     "merchant.scan.manual": "Type the code",
-    "merchant.scan.manual.label": "Pass code (starts with stadjerspas:1:)",
+    "merchant.scan.manual.label": "The holder's short code (e.g. K7QX-M4PZ) or the whole pass code",
     "merchant.scan.manual.submit": "Use code",
     "merchant.scan.again": "Scan the next pass",
     "merchant.result.title": "Pass",
@@ -321,6 +332,13 @@ _EN: dict[str, str] = {
     "problem.token_wrong_chain": "This pass code belongs to another system.",
     "problem.token_wrong_contract": "This pass code belongs to another system.",
     "problem.token_revoked": "This pass has been revoked.",
+    "problem.short_code_unknown": (
+        "This short code does not exist or has expired. Ask the holder for the code on their "
+        "screen now."
+    ),
+    "problem.short_code_throttled": (
+        "Too many wrong codes typed. Wait a minute, or scan the QR code."
+    ),
     "problem.pass_blocked": "This pass is blocked.",
     "problem.redemption_pass_blocked": "This pass is blocked.",
     "problem.redemption_amount_over_balance": "The amount is more than the balance.",

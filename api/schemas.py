@@ -120,6 +120,12 @@ class PassTokenOut(BaseModel):
     token_uri: str = Field(description="The QR content: stadjerspas:1:<payload>.<signature>")
     expires_at: int = Field(description="Unix seconds; the token is refused after this.")
     pass_number: str
+    short_code: str | None = Field(
+        default=None,
+        description="With ``?short_code=true``: a code such as ``K7QX-M4PZ`` that a terminal "
+        "may type instead of the token URI, valid as long as the token.",
+        examples=["K7QX-M4PZ"],
+    )
 
 
 class Balance(BaseModel):
@@ -162,7 +168,12 @@ class RedemptionIn(BaseModel):
         },
     )
 
-    token: str = Field(min_length=1, max_length=512, description="The scanned token URI.")
+    token: str = Field(
+        min_length=1,
+        max_length=512,
+        description="The scanned token URI, or the short code shown beside the QR (any case, "
+        "spaces and dashes ignored).",
+    )
     scheme_id: int = Field(ge=1, le=2**63 - 1)
     amount: int = Field(
         ge=1,
@@ -302,7 +313,12 @@ class ScanIn(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"token": "stadjerspas:1:AAAAAAAAelnvpc…"}]}
     )
 
-    token: str = Field(min_length=1, max_length=512, description="The scanned token URI.")
+    token: str = Field(
+        min_length=1,
+        max_length=512,
+        description="The scanned token URI, or the short code shown beside the QR (any case, "
+        "spaces and dashes ignored).",
+    )
 
 
 class Redeemable(BaseModel):

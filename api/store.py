@@ -31,6 +31,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Enum,
+    LargeBinary,
     String,
     Table,
     bindparam,
@@ -58,6 +59,8 @@ __all__ = [
     "RedemptionRecord",
     "RedemptionStatus",
     "SchemeLabel",
+    "ShortCode",
+    "ShortCodeMiss",
     "StaffUser",
     "Terminal",
 ]
@@ -187,6 +190,28 @@ class HolderPin(SQLModel, table=True):
     pass_number: str = Field(primary_key=True, max_length=32)
     pin_hash: str = Field(max_length=200)
     updated_at: datetime = Field(default_factory=_now, sa_type=DateTime(timezone=True))
+
+
+class ShortCode(SQLModel, table=True):
+    """A holder page's short code for one live pass token (:mod:`api.short_codes`): found by a
+    keyed hash of the normalised code, the token sealed with a key derived from the code (so the
+    table alone cannot spend a code); deleted once expired."""
+
+    __tablename__ = "api_short_code"
+
+    lookup: str = Field(primary_key=True, max_length=64)
+    sealed: bytes = Field(sa_type=LargeBinary)
+    expires_at: int = Field(sa_type=BigInteger, index=True)
+
+
+class ShortCodeMiss(SQLModel, table=True):
+    """A short code that a terminal typed and that resolved to nothing (throttles guessing)."""
+
+    __tablename__ = "api_short_code_miss"
+
+    id: int | None = Field(default=None, primary_key=True)
+    terminal: str = Field(max_length=64, index=True)
+    at_ms: int = Field(sa_type=BigInteger)
 
 
 class Sequence_(SQLModel, table=True):

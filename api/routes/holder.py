@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import PlainTextResponse
 
-from api import holder_services, services
+from api import holder_services, services, short_codes
 from api.deps import HolderAuth, RuntimeDep, SettingsDep
 from api.holder_services import HistoryOut, HolderBalancesOut, OfferCatalogueOut
 from api.problems import problem_responses
@@ -51,11 +51,22 @@ def pass_token(
     runtime: RuntimeDep,
     settings: SettingsDep,
     format: Annotated[Literal["json", "png", "svg", "text"], Query()] = "json",
+    short_code: Annotated[
+        bool, Query(description="Also issue a short code for the token (``X-Short-Code``).")
+    ] = False,
 ) -> PassTokenOut | Response:
     """Signed by the municipality's pass-signer key for this chain and ledger contract; valid
-    for ``STADJERSPAS_TOKEN_LIFETIME_S`` seconds (``expires_at``)."""
+    for ``STADJERSPAS_TOKEN_LIFETIME_S`` seconds (``expires_at``).
+
+    With ``short_code=true`` the answer also carries a short code (``short_code`` in JSON, the
+    ``X-Short-Code`` header otherwise) that a terminal may type instead of the token URI: it
+    stands for this token only, until it expires."""
     token = services.make_pass_token(runtime, settings, pass_number)
     headers = {"Cache-Control": "no-store", "X-Token-Expires-At": str(token.expires_at)}
+    if short_code:
+        code = short_codes.issue(runtime, token.token_uri, token.expires_at)
+        token.short_code = short_codes.display(code)
+        headers["X-Short-Code"] = token.short_code
     if format == "png":
         return Response(render_png(token.token_uri), media_type="image/png", headers=headers)
     if format == "svg":

@@ -15,8 +15,14 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Path, Query, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from api import redemptions, services
-from api.deps import IdempotencyKey, MerchantId, ReadingTerminal, RuntimeDep
+from api import redemptions, services, short_codes
+from api.deps import (
+    IdempotencyKey,
+    MerchantId,
+    ReadingTerminal,
+    RedeemingTerminal,
+    RuntimeDep,
+)
 from api.problems import ApiProblem, problem_responses
 from api.schemas import (
     OfferOut,
@@ -40,6 +46,8 @@ _SCOPE = (403, "insufficient_scope", "this endpoint needs the scopes ['merchant:
 _READ_SCOPE = (403, "insufficient_scope", "this endpoint needs the scopes ['merchant:read']")
 _KIND = (403, "wrong_principal_kind", "this endpoint is for terminal logins")
 _INVALID = (422, "validation_failed", "body.token: Field required")
+_CODE_UNKNOWN = (422, "short_code_unknown", "no live short code K7QX-M4PZ: it was mistyped ...")
+_CODE_THROTTLED = (429, "short_code_throttled", "10 wrong short codes from this terminal ...")
 RedemptionId = Annotated[int, Path(ge=1, le=2**63 - 1, examples=[7])]
 
 
@@ -55,20 +63,26 @@ RedemptionId = Annotated[int, Path(ge=1, le=2**63 - 1, examples=[7])]
         (422, "token_expired", "token expired at 1767225600 (unix s)"),
         (422, "token_signer_not_allowed", "token is signed by an unknown key"),
         _INVALID,
+        _CODE_UNKNOWN,
+        _CODE_THROTTLED,
     ),
 )
-async def scan(body: ScanIn, merchant_id: MerchantId, runtime: RuntimeDep) -> ScanOut:
+async def scan(
+    body: ScanIn, merchant_id: MerchantId, terminal: RedeemingTerminal, runtime: RuntimeDep
+) -> ScanOut:
     """Verify the token offline (this chain and contract, not expired, signed by the pass signer
     or the pass's holder key), then read the pass on chain: ``active``/``blocked``, and for each
     scheme this merchant may redeem with something left: kind, amount left, validity dates and
     the per-redemption cap. The holder appears by first name only. Scopes: ``merchant:redeem``.
+
+    ``token`` is the scanned token URI or the holder's short code (``K7QX-M4PZ``: any case,
+    spaces and dashes ignored), which stands for the token shown beside it until it expires.
     """
+    token = await short_codes.resolve_token(runtime, body.token, terminal=terminal.subject)
     try:  # from the state cache, on the event loop: no thread hop, no chain read
-        return services.scan(runtime, merchant_id=merchant_id, token=body.token, cached_only=True)
+        return services.scan(runtime, merchant_id=merchant_id, token=token, cached_only=True)
     except CacheMiss:
-        return await run_in_threadpool(
-            services.scan, runtime, merchant_id=merchant_id, token=body.token
-        )
+        return await run_in_threadpool(services.scan, runtime, merchant_id=merchant_id, token=token)
 
 
 @router.post(
@@ -88,11 +102,14 @@ async def scan(body: ScanIn, merchant_id: MerchantId, runtime: RuntimeDep) -> Sc
         (422, "token_wrong_chain", "token is for chain id 1, this verifier accepts 31337"),
         (422, "token_signer_not_allowed", "token is signed by an unknown key"),
         (504, "receipt_timeout", "no receipt yet; retry with the same Idempotency-Key"),
+        _CODE_UNKNOWN,
+        _CODE_THROTTLED,
     ),
 )
 async def redeem(
     body: RedemptionIn,
     merchant_id: MerchantId,
+    terminal: RedeemingTerminal,
     idempotency_key: IdempotencyKey,
     runtime: RuntimeDep,
     response: Response,
@@ -103,13 +120,14 @@ async def redeem(
 
     The ``Idempotency-Key`` header is required. Retrying with the same key and body returns the
     first result (header ``Idempotent-Replayed: true``) and never redeems twice; the same key
-    with another body is refused with ``idempotency_key_reused``.
+    with another body is refused with ``idempotency_key_reused``. ``token`` may be the holder's
+    short code instead of the token URI, as for the scan.
     """
     outcome = await redemptions.redeem(
         runtime,
         merchant_id=merchant_id,
         idempotency_key=idempotency_key,
-        token=body.token,
+        token=await short_codes.resolve_token(runtime, body.token, terminal=terminal.subject),
         scheme_id=body.scheme_id,
         amount=body.amount,
     )

@@ -13,6 +13,7 @@ scripts); ``/static/`` serves ``api/static/`` (styles, page scripts, the bundled
 
 from __future__ import annotations
 
+import base64
 import hmac
 import secrets
 import time
@@ -28,7 +29,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from api import holder_services, redemptions, services
+from api import holder_services, redemptions, services, short_codes
 from api.auth import Auth, Kind, Principal, Scope
 from api.deps import RuntimeDep, SettingsDep, parse_idempotency_key
 from api.i18n import LANG_COOKIE, LANGUAGES, MESSAGES, pick_language, translate
@@ -421,6 +422,11 @@ def holder_page(request: Request, settings: SettingsDep, runtime: RuntimeDep) ->
     ]
     offers, partners = _offer_rows(lang, holder_services.offer_catalogue(runtime, pass_number))
     recent = holder_services.history(runtime, pass_number, limit=_HISTORY_RECENT)
+    # the QR inline (its token is the one the short code beside it stands for); holder.js
+    # renews both from /holder/qr.png
+    token = services.make_pass_token(runtime, settings, pass_number)
+    code = short_codes.issue(runtime, token.token_uri, token.expires_at)
+    qr_png = base64.b64encode(render_png(token.token_uri)).decode()
     return _render(
         request,
         settings,
@@ -431,8 +437,11 @@ def holder_page(request: Request, settings: SettingsDep, runtime: RuntimeDep) ->
         partners=partners,
         history=_history_rows(lang, recent.items),
         history_more=recent.next_offset is not None,
-        qr_src=f"/holder/qr.png?v={now}",
-        qr_expires=_when(lang, now + settings.token_lifetime_s),
+        qr_src=f"data:image/png;base64,{qr_png}",
+        qr_expires=_when(lang, token.expires_at),
+        short_code=short_codes.display(code),
+        short_code_spoken=short_codes.spoken(code),
+        short_code_expires=token.expires_at,
         refresh_s=max(10, settings.token_lifetime_s - 20),
     )
 
@@ -466,15 +475,23 @@ def holder_history_page(
 
 @router.get("/holder/qr.png")
 def holder_qr(request: Request, runtime: RuntimeDep, settings: SettingsDep) -> Response:
-    """The session holder's pass QR (a fresh short-lived token), for the holder page's <img>."""
+    """The session holder's pass QR (a fresh short-lived token), for the holder page's <img>,
+    with the short code that stands for the same token (``X-Short-Code``, and character by
+    character for screen readers in ``X-Short-Code-Spoken``)."""
     principal = _principal(request, "holder")
     if principal is None or principal.pass_number is None:
         raise ApiProblem(401, "unauthorized", "log in at /holder/login")
     token = services.make_pass_token(runtime, settings, principal.pass_number)
+    code = short_codes.issue(runtime, token.token_uri, token.expires_at)
     return Response(
         render_png(token.token_uri),
         media_type="image/png",
-        headers={"Cache-Control": "no-store", "X-Token-Expires-At": str(token.expires_at)},
+        headers={
+            "Cache-Control": "no-store",
+            "X-Token-Expires-At": str(token.expires_at),
+            "X-Short-Code": short_codes.display(code),
+            "X-Short-Code-Spoken": short_codes.spoken(code),
+        },
     )
 
 
@@ -507,34 +524,45 @@ def merchant_scan_page(request: Request, settings: SettingsDep) -> Response:
     return _render(request, settings, "merchant_scan.html", messages=messages)
 
 
-def _terminal_merchant(request: Request, runtime: RuntimeDep) -> int:
+def _terminal(request: Request, runtime: RuntimeDep) -> Principal:
     principal = _session_or_problem(request, "terminal")
     if Scope.MERCHANT_REDEEM not in principal.scopes or principal.merchant_id is None:
         raise ApiProblem(403, "insufficient_scope", "this terminal may not redeem")
     if runtime.keys.merchant(principal.merchant_id) is None:
         raise ApiProblem(403, "merchant_unknown", "this merchant has no signing key")
-    return principal.merchant_id
+    return principal
+
+
+def _terminal_merchant(request: Request, runtime: RuntimeDep) -> int:
+    merchant_id = _terminal(request, runtime).merchant_id
+    assert merchant_id is not None
+    return merchant_id
 
 
 @router.post("/merchant/web/scan")
 def merchant_web_scan(body: ScanIn, request: Request, runtime: RuntimeDep) -> ScanOut:
-    """The scanner page's scan call (session cookie + CSRF header), as ``POST /merchant/scan``."""
-    merchant_id = _terminal_merchant(request, runtime)
-    return services.scan(runtime, merchant_id=merchant_id, token=body.token)
+    """The scanner page's scan call (session cookie + CSRF header), as ``POST /merchant/scan``:
+    a token URI or a short code."""
+    terminal = _terminal(request, runtime)
+    assert terminal.merchant_id is not None
+    token = short_codes.resolve(runtime, body.token, terminal=terminal.subject)
+    return services.scan(runtime, merchant_id=terminal.merchant_id, token=token)
 
 
 @router.post("/merchant/web/redemptions", status_code=201)
 async def merchant_web_redeem(
     body: RedemptionIn, request: Request, runtime: RuntimeDep, response: Response
 ) -> RedemptionOut:
-    """The scanner page's redeem call, with the page's Idempotency-Key."""
-    merchant_id = _terminal_merchant(request, runtime)
+    """The scanner page's redeem call, with the page's Idempotency-Key (a token URI or a short
+    code, as the scan)."""
+    terminal = _terminal(request, runtime)
+    assert terminal.merchant_id is not None
     key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
     outcome = await redemptions.redeem(
         runtime,
-        merchant_id=merchant_id,
+        merchant_id=terminal.merchant_id,
         idempotency_key=key,
-        token=body.token,
+        token=await short_codes.resolve_token(runtime, body.token, terminal=terminal.subject),
         scheme_id=body.scheme_id,
         amount=body.amount,
     )

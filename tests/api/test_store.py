@@ -32,6 +32,8 @@ API_TABLES = {
     "api_redemption_request",
     "api_scheme_label",
     "api_sequence",
+    "api_short_code",
+    "api_short_code_miss",
     "api_staff_user",
     "api_terminal",
 }

@@ -75,7 +75,9 @@
         if (err.fatal) focus("manual-code");
       },
       onStatus: function (status) {
-        $("scan-status").textContent = status.message || "";
+        // A camera failure comes as an error (shown in the #scan-error alert) and as the status
+        // "error" with the same text: show it once, in the alert, not again in the status line.
+        $("scan-status").textContent = status.state === "error" ? "" : status.message || "";
         $("scan-status").dataset.state = status.state;
       },
     });
