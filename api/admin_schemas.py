@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.schemas import UtcDatetime
 from ledger.registry import format_postcode
 from ledger.store.registry import Merchant
 
@@ -78,7 +79,7 @@ class HolderIn(_In):
 class PassSummary(BaseModel):
     pass_number: str
     status: Literal["active", "blocked"]
-    created_at: datetime
+    created_at: UtcDatetime
     card_serial: int | None = Field(default=None, description="serial of the active card")
 
 
@@ -97,7 +98,7 @@ class HolderOut(BaseModel):
         "(enrolled anyway, flagged for a person to review)"
     )
     possible_duplicate_of: int | None
-    created_at: datetime
+    created_at: UtcDatetime
     passes: list[PassSummary] = Field(default_factory=list)
 
 
@@ -183,7 +184,7 @@ class PassOut(BaseModel):
 class CardOut(BaseModel):
     pass_number: str
     serial: int
-    issued_at: datetime
+    issued_at: UtcDatetime
     expires_at: int
     token_uri: str
     card_png: str = Field(description="Path of the printable card (PNG)")
@@ -276,9 +277,9 @@ class JobOut(BaseModel):
     status: Literal["queued", "running", "done", "failed"]
     done: int
     total: int
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
     result: dict[str, Any] | None
     problem: dict[str, Any] | None = Field(
         description="Why it failed: status, code and detail, as in a problem document"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Request, Response
@@ -16,8 +17,8 @@ from fastapi.responses import RedirectResponse
 
 from api import __version__
 from api.auth import Auth
-from api.middleware import install_middleware
-from api.problems import install_problem_handlers
+from api.middleware import UNLIMITED_PATHS, install_middleware
+from api.problems import document_problems, install_problem_handlers
 from api.routes import (
     admin,
     admin_pages,
@@ -30,6 +31,7 @@ from api.routes import (
     reports,
 )
 from api.runtime import Runtime
+from api.schemas import TokenIn
 from api.settings import Settings
 
 __all__ = ["create_app"]
@@ -57,6 +59,40 @@ TAGS = [
     {"name": "holder", "description": "Pass holders: QR token and balances."},
     {"name": "merchant", "description": "Partners: redeem against a scanned pass token."},
 ]
+
+
+#: Pages that share a path with an API operation: documented, so that the path's methods (and
+#: the ``Allow`` header of a 405) agree with the document.
+_SHARED_PATH_PAGES: dict[str, dict[str, Any]] = {
+    "/merchant/scan": {
+        "get": {
+            "tags": ["merchant"],
+            "summary": "The scanner page for a terminal's browser (HTML)",
+            "description": "Without a terminal session cookie it redirects to `/merchant/login`.",
+            "operationId": "merchant_scan_page",
+            "responses": {
+                "200": {"description": "The page", "content": {"text/html": {}}},
+                "303": {
+                    "description": "Not logged in: to the login page",
+                    "headers": {"Location": {"schema": {"type": "string"}}},
+                },
+            },
+        }
+    }
+}
+
+
+def _finish_openapi(document: dict[str, Any]) -> dict[str, Any]:
+    """What FastAPI cannot derive: the login body's model (``/auth/token`` reads JSON or form
+    data itself), pages on API paths, and the problem responses of every operation."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault(
+        "TokenIn", TokenIn.model_json_schema(ref_template="#/components/schemas/{model}")
+    )
+    for path, operations in _SHARED_PATH_PAGES.items():
+        for method, operation in operations.items():
+            document["paths"].setdefault(path, {}).setdefault(method, operation)
+    return document_problems(document, unlimited_paths=UNLIMITED_PATHS)
 
 
 async def _page_halt(_: Request, exc: Exception) -> Response:
@@ -96,6 +132,15 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     app.include_router(admin_registry.router)
     app.include_router(admin_pages.router)
     app.include_router(pages.router)
+
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _finish_openapi(generate_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -279,15 +279,22 @@ async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
 def _allowed_methods(request: Request) -> str:
     """Every method some route answers on this path (RFC 9110: ``Allow`` on a 405). Starlette
-    names only the first route's, but a path can have several (``GET`` and ``DELETE``)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        allowed = getattr(route, "methods", None)
-        if allowed and route.matches(request.scope)[0] is not Match.NONE:
-            methods |= set(allowed)
-    return ", ".join(sorted(methods))
+    names only the first route's, but a path can have several (``GET`` and ``DELETE``): each
+    method is tried against the app's routes (included routers match as a whole)."""
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -6,12 +6,21 @@ Amounts are integers in the unit of their scheme: euro cents (budget schemes), a
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from wallet.units import UINT64_MAX
+
+
+def _as_utc(value: datetime) -> datetime:
+    """The store keeps UTC moments without an offset (SQLite): answer with the offset explicit."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+#: A moment in every response: RFC 3339 in UTC with its offset (``2026-12-04T15:48:59.077210Z``).
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 __all__ = [
     "Balance",
@@ -39,6 +48,7 @@ __all__ = [
     "TerminalOut",
     "TokenIn",
     "TokenOut",
+    "UtcDatetime",
 ]
 
 _PASS_NUMBER = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9]+$", examples=["GR0000001"])
@@ -297,8 +307,8 @@ class TerminalOut(BaseModel):
     merchant_id: int
     label: str
     active: bool
-    created_at: datetime
-    revoked_at: datetime | None = None
+    created_at: UtcDatetime
+    revoked_at: UtcDatetime | None = None
 
 
 class TerminalIssuedOut(TerminalOut):
@@ -413,10 +423,10 @@ class RedemptionItem(BaseModel):
     problem_detail: str | None = None
     #: True when the chain contradicted an answer already given for it (see the audit).
     promise_broken: bool = False
-    created_at: datetime
+    created_at: UtcDatetime
     reversed: bool
     reversal_tx_hash: str | None
-    reversed_at: datetime | None
+    reversed_at: UtcDatetime | None
 
 
 class RedemptionPage(BaseModel):

@@ -43,11 +43,20 @@ PeriodQuery = Annotated[
     ),
 ]
 FormatQuery = Annotated[Literal["json", "csv"], Query(alias="format")]
-_ERRORS = problem_responses(
-    (401, "unauthorized", "this endpoint needs a bearer token"),
-    (403, "insufficient_scope", "this endpoint needs the scope 'audit'"),
-    (422, "period_invalid", "period '2026-13' is not a month, a day or a range"),
-)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The report as JSON, or as CSV with `?format=csv`.",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    },
+    **problem_responses(
+        (401, "unauthorized", "this endpoint needs a bearer token"),
+        (403, "insufficient_scope", "this endpoint needs the scope 'audit'"),
+        (422, "period_invalid", "period '2026-13' is not a month, a day or a range"),
+    ),
+}
 
 
 def _period(text: str | None) -> Period | None:
