@@ -2,61 +2,67 @@
 
 Three kinds of principal log in at ``POST /auth/token`` and get a signed bearer token:
 
-- **staff** (municipal employees): a username and password (scrypt hash in ``api_staff_user``),
-  with one role: ``admin``, ``issuer``, ``finance`` or ``auditor``;
+- **staff** (municipal employees): a username and password (``api_staff_user``), with one
+  role: ``admin``, ``issuer``, ``finance`` or ``auditor``;
 - **terminal** (a merchant's till, phone or tablet): a terminal id and secret that an admin issued
   for one merchant (``api_terminal``; a merchant may have several, each revocable);
-- **holder**: a pass number plus the activation code sent by letter (the registry's scrypt hash)
-  or a PIN (``api_holder_pin``).
+- **holder**: a pass number plus the activation code sent by letter (in the registry) or a PIN
+  (``api_holder_pin``).
 
-Tokens are compact JWTs (``header.payload.signature``, base64url) signed with HMAC-SHA256 using
-only the standard library (``hmac``; PyJWT is not installed): header ``{"alg": "HS256", "typ":
-"JWT"}``; claims ``iss``, ``aud``, ``sub``, ``kind``, ``scope`` (space separated), ``mid`` (the
-merchant of a terminal), ``pass`` (the pass number of a holder), ``iat``, ``exp`` and ``jti``.
-Only ``HS256`` is accepted (no ``none``, no algorithm switching). The key is
-``STADJERSPAS_AUTH_SECRET`` (>= 32 bytes, required in production). Terminal and holder tokens
-live ``STADJERSPAS_AUTH_TOKEN_TTL_S`` (15 min), staff tokens ``..._STAFF_TOKEN_TTL_S`` (30 min).
-Every request re-checks that a staff user or terminal is still active, so revoking a terminal
-ends its tokens at once.
+Passwords, secrets, PINs and activation codes are stored as Argon2id hashes
+(:mod:`ledger.secrets_hash`, shared with the registry); the scrypt hashes of older databases
+still verify and are replaced by Argon2id at the first successful login.
+
+Tokens are JWTs made and checked by PyJWT, signed with HMAC-SHA256: header ``{"alg": "HS256",
+"typ": "JWT"}``; claims ``iss``, ``aud``, ``sub``, ``kind``, ``scope`` (space separated), ``mid``
+(the merchant of a terminal), ``pass`` (the pass number of a holder), ``role``, ``iat``, ``exp``
+and ``jti``. Decoding allows ``HS256`` only (``algorithms=["HS256"]``: no ``none``, no algorithm
+switching) and requires ``exp``, ``iss``, ``aud`` (exactly ``stadjerspas-api``) and ``sub``. The
+key is ``STADJERSPAS_AUTH_SECRET`` (>= 32 bytes, required in production). Terminal and holder
+tokens live ``STADJERSPAS_AUTH_TOKEN_TTL_S`` (15 min), staff tokens ``..._STAFF_TOKEN_TTL_S``
+(30 min). Every request re-checks that a staff user or terminal is still active, so revoking a
+terminal ends its tokens at once.
 
 Scopes: ``admin`` (staff and terminals), ``issue`` (entitlements), ``finance`` (statements,
 payouts), ``audit`` (reports, audit), ``merchant:redeem`` (scan, redeem, reverse),
 ``merchant:read`` (own redemptions, statement, offers), ``holder:read`` (own pass).
 
-Brute-force protection (:class:`LoginThrottle`) is **in-process**: failures are counted per
-client address and account (``auth_max_failures``, default 5) and per client address over all
-accounts (``auth_max_client_failures``, default 20) within ``auth_failure_window_s``; past either
-limit, logins from that client (for that account) are refused with 429 ``login_locked`` for
-``auth_lockout_s``, even with the right password. Several API processes each count on their own
-(a limit per process); a shared store (e.g. PostgreSQL or Redis) is the next step for that. Unknown
-accounts cost the same scrypt work as known ones, so response times do not reveal which exist.
+Brute-force protection (:class:`api.throttle.LoginThrottle`): failures are counted per client
+and account, per client over accounts and per account over clients, in Redis so that every API
+process counts together (see :mod:`api.throttle` for the limits and what happens without
+Redis); past a limit, logins are refused with 429 ``login_locked`` for ``auth_lockout_s``, even
+with the right password. Every holder login does the same hash work whether or not the pass
+exists, or has an activation code or a PIN: two verifications, against dummy hashes where
+nothing is stored, so response times do not reveal which passes exist.
 
 Development only: fixed logins (see :data:`DEV_STAFF`, :func:`dev_terminal_id`,
 :data:`DEV_HOLDER_PIN`) are created at start, and the slice's static bearer tokens
-(``development-only-*-token``) still authenticate.
+(``development-only-*-token``) still authenticate. In production the service refuses to start
+while any of those logins still verifies (:meth:`Auth.development_credentials`): a database
+copied from development must have them changed or disabled first.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
-import hashlib
-import hmac
-import json
 import re
 import secrets
-import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import jwt
+from sqlmodel import col, select, update
+
 from api.problems import ApiProblem
+from api.runtime import StartupError
 from api.settings import Settings
-from api.store import ApiStore, StaffUser, Terminal
+from api.store import ApiStore, HolderPin, StaffUser, Terminal
+from api.throttle import LoginThrottle, open_throttle_state
+from ledger.secrets_hash import check_secret, hash_secret, needs_rehash
 
 __all__ = [
     "ALL_SCOPES",
@@ -64,6 +70,7 @@ __all__ = [
     "DEV_STAFF",
     "ROLE_SCOPES",
     "Auth",
+    "DevelopmentCredentialsInProduction",
     "Kind",
     "LoginThrottle",
     "Principal",
@@ -80,7 +87,9 @@ __all__ = [
 
 ISSUER: Final = "stadjerspas"
 AUDIENCE: Final = "stadjerspas-api"
-_HEADER: Final = {"alg": "HS256", "typ": "JWT"}
+ALGORITHM: Final = "HS256"
+#: Longer bearer tokens are refused before they are parsed.
+MAX_TOKEN_LENGTH: Final = 4096
 
 
 class Scope(enum.StrEnum):
@@ -139,48 +148,11 @@ def dev_terminal_secret(merchant_id: int) -> str:
     return f"development-only-terminal-{merchant_id}-secret"
 
 
-# -- secret hashing (hashlib.scrypt) ----------------------------------------------------------
-
-_SCRYPT_LOG_N, _SCRYPT_R, _SCRYPT_P = 14, 8, 1
-_DUMMY_HASH: str | None = None
-
-
-def hash_secret(secret: str) -> str:
-    """``scrypt$logN$r$p$salt$digest`` (base64) of ``secret`` with a fresh 16-byte salt."""
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(
-        secret.encode(), salt=salt, n=2**_SCRYPT_LOG_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
-    )
-    b64 = base64.b64encode
-    params = f"{_SCRYPT_LOG_N}${_SCRYPT_R}${_SCRYPT_P}"
-    return f"scrypt${params}${b64(salt).decode()}${b64(digest).decode()}"
-
-
-def check_secret(secret: str, stored: str | None) -> bool:
-    """Whether ``secret`` matches ``stored``; with ``stored=None`` it does the same work and
-    returns False (no timing difference between unknown and known accounts)."""
-    global _DUMMY_HASH
-    if stored is None:
-        if _DUMMY_HASH is None:
-            _DUMMY_HASH = hash_secret(secrets.token_hex(16))
-        check_secret(secret, _DUMMY_HASH)
-        return False
-    try:
-        scheme, log_n, r, p, salt, digest = stored.split("$")
-        if scheme != "scrypt" or not 10 <= int(log_n) <= 20:
-            return False
-        expected = base64.b64decode(digest)
-        actual = hashlib.scrypt(
-            secret.encode(),
-            salt=base64.b64decode(salt),
-            n=2 ** int(log_n),
-            r=int(r),
-            p=int(p),
-            dklen=len(expected),
-        )
-    except (ValueError, binascii.Error):
-        return False
-    return hmac.compare_digest(actual, expected)
+_DEV_TERMINAL_ID: Final = re.compile(r"dev-terminal-([0-9]{1,9})")
+#: The production start-up check verifies the development PIN against every distinct PIN hash
+#: up to this many; beyond it, against the hashes shared by several passes (the development
+#: seed sets one hash for all its passes) and those of the demo pass numbers.
+DEV_PIN_CHECK_LIMIT: Final = 200
 
 
 # -- tokens -----------------------------------------------------------------------------------
@@ -195,59 +167,65 @@ class TokenError(Exception):
         self.detail = detail
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    if _B64URL.fullmatch(text) is None:
-        raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-_B64URL = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _sign(key: bytes, signing_input: bytes) -> bytes:
-    return hmac.new(key, signing_input, hashlib.sha256).digest()
-
-
 def encode_token(claims: dict[str, Any], key: bytes) -> str:
-    header = _b64(json.dumps(_HEADER, separators=(",", ":")).encode())
-    payload = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
-    signing_input = f"{header}.{payload}".encode()
-    return f"{header}.{payload}.{_b64(_sign(key, signing_input))}"
+    """``claims`` as a JWT signed with HMAC-SHA256 under ``key``."""
+    return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"typ": "JWT"})
 
 
-def decode_token(token: str, key: bytes, *, now: float | None = None) -> dict[str, Any]:
-    """The verified claims of ``token``; raises :class:`TokenError`."""
-    parts = token.split(".")
-    if len(parts) != 3 or len(token) > 4096:
-        raise TokenError("auth_token_invalid", "the bearer token is not a signed token")
+def _invalid(detail: str) -> TokenError:
+    return TokenError("auth_token_invalid", detail)
+
+
+def decode_token(token: str, key: bytes) -> dict[str, Any]:
+    """The verified claims of ``token`` (signature, HS256 only, issuer, audience, expiry);
+    raises :class:`TokenError` with ``auth_token_expired`` or ``auth_token_invalid``."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise _invalid(f"the bearer token is longer than {MAX_TOKEN_LENGTH} characters")
     try:
-        header = json.loads(_unb64(parts[0]))
-        signature = _unb64(parts[2])
-    except (ValueError, UnicodeDecodeError):
-        raise TokenError("auth_token_invalid", "the bearer token is not a signed token") from None
-    if header != _HEADER:
-        raise TokenError("auth_token_invalid", "the bearer token's algorithm is not HS256")
-    expected = _sign(key, f"{parts[0]}.{parts[1]}".encode())
-    if not hmac.compare_digest(signature, expected):
-        raise TokenError("auth_token_invalid", "the bearer token's signature does not match")
-    try:
-        claims = json.loads(_unb64(parts[1]))
-    except (ValueError, UnicodeDecodeError):
-        raise TokenError("auth_token_invalid", "the bearer token's claims are unreadable") from None
-    if not isinstance(claims, dict):
-        raise TokenError("auth_token_invalid", "the bearer token's claims are unreadable")
-    if claims.get("iss") != ISSUER or claims.get("aud") != AUDIENCE:
-        raise TokenError("auth_token_invalid", "the bearer token is not for this service")
-    exp = claims.get("exp")
-    if not isinstance(exp, int):
-        raise TokenError("auth_token_invalid", "the bearer token has no expiry")
-    if (now if now is not None else time.time()) >= exp:
-        raise TokenError("auth_token_expired", f"the bearer token expired at {exp} (unix s)")
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            audience=AUDIENCE,
+            issuer=ISSUER,
+            options={
+                "require": ["exp", "iss", "aud", "sub"],
+                "strict_aud": True,
+                "verify_iat": False,  # a few seconds of clock skew between hosts is no error
+            },
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenError(
+            "auth_token_expired", f"the bearer token expired at {_unverified_exp(token)} (unix s)"
+        ) from None
+    except jwt.InvalidAlgorithmError:
+        raise _invalid(
+            f"the bearer token's algorithm {_unverified_alg(token)!r} is not {ALGORITHM}"
+        ) from None
+    except jwt.InvalidSignatureError:
+        raise _invalid("the bearer token's signature does not match") from None
+    except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
+        raise _invalid("the bearer token is not for this service") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise _invalid(f"the bearer token has no {exc.claim!r} claim") from None
+    except jwt.PyJWTError:
+        raise _invalid("the bearer token is not a signed token") from None
     return claims
+
+
+def _unverified_exp(token: str) -> object:
+    """The ``exp`` of a token whose signature PyJWT has already verified (for the message)."""
+    try:
+        return jwt.decode(token, options={"verify_signature": False}).get("exp")
+    except jwt.PyJWTError:
+        return "?"
+
+
+def _unverified_alg(token: str) -> str:
+    try:
+        return str(jwt.get_unverified_header(token).get("alg"))
+    except jwt.PyJWTError:
+        return "?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,73 +246,6 @@ class Principal:
         return set(scopes) <= self.scopes
 
 
-# -- brute-force protection -------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Counter:
-    failures: deque[float] = field(default_factory=deque)
-    locked_until: float = 0.0
-
-
-class LoginThrottle:
-    """Failed logins per (client, account) and per client; in-process (see the module docs)."""
-
-    def __init__(
-        self,
-        *,
-        max_failures: int,
-        max_client_failures: int,
-        window_s: float,
-        lockout_s: float,
-        clock: Any = time.monotonic,
-    ) -> None:
-        self.max_failures = max_failures
-        self.max_client_failures = max_client_failures
-        self.window_s = window_s
-        self.lockout_s = lockout_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._counters: dict[tuple[str, ...], _Counter] = {}
-
-    def _keys(self, client: str, account: str) -> list[tuple[tuple[str, ...], int]]:
-        return [((client, account), self.max_failures), ((client,), self.max_client_failures)]
-
-    def locked_for(self, client: str, account: str) -> float:
-        """Seconds left of a lockout of this client (for this account), or 0."""
-        now = self._clock()
-        with self._lock:
-            left = [
-                c.locked_until - now
-                for key, _ in self._keys(client, account)
-                if (c := self._counters.get(key)) is not None and c.locked_until > now
-            ]
-        return max(left, default=0.0)
-
-    def failed(self, client: str, account: str) -> None:
-        now = self._clock()
-        with self._lock:
-            for key, limit in self._keys(client, account):
-                counter = self._counters.setdefault(key, _Counter())
-                while counter.failures and counter.failures[0] <= now - self.window_s:
-                    counter.failures.popleft()
-                counter.failures.append(now)
-                if len(counter.failures) >= limit:
-                    counter.locked_until = now + self.lockout_s
-                    counter.failures.clear()
-            if len(self._counters) > 100_000:  # bound memory: forget idle counters
-                for key in [k for k, c in self._counters.items() if c.locked_until <= now]:
-                    del self._counters[key]
-
-    def succeeded(self, client: str, account: str) -> None:
-        with self._lock:
-            self._counters.pop((client, account), None)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._counters.clear()
-
-
 # -- the service ------------------------------------------------------------------------------
 
 
@@ -351,6 +262,10 @@ class IssuedTerminal:
     secret: str
 
 
+class DevelopmentCredentialsInProduction(StartupError):
+    """Production refuses to start while a development login still verifies (one line)."""
+
+
 def _unauthorized(code: str, detail: str, *, error: str | None = None) -> ApiProblem:
     challenge = "Bearer" if error is None else f'Bearer error="{error}"'
     return ApiProblem(401, code, detail, headers={"WWW-Authenticate": challenge})
@@ -364,9 +279,14 @@ class Auth:
         self.settings = settings
         self.store = store
         self._key = settings.auth_secret.get_secret_value().encode()
+        #: Where login failures and request rates are counted (Redis: shared by every process);
+        #: the hardening middleware counts in the same state.
+        self.throttle_state = open_throttle_state(settings)
         self.throttle = LoginThrottle(
+            state=self.throttle_state,
             max_failures=settings.auth_max_failures,
             max_client_failures=settings.auth_max_client_failures,
+            max_account_failures=settings.auth_max_account_failures,
             window_s=settings.auth_failure_window_s,
             lockout_s=settings.auth_lockout_s,
         )
@@ -378,7 +298,8 @@ class Auth:
 
     def bootstrap(self, merchant_ids: Iterable[int]) -> None:
         """Create the bootstrap admin (if configured and no staff exists) and, in development,
-        the development logins. Idempotent."""
+        the development logins. Idempotent. In production, raise
+        :class:`DevelopmentCredentialsInProduction` while a development login still verifies."""
         settings = self.settings
         if (
             settings.bootstrap_admin_username is not None
@@ -391,6 +312,13 @@ class Auth:
                 Role.ADMIN,
             )
         if not settings.is_development:
+            found = self.development_credentials()
+            if found:
+                raise DevelopmentCredentialsInProduction(
+                    "refusing to start in production: development credentials still verify: "
+                    + "; ".join(found)
+                    + " (change or disable them; development creates them at start)"
+                )
             return
         for username, (role, password) in DEV_STAFF.items():
             if self.store.staff_user(username) is None:
@@ -414,6 +342,58 @@ class Auth:
         if missing:
             pin_hash = hash_secret(DEV_HOLDER_PIN)  # one hash for all: development only
             self.store.set_holder_pins(dict.fromkeys(missing, pin_hash))
+
+    def development_credentials(self) -> list[str]:
+        """Which development logins still verify in this database (active ones): the staff
+        passwords of :data:`DEV_STAFF`, the ``dev-terminal-N`` secrets and the development
+        PIN. Empty when none does."""
+        found: list[str] = []
+        for username, (_, password) in DEV_STAFF.items():
+            user = self.store.staff_user(username)
+            if user is not None and user.active and check_secret(password, user.password_hash):
+                found.append(f"staff user {username!r} has the password {password!r}")
+        for terminal in self.store.terminals():
+            match = _DEV_TERMINAL_ID.fullmatch(terminal.terminal_id)
+            if (
+                match is not None
+                and terminal.active
+                and check_secret(dev_terminal_secret(int(match.group(1))), terminal.secret_hash)
+            ):
+                found.append(
+                    f"terminal {terminal.terminal_id!r} has the secret "
+                    f"{dev_terminal_secret(int(match.group(1)))!r}"
+                )
+        passes = self._development_pin_passes()
+        if passes:
+            shown = ", ".join(passes[:3]) + (
+                f" and {len(passes) - 3} more" if len(passes) > 3 else ""
+            )
+            found.append(f"the PIN {DEV_HOLDER_PIN!r} opens {len(passes)} passes ({shown})")
+        return found
+
+    def _development_pin_passes(self) -> list[str]:
+        """Pass numbers whose PIN is :data:`DEV_HOLDER_PIN` (see :data:`DEV_PIN_CHECK_LIMIT`)."""
+        with self.store.session() as session:
+            rows = session.exec(select(HolderPin.pass_number, HolderPin.pin_hash)).all()
+        by_hash: dict[str, list[str]] = {}
+        for number, pin_hash in rows:
+            by_hash.setdefault(pin_hash, []).append(number)
+        if len(by_hash) <= DEV_PIN_CHECK_LIMIT:
+            candidates = list(by_hash)
+        else:
+            demo = {f"GR{i:07d}" for i in range(1, 1000)}
+            shared = Counter(pin_hash for _, pin_hash in rows)
+            candidates = [
+                pin_hash
+                for pin_hash, numbers in by_hash.items()
+                if shared[pin_hash] > 1 or demo.intersection(numbers)
+            ]
+        return sorted(
+            number
+            for pin_hash in candidates
+            if check_secret(DEV_HOLDER_PIN, pin_hash)
+            for number in by_hash[pin_hash]
+        )
 
     def _static_tokens(self) -> dict[str, Principal]:
         settings = self.settings
@@ -467,7 +447,7 @@ class Auth:
         self, *, kind: Kind, username: str, password: str, scopes: list[str], client: str
     ) -> IssuedToken:
         account = f"{kind}:{username.strip().lower()}"
-        left = self.throttle.locked_for(client, account)
+        left = self.throttle.locked_for(client=client, account=account)
         if left > 0:
             raise ApiProblem(
                 429,
@@ -477,9 +457,9 @@ class Auth:
             )
         principal = self._check_credentials(kind, username, password)
         if principal is None:
-            self.throttle.failed(client, account)
+            self.throttle.failed(client=client, account=account)
             raise _unauthorized("invalid_credentials", "the credentials are not valid")
-        self.throttle.succeeded(client, account)
+        self.throttle.succeeded(client=client, account=account)
         if scopes:
             unknown = set(scopes) - principal.scopes
             if unknown:
@@ -503,30 +483,67 @@ class Auth:
         name = username.strip()
         if kind == "staff":
             user = self.store.staff_user(name)
-            ok = check_secret(password, user.password_hash if user is not None else None)
-            if not ok or user is None or not user.active:
+            stored = user.password_hash if user is not None else None
+            if not check_secret(password, stored) or user is None or not user.active:
                 return None
+            self._upgrade_staff_hash(user.username, user.password_hash, password)
             role = Role(user.role)
             return Principal("staff", user.username, ROLE_SCOPES[role], role=role.value)
         if kind == "terminal":
             terminal = self.store.terminal(name)
-            ok = check_secret(password, terminal.secret_hash if terminal is not None else None)
-            if not ok or terminal is None or not terminal.active:
+            stored = terminal.secret_hash if terminal is not None else None
+            if not check_secret(password, stored) or terminal is None or not terminal.active:
                 return None
+            self._upgrade_terminal_hash(terminal.terminal_id, terminal.secret_hash, password)
             return Principal(
                 "terminal", terminal.terminal_id, TERMINAL_SCOPES, merchant_id=terminal.merchant_id
             )
-        record = self.store.registry.find_pass(name) if name.isalnum() else None
-        number = record.pass_number if record is not None else name.upper()
-        ok = False
-        if record is not None and record.activation_code_hash is not None:
-            ok = self.store.registry.verify_activation_code(number, password)
-        if not ok:
-            pin = self.store.holder_pin(number) if record is not None else None
-            ok = check_secret(password, pin) and record is not None
-        if not ok or record is None:
+        return self._check_holder(name, password)
+
+    def _check_holder(self, name: str, password: str) -> Principal | None:
+        """Always two hash verifications, whether or not the pass exists or has an activation
+        code or a PIN: the activation code (the registry verifies against a dummy hash when
+        there is none) and the PIN (a dummy when there is none)."""
+        registry = self.store.registry
+        record = registry.find_pass(name) if name.isalnum() and len(name) <= 32 else None
+        if record is None:
+            check_secret(password, None)
+            check_secret(password, None)
             return None
+        number = record.pass_number
+        code_ok = registry.verify_activation_code(number, password)
+        pin = self.store.holder_pin(number)
+        pin_ok = check_secret(password, pin)
+        if not (code_ok or pin_ok):
+            return None
+        if pin_ok and pin is not None and needs_rehash(pin):
+            self.store.set_holder_pins({number: hash_secret(password)})
         return Principal("holder", number, HOLDER_SCOPES, pass_number=number)
+
+    def _upgrade_staff_hash(self, username: str, stored: str, password: str) -> None:
+        """Replace a legacy (scrypt) or outdated hash by Argon2id after a successful login."""
+        if not needs_rehash(stored):
+            return
+        with self.store.session() as session:
+            session.exec(
+                update(StaffUser)
+                .where(col(StaffUser.username) == username)
+                .where(col(StaffUser.password_hash) == stored)
+                .values(password_hash=hash_secret(password))
+            )
+            session.commit()
+
+    def _upgrade_terminal_hash(self, terminal_id: str, stored: str, secret: str) -> None:
+        if not needs_rehash(stored):
+            return
+        with self.store.session() as session:
+            session.exec(
+                update(Terminal)
+                .where(col(Terminal.terminal_id) == terminal_id)
+                .where(col(Terminal.secret_hash) == stored)
+                .values(secret_hash=hash_secret(secret))
+            )
+            session.commit()
 
     def issue(self, principal: Principal) -> IssuedToken:
         ttl = (

@@ -4,11 +4,14 @@ One pure ASGI middleware (:class:`HardeningMiddleware`, outermost) does, per HTT
 
 - ``X-Request-ID``: a well-formed incoming id (1-128 of ``[A-Za-z0-9._-]``) is kept, otherwise a
   new one is generated; it is echoed on the response and logged.
+- Client: the socket peer, or, when the peer is one of ``trusted_proxies``, the client named in
+  ``X-Forwarded-For`` (:func:`api.throttle.client_address`); the request's ``client`` is set
+  to it, so the routes (login lockouts) see the same client.
 - Rate limit: a token bucket per client, keyed by the *verified* bearer token's kind and subject
-  (HMAC checked, nothing read from the database) or else the client IP; ``rate_limit_per_s``
-  refill, ``rate_limit_burst`` size; an empty bucket answers 429 ``rate_limited`` with
-  ``Retry-After``. The buckets live in this process: with several workers or replicas each
-  counts on its own (put a shared limiter at the proxy for a global limit).
+  (HMAC checked, nothing read from the database) or else the client address (IPv6 by /64);
+  ``rate_limit_per_s`` refill, ``rate_limit_burst`` size; an empty bucket answers 429
+  ``rate_limited`` with ``Retry-After``. The buckets live in Redis, shared by every process
+  (:mod:`api.throttle`; in-process only where that module says).
 - Request size: a ``Content-Length`` over ``max_request_body_bytes`` answers 413
   ``body_too_large`` before the body is read; a chunked body is counted as it streams and
   refused the moment it passes the limit (the rest is never buffered).
@@ -31,7 +34,6 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +47,17 @@ from api.access_log import log_request
 from api.auth import TokenError, decode_token
 from api.problems import problem_response
 from api.settings import Settings
+from api.throttle import (
+    IPNetwork,
+    LocalThrottleState,
+    RateLimiter,
+    ThrottleState,
+    TokenBuckets,
+    client_address,
+    client_key,
+    open_throttle_state,
+    parse_networks,
+)
 
 __all__ = [
     "BodyTooLarge",
@@ -74,7 +87,6 @@ CACHEABLE_PREFIXES = ("/static/",)
 UNLIMITED_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-_MAX_BUCKETS = 100_000
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -95,9 +107,15 @@ class MiddlewareConfig:
     auth_key: bytes | None = None
     #: Static development bearer tokens -> principal kind.
     static_tokens: dict[str, str] = field(default_factory=dict)
+    #: Proxies whose ``X-Forwarded-For`` names the client.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    #: Where the rate-limit buckets live (None: in this process).
+    throttle: ThrottleState | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> MiddlewareConfig:
+    def from_settings(
+        cls, settings: Settings, *, throttle: ThrottleState | None = None
+    ) -> MiddlewareConfig:
         static: dict[str, str] = {}
         if settings.is_development:
             if settings.admin_token is not None:
@@ -117,48 +135,9 @@ class MiddlewareConfig:
                 else None
             ),
             static_tokens=static,
+            trusted_proxies=parse_networks(settings.trusted_proxies),
+            throttle=throttle,
         )
-
-
-class TokenBuckets:
-    """In-process token buckets: ``rate`` tokens per second up to ``burst``, one per key."""
-
-    def __init__(
-        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, key: str) -> float:
-        """Take one token for ``key``: 0.0 if allowed, else seconds until one is available."""
-        if self.rate <= 0:
-            return 0.0
-        now = self.clock()
-        tokens, last = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens >= 1.0:
-            self._store(key, tokens - 1.0, now)
-            return 0.0
-        self._store(key, tokens, now)
-        return (1.0 - tokens) / self.rate
-
-    def _store(self, key: str, tokens: float, now: float) -> None:
-        if key not in self._buckets and len(self._buckets) >= _MAX_BUCKETS:
-            self._prune(now)
-        self._buckets[key] = (tokens, now)
-
-    def _prune(self, now: float) -> None:
-        # a bucket idle long enough to be full again carries no state
-        full_after = self.burst / self.rate
-        for key in [k for k, (_, last) in self._buckets.items() if now - last >= full_after]:
-            del self._buckets[key]
-        if len(self._buckets) >= _MAX_BUCKETS:  # under a flood of distinct keys: start over
-            self._buckets.clear()
-
-    def reset(self) -> None:
-        self._buckets.clear()
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -174,7 +153,11 @@ class HardeningMiddleware:
     def __init__(self, app: ASGIApp, config: MiddlewareConfig) -> None:
         self.app = app
         self.config = config
-        self.buckets = TokenBuckets(config.rate_per_s, config.burst)
+        self.limiter = RateLimiter(
+            state=config.throttle if config.throttle is not None else LocalThrottleState(),
+            rate=config.rate_per_s,
+            burst=config.burst,
+        )
 
     # -- who is calling -------------------------------------------------------------------------
 
@@ -198,10 +181,25 @@ class HardeningMiddleware:
             return "anonymous", None
         return str(kind), f"{kind}:{sub}"
 
-    @staticmethod
-    def _client_key(scope: Scope) -> str:
-        client = scope.get("client")
-        return f"ip:{client[0]}" if client else "ip:unknown"
+    def _client(self, scope: Scope) -> str:
+        """The client's address (trusted proxies resolved); sets the request's ``client``."""
+        peer = scope.get("client")
+        if not peer:
+            return "unknown"
+        forwarded = None
+        if self.config.trusted_proxies:
+            values = [
+                value.decode("latin-1")
+                for key, value in scope.get("headers", ())
+                if key.lower() == b"x-forwarded-for"
+            ]
+            forwarded = ",".join(values) or None
+        address = client_address(
+            peer=str(peer[0]), forwarded_for=forwarded, trusted=self.config.trusted_proxies
+        )
+        if address != peer[0]:
+            scope["client"] = (address, 0)
+        return address
 
     # -- the request ----------------------------------------------------------------------------
 
@@ -214,6 +212,7 @@ class HardeningMiddleware:
         incoming = _header(scope, b"x-request-id")
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         kind, subject = self._principal(scope)
+        client = self._client(scope)
         state: dict[str, Any] = {"status": 0, "started": False}
         extra_headers = self._security_headers(path, request_id)
 
@@ -233,7 +232,7 @@ class HardeningMiddleware:
             wait = (
                 0.0
                 if path in UNLIMITED_PATHS
-                else self.buckets.take(subject or self._client_key(scope))
+                else self.limiter.take(subject or f"ip:{client_key(client)}")
             )
             if wait > 0:
                 retry = max(1, math.ceil(wait))
@@ -354,5 +353,10 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
             allow_credentials=False,
             max_age=600,
         )
-    app.add_middleware(HardeningMiddleware, config=MiddlewareConfig.from_settings(settings))
+    auth = getattr(app.state, "auth", None)
+    throttle = getattr(auth, "throttle_state", None)  # the one the logins count in
+    if throttle is None:
+        throttle = open_throttle_state(settings)
+    config = MiddlewareConfig.from_settings(settings, throttle=throttle)
+    app.add_middleware(HardeningMiddleware, config=config)
     app.add_exception_handler(BodyTooLarge, _body_too_large)

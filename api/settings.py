@@ -143,6 +143,13 @@ class Settings(BaseSettings):
         le=10_000,
         description="Failed logins per client, any account.",
     )
+    auth_max_account_failures: int = Field(
+        default=50,
+        ge=1,
+        le=100_000,
+        description="Failed logins per account, any client, before the account is locked for "
+        "everyone (guessing from many addresses).",
+    )
     auth_failure_window_s: int = Field(default=15 * 60, ge=1, description="Failures counted over.")
     auth_lockout_s: int = Field(default=15 * 60, ge=1, description="How long a lockout lasts.")
     bootstrap_admin_username: str | None = Field(
@@ -227,6 +234,31 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: int = Field(default=200, ge=1, description="Token-bucket size per client.")
 
+    # -- throttling shared by every process (api.throttle): Redis, proxies ----------------------
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis that login lockouts and rate limits are counted in, shared by every "
+        "API process (redis://host:port/db). Development: redis://127.0.0.1:6379/0 when it "
+        "answers, else counted in-process. Production: required unless single_process.",
+    )
+    redis_prefix: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="Key prefix in Redis (default: stadjerspas: in production, one per "
+        "database in development).",
+    )
+    single_process: bool = Field(
+        default=False,
+        description="Production only: exactly one process serves, so lockouts and rate limits "
+        "may be counted in-process without Redis.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Reverse proxies (IP addresses or CIDR networks) whose X-Forwarded-For is "
+        "believed; from anyone else the socket peer is the client.",
+    )
+
     # -- payouts (ledger.settlement): the municipality's account the pain.001 pays from -------
     payout_debtor_name: str | None = Field(
         default=None,
@@ -249,6 +281,31 @@ class Settings(BaseSettings):
     def _absolute(cls, value: Path | None) -> Path | None:
         # absolute, because the embedded anvil runs with its state directory as working directory
         return value.expanduser().resolve() if value is not None else None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{_env('trusted_proxies')}: {entry!r} is not an IP address or CIDR network "
+                    "(e.g. 10.0.0.5, 10.0.0.0/8, 2001:db8::/32)"
+                ) from None
+        return [entry.strip() for entry in value]
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"{_env('redis_url')}: {value.split('@')[-1]!r} must start with redis://, "
+                "rediss:// or unix://"
+            )
+        return value
 
     @model_validator(mode="after")
     def _defaults_and_secrets(self) -> Self:

@@ -183,19 +183,29 @@ def test_scope_narrowing(client: TestClient) -> None:
 
 def test_lockout(runtime: Runtime) -> None:
     settings = runtime.settings.model_copy(
-        update={"auth_max_failures": 3, "auth_max_client_failures": 5, "auth_lockout_s": 60}
+        update={
+            "auth_max_failures": 3,
+            "auth_max_client_failures": 4,
+            "auth_max_account_failures": 1000,
+            "auth_lockout_s": 60,
+        }
     )
     with TestClient(create_app(settings, runtime), raise_server_exceptions=False) as tc:
+        tc.app.state.auth.throttle.reset()  # type: ignore[attr-defined]
         good = DEV_STAFF["finance"][1]
         for _ in range(3):
             _problem(_login(tc, "staff", "finance", "wrong"), 401, "invalid_credentials")
         locked = _login(tc, "staff", "finance", good)  # even the right password is refused
-        _problem(locked, 429, "login_locked")
+        body = _problem(locked, 429, "login_locked")
         assert 1 <= int(locked.headers["retry-after"]) <= 61
-        # another account from the same client still works (until the per-client limit)
+        assert "try again in" in body["detail"]
+        # twenty bad logins for one account lock no other account, even from the same client
+        for _ in range(20):
+            _problem(_login(tc, "staff", "finance", "wrong"), 429, "login_locked")
         assert _login(tc, "staff", "auditor", DEV_STAFF["auditor"][1]).status_code == 200
-        for _ in range(2):
-            _login(tc, "terminal", "dev-terminal-1", "wrong")
+        # one client trying many accounts is throttled as a client: finance + 3 more = 4
+        for account in ("nobody-1", "nobody-2", "nobody-3"):
+            _problem(_login(tc, "staff", account, "wrong"), 401, "invalid_credentials")
         _problem(
             _login(tc, "terminal", dev_terminal_id(1), dev_terminal_secret(1)), 429, "login_locked"
         )
