@@ -35,6 +35,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from api.settings import PROJECT_ROOT, Settings
@@ -91,7 +92,7 @@ def up(
     """Start the chain (embedded anvil unless STADJERSPAS_RPC_URL is set) and serve the API."""
     import uvicorn
 
-    from api.log_privacy import configure_logging
+    from api.log_privacy import configure_logging, scrub
     from api.main import create_app
     from api.runtime import Runtime, StartupError
 
@@ -102,7 +103,8 @@ def up(
     configure_logging(log_level)
     console.print(f"[bold]Stadjerspas Ledger[/] ({settings.env}), state in {settings.var_dir}")
     try:
-        runtime = Runtime.start(settings, report=lambda m: console.print(f"  {m}"))
+        # start-up progress is log output too: scrubbed like every log line
+        runtime = Runtime.start(settings, report=lambda m: console.print(f"  {escape(scrub(m))}"))
     except KeyboardInterrupt:
         _fail("interrupted while starting")
     except (StartupError, LedgerError, WalletError, OSError) as exc:

@@ -50,11 +50,10 @@ FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _ipv6(match: re.Match[str]) -> str:
-    text = match.group(0)
     try:
-        ipaddress.IPv6Address(text.strip("[]"))
+        ipaddress.IPv6Address(match.group(1))
     except ValueError:
-        return text
+        return match.group(0)  # a time of day (20:03:26), a C++ name, ...
     return "[ip]"
 
 
@@ -73,8 +72,10 @@ PATTERNS: Final[tuple[tuple[re.Pattern[str], _Replacement], ...]] = (
     (re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"), "[iban]"),
     # pass numbers (GR0000007; a search may send them in lower case)
     (re.compile(r"(?i)\b[A-Z]{2}\d{7}\b"), "[pass]"),
-    (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), "[ip]"),
-    (re.compile(r"\[?(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])\]?"), _ipv6),
+    # IP addresses; not in a URL (http://127.0.0.1:8545): that is a server's, from the settings
+    (re.compile(r"(?<!://)\b(?:\d{1,3}\.){3}\d{1,3}\b"), "[ip]"),
+    (re.compile(r"(?<!//)\[([0-9A-Fa-f:.]{2,45})\]"), _ipv6),
+    (re.compile(r"(?<![\w:./\[])([0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7})(?![\w:\]])"), _ipv6),
     # dates: ISO, Dutch (17-05-1980 or 17/05/1980) and Python's repr
     (re.compile(r"\b\d{4}-\d{1,2}-\d{1,2}\b"), "[date]"),
     (re.compile(r"\b\d{1,2}[-/]\d{1,2}[-/]\d{4}\b"), "[date]"),

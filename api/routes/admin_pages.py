@@ -617,8 +617,9 @@ def job_status(
 # -- holders and cards ------------------------------------------------------------------------
 
 
-def _find_holders(runtime: Runtime, query: str) -> list[int]:
-    """Holder ids for a pass number, a holder id or (part of) a name (at most 50)."""
+def _find_holders(runtime: Runtime, query: str, *, by_name: bool = True) -> list[int]:
+    """Holder ids for a pass number, a holder id or (with ``by_name``) part of a name (at most
+    50)."""
     registry = runtime.store.registry
     text = query.strip()
     if not text:
@@ -626,6 +627,8 @@ def _find_holders(runtime: Runtime, query: str) -> list[int]:
     pairs = registry.pass_holders(text.upper())
     if pairs:
         return [holder.id for _, holder in pairs if holder.id is not None]
+    if not by_name:
+        return []
     if text.isdigit():
         found = [h.id for h in registry.holders() if h.id == int(text)]
         return [i for i in found if i is not None]
@@ -660,15 +663,47 @@ def _balances(runtime: Runtime, lang: str, pass_number: str) -> list[tuple[str, 
     return rows
 
 
+#: Longest holder search (the form's ``maxlength``).
+MAX_HOLDER_QUERY: Final = 120
+
+
 @router.get("/admin/web/holders")
 def holders_page(
     request: Request,
     settings: SettingsDep,
     runtime: RuntimeDep,
-    q: Annotated[str, Query(max_length=120)] = "",
+    q: Annotated[str, Query(max_length=MAX_HOLDER_QUERY)] = "",
 ) -> Response:
+    """The search form; ``?q=`` finds a pass number only (the link after a pass action). A name
+    is searched by POST, so it never appears in a URL (browser history, proxy logs)."""
     principal = _staff(request, settings, Scope.ADMIN)
-    holders = [svc.get_holder(runtime, holder_id) for holder_id in _find_holders(runtime, q)]
+    return _holders_result(request, settings, runtime, principal, q, by_name=False)
+
+
+@router.post("/admin/web/holders")
+async def holders_search(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
+    """Search by pass number, holder id or part of a name: the query is in the form body."""
+    principal = _staff(request, settings, Scope.ADMIN)
+    form = await _form(request)
+    if not _check_csrf(request, form.get("csrf")):
+        return _csrf_refused(request, settings, principal)
+    query = form.get("q", "")[:MAX_HOLDER_QUERY]
+    return await run_in_threadpool(
+        _holders_result, request, settings, runtime, principal, query, by_name=True
+    )
+
+
+def _holders_result(
+    request: Request,
+    settings: Settings,
+    runtime: Runtime,
+    principal: Principal,
+    q: str,
+    *,
+    by_name: bool,
+) -> Response:
+    found = _find_holders(runtime, q, by_name=by_name)
+    holders = [svc.get_holder(runtime, holder_id) for holder_id in found]
     lang = pick_language(request)
     balances = {
         p.pass_number: _balances(runtime, lang, p.pass_number) for h in holders for p in h.passes
@@ -722,7 +757,8 @@ async def pass_action(
             "admin.action_failed",
             _problem_text(problem),
         )
-    query = urlencode({"q": form.get("q", "") or pass_number, "done": done})
+    # back to the pass (a pass number finds it by GET; a name search never goes in a URL)
+    query = urlencode({"q": pass_number, "done": done})
     return _redirect(f"/admin/web/holders?{query}#pass-{pass_number}")
 
 
