@@ -15,7 +15,10 @@
 // {code: "not_a_pass_token"} (debounced the same way) and scanning goes on.
 //
 // Camera failures (no camera, permission denied, camera in use, insecure page) are reported
-// once through onError with `fatal: true`; the page should then offer manual code entry.
+// once through onError with `fatal: true`; the page should then offer manual code entry (a pass
+// token URI, or the holder's short code: the server tells them apart). The same text also comes
+// as onStatus({state: "error"}), for pages without an error area: a page that shows onError's
+// message should not show that status text again (the merchant page leaves it out).
 // startScanner() resolves in every case (to a handle whose `active` says whether the camera
 // runs); it never rejects for camera problems.
 
