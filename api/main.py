@@ -15,7 +15,7 @@ import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
 
-from api import __version__
+from api import __version__, docs
 from api.auth import Auth
 from api.middleware import UNLIMITED_PATHS, install_middleware
 from api.problems import document_problems, install_problem_handlers
@@ -115,6 +115,9 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
         description=DESCRIPTION,
         openapi_tags=TAGS,
         license_info={"name": "EUPL-1.2", "identifier": "EUPL-1.2"},
+        # /docs is api.docs (Swagger UI served by this service, never a CDN); no ReDoc.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.runtime = runtime
@@ -132,6 +135,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     app.include_router(admin_registry.router)
     app.include_router(admin_pages.router)
     app.include_router(pages.router)
+    app.include_router(docs.router)
 
     generate_openapi = app.openapi
 
