@@ -43,9 +43,11 @@ TYPE_PATHS := $(wildcard ledger wallet api bench)
 
 BROWNIE    := env PATH="$(BVENV)/bin:$$PATH" $(BVENV)/bin/brownie
 
-# Browser code (web/src) bundled by esbuild into api/static/build/ (gitignored).
-WEB_SRC    := $(shell find web/src -type f 2>/dev/null | sort) web/build.mjs
+# Browser code (web/src) bundled by esbuild into api/static/build/ (gitignored), and Swagger UI
+# (npm swagger-ui-dist) copied to api/static/build/docs/ for the API docs page.
+WEB_SRC    := $(shell find web/src -type f 2>/dev/null | sort) web/build.mjs web/docs-assets.mjs
 WEB_BUNDLE := api/static/build/scanner.js
+DOCS_BUNDLE := api/static/build/docs/swagger-ui-bundle.js
 
 .PHONY: help setup solc-link web run test lint fmt pytest test-brownie brownie bench clean distclean
 
@@ -76,8 +78,8 @@ $(STAMPS)/npm: package.json $(wildcard package-lock.json) | $(STAMPS)
 
 # The scanner bundle (jsQR + web/src/scanner.js as one IIFE, window.StadjerspasScanner) and the
 # test harness glue. Rebuilt when a source, the build script or the npm install changes, or when
-# the bundle is missing (e.g. after `make clean`).
-$(STAMPS)/web: $(WEB_SRC) $(STAMPS)/npm $(if $(wildcard $(WEB_BUNDLE)),,web-force) | $(STAMPS)
+# the bundle or the docs assets are missing (e.g. after `make clean`).
+$(STAMPS)/web: $(WEB_SRC) $(STAMPS)/npm $(if $(and $(wildcard $(WEB_BUNDLE)),$(wildcard $(DOCS_BUNDLE))),,web-force) | $(STAMPS)
 	npm run --silent build:web
 	@touch $@
 

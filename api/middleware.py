@@ -15,8 +15,8 @@ One pure ASGI middleware (:class:`HardeningMiddleware`, outermost) does, per HTT
 - Request size: a ``Content-Length`` over ``max_request_body_bytes`` answers 413
   ``body_too_large`` before the body is read; a chunked body is counted as it streams and
   refused the moment it passes the limit (the rest is never buffered).
-- Security headers on every response: a strict Content-Security-Policy (the Swagger/ReDoc
-  pages get a documented relaxation: their scripts come from the jsDelivr CDN), nosniff,
+- Security headers on every response: a strict Content-Security-Policy (the docs page
+  ``/docs`` loads Swagger UI from this service, see :mod:`api.docs`), nosniff,
   ``Referrer-Policy: no-referrer``, ``Permissions-Policy: camera=(self)`` (the scanner),
   HSTS in production, and ``Cache-Control: no-store`` on API responses (not on ``/static``).
 - Access log (:mod:`api.access_log`): one JSON line per request on logger ``api.access``
@@ -71,15 +71,14 @@ CSP = (
     "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
     "frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'"
 )
-#: FastAPI's interactive docs load Swagger UI / ReDoc from jsDelivr and start them inline.
+#: The docs page (:mod:`api.docs`): Swagger UI and its start script from this service only (no
+#: CDN, no inline script); Swagger UI sets style attributes and shows SVG icons as data URLs.
 DOCS_CSP = (
-    "default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.com; "
-    "script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    "font-src 'self' https://fonts.gstatic.com; worker-src 'self' blob:; "
-    "frame-ancestors 'none'; object-src 'none'"
+    "default-src 'self'; img-src 'self' data:; script-src 'self'; "
+    "style-src 'self'; worker-src 'self' blob:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"
 )
-DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+DOCS_PATHS = frozenset({"/docs"})
 HSTS = "max-age=63072000; includeSubDomains"
 #: Paths without ``Cache-Control: no-store`` (versioned static assets may be cached).
 CACHEABLE_PREFIXES = ("/static/",)
