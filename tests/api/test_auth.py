@@ -7,16 +7,31 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import col, update
 
-from api.auth import DEV_HOLDER_PIN, DEV_STAFF, dev_terminal_id, dev_terminal_secret, encode_token
+from api.auth import (
+    DEV_HOLDER_PIN,
+    DEV_STAFF,
+    Auth,
+    DevelopmentCredentialsInProduction,
+    dev_terminal_id,
+    dev_terminal_secret,
+    encode_token,
+)
 from api.main import create_app
 from api.runtime import Runtime
-from api.settings import DEV_AUTH_SECRET
-from tests.api.conftest import admin, holder, logins, merchant
+from api.settings import DEV_AUTH_SECRET, Settings
+from api.store import ApiStore, StaffUser, Terminal
+from api.throttle import RedisThrottleState
+from ledger.secrets_hash import hash_secret, legacy_scrypt_hash, verification_count
+from ledger.store.registry import PassRecord
+from tests.api.conftest import admin, dev_settings, holder, logins, merchant
 
 PROBLEM = "application/problem+json"
 
@@ -430,3 +445,249 @@ def test_staff_create(client: TestClient) -> None:
     assert "password_hash" not in created.text
     # merchant helper import keeps the shared login cache warm for the merchant tests
     assert merchant(client, 1)["Authorization"].startswith("Bearer ")
+
+
+# -- PyJWT: HS256 only, claims required ---------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # HS384/512 forgeries
+def test_tokens_are_hs256_jwts_with_required_claims(client: TestClient) -> None:
+    key = DEV_AUTH_SECRET.encode()
+    issued = logins(client).staff("auditor")["Authorization"].split()[1]
+    assert jwt.get_unverified_header(issued) == {"alg": "HS256", "typ": "JWT"}
+    claims = jwt.decode(issued, key, algorithms=["HS256"], audience="stadjerspas-api")
+    assert set(claims) == {"iss", "aud", "sub", "kind", "scope", "role", "iat", "exp", "jti"}
+    refused: dict[str, str] = {
+        jwt.encode(_token_claims(), key, algorithm="HS512"): "algorithm 'HS512' is not HS256",
+        jwt.encode(_token_claims(), key, algorithm="HS384"): "algorithm 'HS384' is not HS256",
+        jwt.encode(_token_claims(), None, algorithm="none"): "algorithm 'none' is not HS256",
+        encode_token(_token_claims(aud=["stadjerspas-api"]), key): "not for this service",
+        encode_token(_token_claims(iss="someone"), key): "not for this service",
+        encode_token(
+            {k: v for k, v in _token_claims().items() if k != "exp"}, key
+        ): "has no 'exp' claim",
+        encode_token(
+            {k: v for k, v in _token_claims().items() if k != "sub"}, key
+        ): "has no 'sub' claim",
+    }
+    for token, detail in refused.items():
+        body = _problem(client.get("/auth/me", headers=_bearer(token)), 401, "auth_token_invalid")
+        assert detail in body["detail"]
+    expired = encode_token(_token_claims(exp=1_700_000_000), key)
+    body = _problem(client.get("/auth/me", headers=_bearer(expired)), 401, "auth_token_expired")
+    assert "1700000000" in body["detail"]
+
+
+# -- one hash (Argon2id); databases with scrypt hashes keep working ------------------------------
+
+
+def test_holder_login_does_the_same_work_whether_or_not_the_pass_exists(
+    client: TestClient, runtime: Runtime
+) -> None:
+    holder_id = runtime.store.holders()[0].holder_id
+    with_code = runtime.store.registry.issue_pass(holder_id, pass_number="GR7000003")
+    assert with_code.activation_code is not None
+    attempts = [
+        ("GR9999998", "wrong", 401),  # no such pass
+        ("../etc", "wrong", 401),  # not even a pass number
+        ("GR0000017", "wrong", 401),  # a PIN, no activation code
+        ("GR7000003", "wrong", 401),  # an activation code, no PIN
+        ("GR0000017", DEV_HOLDER_PIN, 200),
+        ("GR7000003", with_code.activation_code, 200),
+    ]
+    for number, password, status in attempts:
+        before = verification_count()
+        assert _login(client, "holder", number, password).status_code == status
+        assert verification_count() - before == 2, number
+
+
+def test_scrypt_hashes_of_older_databases_verify_and_become_argon2(
+    client: TestClient, runtime: Runtime
+) -> None:
+    store = runtime.store
+    password = "an old staff passphrase"
+    store.add_staff_user(
+        StaffUser(
+            username="legacy.user", password_hash=legacy_scrypt_hash(password), role="auditor"
+        )
+    )
+    secret = "an-old-terminal-secret"
+    store.add_terminal(
+        Terminal(terminal_id="T3-legacy", merchant_id=3, secret_hash=legacy_scrypt_hash(secret))
+    )
+    store.set_holder_pins({"GR0000018": legacy_scrypt_hash(DEV_HOLDER_PIN)})
+    holder_id = store.holders()[0].holder_id
+    issued = store.registry.issue_pass(holder_id, pass_number="GR7000004")
+    assert issued.activation_code is not None
+    code_hash = legacy_scrypt_hash(issued.activation_code.replace("-", ""))
+    with store.session() as session:
+        session.exec(
+            update(PassRecord)
+            .where(col(PassRecord.pass_number) == "GR7000004")
+            .values(activation_code_hash=code_hash)
+        )
+        session.commit()
+
+    def stored() -> list[str | None]:
+        user, terminal = store.staff_user("legacy.user"), store.terminal("T3-legacy")
+        record = store.registry.find_pass("GR7000004")
+        assert user is not None
+        assert terminal is not None
+        assert record is not None
+        pin = store.holder_pin("GR0000018")
+        return [user.password_hash, terminal.secret_hash, pin, record.activation_code_hash]
+
+    assert all(h is not None and h.startswith("scrypt$") for h in stored())
+    _problem(_login(client, "staff", "legacy.user", "wrong"), 401, "invalid_credentials")
+    assert stored()[0] == store.staff_user("legacy.user").password_hash  # type: ignore[union-attr]
+    assert all(h is not None and h.startswith("scrypt$") for h in stored())  # a failure: kept
+    logins_ = [
+        ("staff", "legacy.user", password),
+        ("terminal", "T3-legacy", secret),
+        ("holder", "GR0000018", DEV_HOLDER_PIN),
+        ("holder", "GR7000004", issued.activation_code.lower()),
+    ]
+    for kind, username, secret_ in logins_:
+        assert _login(client, kind, username, secret_).status_code == 200, username
+    assert all(h is not None and h.startswith("$argon2id$") for h in stored())
+    for kind, username, secret_ in logins_:  # and they still log in
+        assert _login(client, kind, username, secret_).status_code == 200, username
+
+
+# -- throttling through the app: trusted proxies, IPv6 /64, shared between processes -----------
+
+
+def test_x_forwarded_for_only_from_trusted_proxies(runtime: Runtime) -> None:
+    settings = runtime.settings.model_copy(
+        update={"trusted_proxies": ["10.0.0.1", "2001:db8:ffff::/48"], "auth_max_failures": 2}
+    )
+    app = create_app(settings, runtime)
+    good = DEV_STAFF["finance"][1]
+
+    def login(tc: TestClient, forwarded: str, password: str) -> Any:
+        return tc.post(
+            "/auth/token",
+            json={"kind": "staff", "username": "finance", "password": password},
+            headers={"X-Forwarded-For": forwarded},
+        )
+
+    with (
+        TestClient(app, client=("10.0.0.1", 4711), raise_server_exceptions=False) as proxy,
+        TestClient(app, client=("198.51.100.7", 4711), raise_server_exceptions=False) as direct,
+    ):
+        app.state.auth.throttle.reset()
+        try:
+            # behind the proxy: each client counts on its own
+            for _ in range(2):
+                _problem(login(proxy, "203.0.113.5", "wrong"), 401, "invalid_credentials")
+            _problem(login(proxy, "203.0.113.5", good), 429, "login_locked")
+            assert login(proxy, "203.0.113.6", good).status_code == 200
+            # IPv6 clients by /64
+            for host in ("::1", "::2"):
+                login(proxy, f"2001:db8:1:2{host}", "wrong")
+            _problem(login(proxy, "2001:db8:1:2::3", good), 429, "login_locked")
+            assert login(proxy, "2001:db8:1:3::1", good).status_code == 200
+            # a client that is no trusted proxy cannot choose its address
+            for spoofed in ("203.0.113.50", "203.0.113.51"):
+                _problem(login(direct, spoofed, "wrong"), 401, "invalid_credentials")
+            _problem(login(direct, "203.0.113.99", good), 429, "login_locked")
+        finally:
+            app.state.auth.throttle.reset()
+
+
+def test_two_processes_share_lockouts(runtime: Runtime) -> None:
+    settings = runtime.settings.model_copy(update={"auth_max_failures": 2})
+    first, second = create_app(settings, runtime), create_app(settings, runtime)
+    if not isinstance(first.state.auth.throttle_state, RedisThrottleState):
+        pytest.skip("Redis at redis://127.0.0.1:6379/0 does not answer (start redis-server)")
+    # each app has its own Redis connection, as another process would
+    assert first.state.auth.throttle_state is not second.state.auth.throttle_state
+    with (
+        TestClient(first, raise_server_exceptions=False) as one,
+        TestClient(second, raise_server_exceptions=False) as two,
+    ):
+        first.state.auth.throttle.reset()
+        try:
+            _problem(_login(one, "staff", "issuer", "wrong"), 401, "invalid_credentials")
+            _problem(_login(two, "staff", "issuer", "wrong"), 401, "invalid_credentials")
+            _problem(_login(one, "staff", "issuer", DEV_STAFF["issuer"][1]), 429, "login_locked")
+            _problem(_login(two, "staff", "issuer", DEV_STAFF["issuer"][1]), 429, "login_locked")
+        finally:
+            first.state.auth.throttle.reset()
+
+
+# -- production refuses development credentials -------------------------------------------------
+
+
+def _production(tmp_path: Path) -> Settings:
+    values: dict[str, object] = {
+        "env": "production",
+        "var_dir": tmp_path,
+        "rpc_url": "http://127.0.0.1:1",
+        "merchant_keystores": [tmp_path / "m1.json"],
+        "merchant_keystore_password": "pw",
+        "auth_secret": "p" * 40,
+        "payout_debtor_name": "Gemeente Groningen",
+        "payout_debtor_iban": "NL91ABNA0417164300",
+        "single_process": True,
+    }
+    for role in ("admin", "issuer", "pass_signer"):
+        values[f"{role}_keystore"] = tmp_path / f"{role}.json"
+        values[f"{role}_keystore_password"] = "pw"
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def test_production_refuses_to_start_while_a_development_credential_verifies(
+    tmp_path: Path,
+) -> None:
+    store = ApiStore.open(f"sqlite:///{tmp_path / 'copied-from-development.db'}")
+    try:
+        Auth(dev_settings(tmp_path), store).bootstrap([1, 2])  # what development created
+        dev_pin = hash_secret(DEV_HOLDER_PIN)  # development sets one hash for all its passes
+        store.set_holder_pins({"GR0000001": dev_pin, "GR0000002": dev_pin})
+        with store.session() as session:  # an older database: the scrypt hash verifies too
+            session.exec(
+                update(StaffUser)
+                .where(col(StaffUser.username) == "auditor")
+                .values(password_hash=legacy_scrypt_hash(DEV_STAFF["auditor"][1]))
+            )
+            session.commit()
+        production = Auth(_production(tmp_path), store)
+
+        def refusal() -> str:
+            with pytest.raises(DevelopmentCredentialsInProduction) as info:
+                production.bootstrap([1, 2])
+            message = str(info.value)
+            assert "\n" not in message
+            assert message.startswith("refusing to start in production: development credentials")
+            return message
+
+        message = refusal()
+        for role, (_, password) in DEV_STAFF.items():
+            assert f"staff user {role!r} has the password {password!r}" in message
+        for merchant_id in (1, 2):
+            assert f"terminal {dev_terminal_id(merchant_id)!r} has the secret" in message
+        assert f"the PIN {DEV_HOLDER_PIN!r} opens 2 passes (GR0000001, GR0000002)" in message
+
+        # change or disable them, one kind after the other
+        with store.session() as session:
+            for username in DEV_STAFF:
+                session.exec(
+                    update(StaffUser)
+                    .where(col(StaffUser.username) == username)
+                    .values(password_hash=hash_secret(f"a new password for {username}"))
+                )
+            session.commit()
+        assert "staff user" not in refusal()
+        store.revoke_terminal(dev_terminal_id(1))
+        message = refusal()
+        assert "dev-terminal-1" not in message
+        assert "terminal 'dev-terminal-2'" in message
+        store.revoke_terminal(dev_terminal_id(2))
+        store.set_holder_pins({"GR0000001": hash_secret("4711")})
+        assert "opens 1 passes (GR0000002)" in refusal()
+        store.set_holder_pins({"GR0000002": hash_secret("0815")})
+        production.bootstrap([1, 2])  # nothing left: it starts
+        assert production.development_credentials() == []
+    finally:
+        store.close()
