@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -27,7 +28,13 @@ import httpx
 import pytest
 from sqlalchemy import MetaData, create_engine, select
 
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
 from api.auth import DEV_STAFF, dev_terminal_id, dev_terminal_secret
+from api.main import create_app
+from api.runtime import Runtime
 from ledger.store.db import default_sqlite_url
 from tests.api.conftest import PROJECT_ROOT
 from tests.ledger.test_export import PERSONAL_COLUMNS
@@ -353,3 +360,91 @@ def test_no_registry_value_in_any_log_line(ran: Service) -> None:
         if "127.0.0.1" in own:
             hits.append(f"client IP on line {number}: {line}")
     assert hits == [], "\n".join(hits[:40])
+
+
+# -- the holder search: by POST, so a name never goes in a URL ----------------------------------
+
+
+@contextlib.contextmanager
+def _staff_pages(runtime: Runtime, role: str) -> Iterator[TestClient]:
+    with TestClient(create_app(runtime.settings, runtime), raise_server_exceptions=False) as tc:
+        page = tc.get("/admin/login?lang=en")
+        match = CSRF.search(page.text)
+        assert match is not None
+        response = tc.post(
+            "/admin/login",
+            data={"username": role, "password": DEV_STAFF[role][1], "csrf": match.group(1)},
+            follow_redirects=False,
+        )
+        assert response.status_code == 303, response.text
+        yield tc
+
+
+def _csrf(html: str) -> str:
+    match = CSRF.search(html)
+    assert match is not None
+    return match.group(1)
+
+
+def test_holder_search_posts_the_name(runtime: Runtime) -> None:
+    record, person = runtime.store.registry.pass_holders()[3]
+    name, number = person.last_name, record.pass_number
+    with _staff_pages(runtime, "admin") as tc:
+        form = tc.get("/admin/web/holders")
+        assert form.status_code == 200
+        assert '<form method="post" action="/admin/web/holders"' in form.text
+        assert 'method="get"' not in form.text
+        found = tc.post("/admin/web/holders", data={"csrf": _csrf(form.text), "q": name})
+        assert found.status_code == 200
+        assert f'id="pass-{number}"' in found.text
+        assert f'value="{name}"' in found.text  # the search stays in the field
+        assert str(found.url).endswith("/admin/web/holders")  # no query string
+        # the name is in no link or form of the page
+        assert f"q={name}" not in found.text
+        assert 'name="q" value="' not in found.text.replace(
+            f'id="holder-q" name="q" value="{name}"', ""
+        )
+
+        # a name in the query string finds nothing: the page never searches names by GET
+        by_get = tc.get("/admin/web/holders", params={"q": name})
+        assert by_get.status_code == 200
+        assert 'id="no-holders"' in by_get.text
+        assert f'id="pass-{number}"' not in by_get.text
+        # a pass number does (the link back after a pass action)
+        by_number = tc.get("/admin/web/holders", params={"q": number.lower()})
+        assert f'id="pass-{number}"' in by_number.text
+
+        # after an action the page goes back to the pass by its number, never by the name
+        csrf = _csrf(found.text)
+        for action in ("block", "unblock"):
+            done = tc.post(
+                f"/admin/web/passes/{number}/{action}",
+                data={"csrf": csrf, "q": name},
+                follow_redirects=False,
+            )
+            assert done.status_code == 303, done.text
+            location = done.headers["location"]
+            assert name not in location
+            assert f"q={number}" in location
+        assert str(runtime.store.registry.pass_by_number(number).status) == "active"
+
+
+def test_holder_search_needs_the_csrf_token_and_the_admin_scope(runtime: Runtime) -> None:
+    record, person = runtime.store.registry.pass_holders()[4]
+    name, number = person.last_name, record.pass_number
+    with _staff_pages(runtime, "admin") as tc:
+        refused = tc.post("/admin/web/holders", data={"q": name})
+        assert refused.status_code == 403
+        assert 'id="problem"' in refused.text
+        assert number not in refused.text
+        forged = tc.post("/admin/web/holders", data={"q": name, "csrf": "x" * 48})
+        assert forged.status_code == 403
+    with _staff_pages(runtime, "issuer") as tc:
+        form = tc.get("/admin/web/issuance")
+        denied = tc.post("/admin/web/holders", data={"csrf": _csrf(form.text), "q": name})
+        assert denied.status_code == 403
+        assert number not in denied.text
+    with TestClient(create_app(runtime.settings, runtime)) as anonymous:
+        away = anonymous.post("/admin/web/holders", data={"q": name}, follow_redirects=False)
+        assert away.status_code == 303
+        assert away.headers["location"] == "/admin/login"
