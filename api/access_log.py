@@ -8,7 +8,11 @@ One line per HTTP request on logger ``api.access`` (written by :mod:`api.middlew
 ``route`` is the matched route's *template*, never the raw path (which can hold a pass
 number); unmatched paths log ``(unmatched)``. Query strings, tokens, names, pass numbers and
 client IPs are never logged. ``principal`` is only the kind (staff, terminal, holder or
-anonymous), not who.
+anonymous), not who. Error logs name the request by :func:`route_template` too.
+
+This is the service's only access log: ``stadjerspas up`` turns uvicorn's off (it writes the
+client IP, the full path and the query string) and sends every logger through
+:class:`api.log_privacy.PrivacyFilter` to stderr.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ One pure ASGI middleware (:class:`HardeningMiddleware`, outermost) does, per HTT
 - Access log (:mod:`api.access_log`): one JSON line per request on logger ``api.access``
   with method, *route template* (``/holder/passes/{pass_number}/token``, never the raw path),
   status, duration in ms, principal kind and request id. No query strings, pass numbers,
-  names, tokens or IPs.
+  names, tokens or IPs. uvicorn's own access log is off (``stadjerspas up``,
+  :mod:`api.log_privacy`), so this line is the only one per request.
 
 CORS is Starlette's ``CORSMiddleware`` with the explicit allow-list ``cors_allow_origins``
 (none by default: then no CORS headers at all, so browsers refuse cross-origin reads).
