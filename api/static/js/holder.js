@@ -5,6 +5,7 @@
   var img = document.getElementById("pass-qr");
   var status = document.getElementById("qr-status");
   var code = document.getElementById("pass-code");
+  var spoken = document.getElementById("pass-code-spoken");
   if (!img) return;
   var seconds = Number(img.dataset.refreshS) || 100;
 
@@ -20,7 +21,7 @@
         var shortCode = answer.headers.get("X-Short-Code");
         if (code && shortCode) {
           code.textContent = shortCode;
-          code.setAttribute("aria-label", answer.headers.get("X-Short-Code-Spoken") || shortCode);
+          if (spoken) spoken.textContent = answer.headers.get("X-Short-Code-Spoken") || shortCode;
           code.dataset.expiresAt = answer.headers.get("X-Token-Expires-At") || "";
           code.classList.remove("stale");
         }
