@@ -334,16 +334,10 @@ def test_the_scenario_was_logged(ran: Service) -> None:
     assert " HTTP/1.1" not in text  # uvicorn's access line: client - "GET /path HTTP/1.1" 200
 
 
-def test_no_registry_value_in_any_log_line(ran: Service) -> None:
-    values = _registry_values(ran.var_dir)
-    assert len(values["registry_holder.last_name"]) >= 20  # the demo holders and ours
-    assert HOLDER["last_name"] in values["registry_holder.last_name"]
-    assert values["registry_merchant.iban"]
-    assert values["registry_pass.pass_number"]
-    values["scenario secrets"] = {s for s in ran.secrets if len(s) >= 6}
-    assert len(values["scenario secrets"]) >= 6
+def _scan(lines: list[str], values: dict[str, set[str]], own_ports: tuple[int, ...]) -> list[str]:
+    """Every registry value, shape and client IP found in ``lines``."""
     hits: list[str] = []
-    for number, line in enumerate(ran.lines(), 1):
+    for number, line in enumerate(lines, 1):
         for column, needles in values.items():
             hits.extend(
                 f"{column} {needle!r} on line {number}: {line}"
@@ -355,11 +349,37 @@ def test_no_registry_value_in_any_log_line(ran: Service) -> None:
                 hits.append(f"{shape} on line {number}: {line}")
         # the client's IP; the service's own addresses (the banner, the node) are configuration
         own = line
-        for port in (ran.port, ran.anvil_port):
+        for port in own_ports:
             own = own.replace(f"http://127.0.0.1:{port}", "")
         if "127.0.0.1" in own:
             hits.append(f"client IP on line {number}: {line}")
+    return hits
+
+
+def test_no_registry_value_in_any_log_line(ran: Service) -> None:
+    values = _registry_values(ran.var_dir)
+    assert len(values["registry_holder.last_name"]) >= 20  # the demo holders and ours
+    assert HOLDER["last_name"] in values["registry_holder.last_name"]
+    assert values["registry_merchant.iban"]
+    assert values["registry_merchant.street"]
+    assert values["registry_pass.pass_number"]
+    values["scenario secrets"] = {s for s in ran.secrets if len(s) >= 6}
+    assert len(values["scenario secrets"]) >= 6
+    hits = _scan(ran.lines(), values, (ran.port, ran.anvil_port))
     assert hits == [], "\n".join(hits[:40])
+
+    # the scan finds what was logged before: uvicorn's access line, a path in an error log
+    number = next(v for v in values["registry_pass.pass_number"] if v.startswith("GR"))
+    before = [
+        f'INFO:     127.0.0.1:51234 - "GET /holder/passes/{number}/token?format=json HTTP/1.1" 200',
+        f"WARNING api.problems: chain_error on /admin/passes/{number.lower()}/cards: x",
+        f'INFO:     127.0.0.1:51234 - "GET /admin/web/holders?q={HOLDER["last_name"]} HTTP/1.1"',
+    ]
+    found = _scan(before, values, (ran.port, ran.anvil_port))
+    for index in (1, 2, 3):
+        assert any(f"on line {index}:" in hit for hit in found), index
+    assert any("registry_holder.last_name" in hit for hit in found)
+    assert any(hit.startswith("client IP") for hit in found)
 
 
 # -- the holder search: by POST, so a name never goes in a URL ----------------------------------
