@@ -195,8 +195,13 @@ class ThrottleState(Protocol):
     def forget(self, *, keys: Sequence[str]) -> None:
         """Drop the failures (not the locks) counted under ``keys``."""
 
-    def take(self, *, key: str, rate: float, burst: float) -> float:
-        """Take a token from ``key``'s bucket: 0.0 if allowed, else seconds until one is."""
+    @property
+    def shared(self) -> bool:
+        """Whether other processes count in this state (then a call costs a round trip)."""
+
+    def take(self, *, key: str, rate: float, burst: float, count: int = 1) -> tuple[int, float]:
+        """Take up to ``count`` tokens (at least one) from ``key``'s bucket: ``(taken, 0.0)``,
+        or ``(0, seconds until one is available)``."""
 
     def reset(self) -> None:
         """Forget everything (tests)."""
@@ -293,12 +298,17 @@ class LocalThrottleState:
             for key in keys:
                 self._failures.pop(key, None)
 
-    def take(self, *, key: str, rate: float, burst: float) -> float:
+    @property
+    def shared(self) -> bool:
+        return False
+
+    def take(self, *, key: str, rate: float, burst: float, count: int = 1) -> tuple[int, float]:
         with self._lock:
             buckets = self._buckets.get((rate, burst))
             if buckets is None:
                 buckets = self._buckets[(rate, burst)] = TokenBuckets(rate, int(burst), self._clock)
-            return buckets.take(key)
+            wait = buckets.take(key)
+            return (0, wait) if wait > 0 else (1, 0.0)
 
     def reset(self) -> None:
         with self._lock:
@@ -329,26 +339,28 @@ end
 return 0
 """
 
-# A token bucket in a hash (tokens, time in s); ARGV: rate per s, burst. Returns the wait (s).
+# A token bucket in a hash (tokens, time in s); ARGV: rate per s, burst, tokens wanted. Takes up
+# to that many (at least one, as many as there are); returns {taken, wait in s}.
 _TAKE_LUA: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rate, burst, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'time')
 local tokens, last = tonumber(state[1]), tonumber(state[2])
 if tokens == nil or last == nil then
   tokens, last = burst, now
 end
 tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
-local wait = 0
+local taken, wait = 0, 0
 if tokens >= 1 then
-  tokens = tokens - 1
+  taken = math.min(want, math.floor(tokens))
+  tokens = tokens - taken
 else
   wait = (1 - tokens) / rate
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'time', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return tostring(wait)
+return {taken, tostring(wait)}
 """
 
 
@@ -457,12 +469,18 @@ class RedisThrottleState:
             except redis.RedisError as exc:
                 self._failed(exc)
 
-    def take(self, *, key: str, rate: float, burst: float) -> float:
+    @property
+    def shared(self) -> bool:
+        return True
+
+    def take(self, *, key: str, rate: float, burst: float, count: int = 1) -> tuple[int, float]:
         if self._usable():
             try:
-                wait = self._take(keys=[self._key("b", key)], args=[repr(rate), repr(burst)])
-                return float(wait)
-            except (redis.RedisError, ValueError) as exc:
+                taken, wait = self._take(
+                    keys=[self._key("b", key)], args=[repr(rate), repr(burst), count]
+                )
+                return int(taken), float(wait)
+            except (redis.RedisError, ValueError, TypeError) as exc:
                 self._failed(exc)
         return self.local.take(key=key, rate=rate, burst=burst)
 
@@ -527,21 +545,78 @@ class LoginThrottle:
         self.state.reset()
 
 
-class RateLimiter:
-    """Token buckets of ``rate`` requests per second up to ``burst``, one per subject/client."""
+@dataclass(slots=True)
+class _Lease:
+    remaining: int
+    size: int
+    fetched_at: float
+    #: Refused until then (the shared bucket said when its next token comes).
+    refused_until: float = 0.0
 
-    def __init__(self, *, state: ThrottleState, rate: float, burst: int) -> None:
+
+class RateLimiter:
+    """Token buckets of ``rate`` requests per second up to ``burst``, one per subject/client.
+
+    With a shared state, a busy key does not cost a Redis round trip per request: this process
+    takes tokens from the shared bucket in leases, one at first, doubling (up to
+    :attr:`max_lease`, a tenth of the burst, at most 20) while a key uses up its lease within
+    :attr:`HOT_S`, and serves requests from a lease for at most :attr:`LEASE_S`. A key that
+    goes quiet is back to one token per request. A process so holds at most ``max_lease``
+    tokens of a key that another cannot use; the limit over all processes stays the bucket's.
+    A refused key is refused here, without a round trip, until the bucket's next token is due,
+    so a client flooding past its limit does not cost a Redis call per request.
+    """
+
+    HOT_S: Final = 0.25
+    LEASE_S: Final = 1.0
+
+    def __init__(
+        self,
+        *,
+        state: ThrottleState,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.state = state
         self.rate = rate
         self.burst = float(burst)
+        self.max_lease = max(1, min(20, int(burst) // 10))
+        self._clock = clock
+        self._leases: dict[str, _Lease] = {}
+        self._lock = threading.Lock()
 
     def take(self, key: str) -> float:
         """0.0 if allowed, else seconds until the next request from ``key`` is."""
         if self.rate <= 0:
             return 0.0
-        return self.state.take(key=f"rate|{key}", rate=self.rate, burst=self.burst)
+        bucket = f"rate|{key}"
+        if not self.state.shared or self.max_lease == 1:
+            taken, wait = self.state.take(key=bucket, rate=self.rate, burst=self.burst)
+            return 0.0 if taken else wait
+        now = self._clock()
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is not None and now < lease.refused_until:
+                return lease.refused_until - now
+            if lease is not None and lease.remaining > 0 and now - lease.fetched_at < self.LEASE_S:
+                lease.remaining -= 1
+                return 0.0
+            hot = lease is not None and now - lease.fetched_at < self.HOT_S
+            size = min(self.max_lease, lease.size * 2) if hot and lease is not None else 1
+        taken, wait = self.state.take(key=bucket, rate=self.rate, burst=self.burst, count=size)
+        with self._lock:
+            if len(self._leases) >= _MAX_LOCAL_KEYS:
+                self._leases.clear()
+            if taken == 0:
+                self._leases[key] = _Lease(0, 1, now - self.LEASE_S, refused_until=now + wait)
+                return wait
+            self._leases[key] = _Lease(remaining=taken - 1, size=size, fetched_at=now)
+        return 0.0
 
     def reset(self) -> None:
+        with self._lock:
+            self._leases.clear()
         self.state.reset()
 
 

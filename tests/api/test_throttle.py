@@ -374,3 +374,24 @@ def test_development_uses_the_local_redis_when_it_answers(tmp_path: Path) -> Non
     assert state.prefix == redis_prefix(Settings(var_dir=tmp_path))
     assert state.prefix != redis_prefix(Settings(var_dir=tmp_path / "other"))
     assert state.prefix.startswith("stadjerspas:dev:")
+
+
+@needs_redis
+def test_busy_keys_lease_tokens_and_the_limit_over_processes_holds(prefix: str) -> None:
+    states = [_redis_state(prefix), _redis_state(prefix)]
+    first, second = (RateLimiter(state=s, rate=0.001, burst=100) for s in states)
+    assert first.max_lease == 10
+    for _ in range(30):  # a busy terminal in one process
+        assert first.take("terminal:t1") == 0.0
+    # leases of 1, 2, 4, 8, 10, 10 tokens: 6 round trips for 30 requests, 35 tokens taken
+    bucket = states[0].client.hget(states[0]._key("b", "rate|terminal:t1"), "tokens")
+    assert bucket is not None
+    assert 64.9 < float(bucket) < 65.1
+    allowed = 30
+    while True:  # both processes until both are refused: never more than the bucket held
+        taken = [limiter.take("terminal:t1") == 0.0 for limiter in (first, second)]
+        allowed += sum(taken)
+        if not any(taken):
+            break
+    assert allowed == 100
+    assert first.take("terminal:t2") == 0.0  # other keys are not affected
