@@ -111,9 +111,13 @@ async def token(request: Request, auth: AuthDep) -> TokenOut:
     password), ``terminal`` (terminal id and secret) or ``holder`` (pass number and activation
     code or PIN); it defaults to ``staff``. ``scope`` may narrow the token.
 
-    Too many failures from one client lock it out for a while (429 ``login_locked`` with
-    ``Retry-After``), even with the right password."""
+    Too many failures lock logins for a while (429 ``login_locked`` with ``Retry-After``),
+    even with the right password: of one client for one account, of one client that failed on
+    many accounts, or of one account that failed from many clients. The counters are shared by
+    every API process; the client is the socket peer, or the address a trusted proxy forwarded
+    (see ``docs/security.md``)."""
     body = await _token_body(request)
+    # the hardening middleware has already resolved a trusted proxy's X-Forwarded-For
     client = request.client.host if request.client is not None else "unknown"
     scopes = body.scope.split() if body.scope else []
 
