@@ -3,9 +3,10 @@
 Session: logging in on a page calls the same :meth:`api.auth.Auth.login` as ``POST
 /auth/token`` and keeps the bearer token in the ``sp_session`` cookie (HttpOnly,
 SameSite=Strict, Secure outside development); page scripts never see it. Every POST (forms and
-the merchant page's JSON calls under ``/merchant/web/``) must carry the CSRF token: the
-``sp_csrf`` cookie's value, echoed in the form field ``csrf`` or the ``X-CSRF-Token`` header
-(double submit; SameSite=Strict already stops cross-site requests carrying cookies).
+the merchant page's JSON calls under ``/merchant/web/``) must carry the CSRF token of
+:mod:`api.csrf`: bound to the session (an HMAC of its id) and in the ``__Host-csrf`` cookie,
+echoed in the form field ``csrf`` or the ``X-CSRF-Token`` header (signed double submit;
+SameSite=Strict already stops cross-site requests carrying cookies).
 
 Pages carry a strict Content-Security-Policy (scripts only from this origin, no inline
 scripts); ``/static/`` serves ``api/static/`` (styles, page scripts, the bundled scanner).
@@ -14,8 +15,6 @@ scripts); ``/static/`` serves ``api/static/`` (styles, page scripts, the bundled
 from __future__ import annotations
 
 import base64
-import hmac
-import secrets
 import time
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -29,6 +28,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from api import csrf as csrf_tokens
 from api import holder_services, redemptions, services, short_codes
 from api.auth import Auth, Kind, Principal, Scope
 from api.deps import RuntimeDep, SettingsDep, parse_idempotency_key
@@ -53,8 +53,7 @@ TEMPLATES = jinja2.Environment(
 )
 
 SESSION_COOKIE = "sp_session"
-CSRF_COOKIE = "sp_csrf"
-CSRF_HEADER = "X-CSRF-Token"
+CSRF_HEADER = csrf_tokens.CSRF_HEADER
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "media-src 'self' blob: mediastream:; connect-src 'self'; object-src 'none'; "
@@ -82,17 +81,19 @@ def _secure(settings: Settings) -> bool:
     return not settings.is_development
 
 
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
 def _csrf(request: Request) -> tuple[str, bool]:
-    """The CSRF token of this browser, and whether it is new (so it must be set)."""
-    value = request.cookies.get(CSRF_COOKIE, "")
-    if len(value) >= 32 and value.isalnum():
-        return value, False
-    return secrets.token_hex(24), True
+    """The CSRF token of this browser's session, and whether it is new (so it must be set)."""
+    return csrf_tokens.current(request, _settings(request), SESSION_COOKIE)
 
 
 def _check_csrf(request: Request, sent: str | None) -> bool:
-    cookie = request.cookies.get(CSRF_COOKIE, "")
-    return bool(cookie) and sent is not None and hmac.compare_digest(cookie, sent)
+    """Whether ``sent`` is the CSRF cookie's token and signed for this session (api.csrf)."""
+    return csrf_tokens.check(request, _settings(request), SESSION_COOKIE, sent)
 
 
 def _money(lang: str, cents: int) -> str:
@@ -143,8 +144,9 @@ def _render(
     response = HTMLResponse(html, status_code=status_code, headers=_PAGE_HEADERS)
     secure = _secure(settings)
     if new_csrf:
+        cookie = csrf_tokens.cookie_for(request, settings)
         response.set_cookie(
-            CSRF_COOKIE, csrf, httponly=True, samesite="strict", secure=secure, path="/"
+            cookie.name, csrf, httponly=True, samesite="strict", secure=cookie.secure, path="/"
         )
     chosen = request.query_params.get("lang", "").lower()
     if chosen in LANGUAGES and request.cookies.get(LANG_COOKIE) != chosen:
