@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from api.schemas import UtcDatetime
+from api.schemas import JSON_INT_MAX, UtcDatetime
 from ledger.registry import format_postcode
 from ledger.store.registry import Merchant
 
 __all__ = [
+    "PERIOD_PATTERN",
     "AuditIn",
     "AuditOut",
     "CardOut",
@@ -45,6 +46,38 @@ __all__ = [
 SchemeKindName = Literal["budget", "uses", "discount"]
 _UINT64 = 2**64 - 1
 
+# The service's own syntax rules, documented as patterns: the service checks them itself and
+# answers its own code (``postcode_invalid``, ``kvk_invalid``, ...), after stripping spaces.
+POSTCODE_PATTERN = r"^\s*[1-9][0-9]{3} ?[A-Za-z]{2}\s*$"
+KVK_PATTERN = r"^\s*[0-9]{8}\s*$"
+WEBSITE_PATTERN = r"^\s*(([Hh][Tt][Tt][Pp][Ss]?)://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/\S*)?\s*)?$"
+_DAY = r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+#: A month (``2026-11``), a day (``2026-11-28``) or a range of days (``2026-11-01..2026-11-15``).
+PERIOD_PATTERN = rf"^\s*([0-9]{{4}}-(0[1-9]|1[0-2])|{_DAY}|{_DAY}\.\.{_DAY})\s*$"
+
+
+def _date_text(value: object) -> object:
+    """A date in a JSON body is ISO 8601 text, as documented (``format: date``), never a number
+    that pydantic would read as unix seconds."""
+    if isinstance(value, int | float):
+        raise ValueError("a date is written as YYYY-MM-DD")
+    return value
+
+
+IsoDate = Annotated[date, BeforeValidator(_date_text)]
+
+
+def _json_integer(value: object) -> object:
+    """A JSON integer (``5`` or ``5.0``, as JSON Schema counts them), never ``true`` or ``"5"``."""
+    if isinstance(value, bool | str):
+        raise ValueError("an integer is written as a JSON number")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
@@ -62,7 +95,7 @@ class HolderIn(_In):
                     "first_name": "Anna",
                     "last_name": "de Vries",
                     "birth_date": "1984-03-12",
-                    "postcode": "9711 AB",
+                    "postcode": "9712 AB",
                 }
             ]
         },
@@ -70,8 +103,8 @@ class HolderIn(_In):
 
     first_name: str = Field(min_length=1, max_length=120)
     last_name: str = Field(min_length=1, max_length=120)
-    birth_date: date
-    postcode: str = Field(min_length=1, max_length=16)
+    birth_date: IsoDate
+    postcode: str = Field(json_schema_extra={"pattern": POSTCODE_PATTERN})
     household_reference: str | None = Field(default=None, min_length=1, max_length=64)
     household_role: Literal["parent", "child", "other"] | None = None
 
@@ -216,16 +249,16 @@ class SchemeIn(_In):
 
     name: str = Field(min_length=1, max_length=120)
     kind: SchemeKindName
-    valid_from: int = Field(ge=0, lt=2**40)
-    valid_until: int = Field(ge=0, lt=2**40)
-    budget_cap: int = Field(ge=0, lt=2**128)
-    per_redemption_cap: int = Field(default=0, ge=0, le=_UINT64)
-    unit_value: int = Field(default=0, ge=0, le=_UINT64)
-    discount_bps: int = Field(default=0, ge=0, lt=2**16)
-    reimburse_bps: int = Field(default=0, ge=0, lt=2**16)
-    discount_fixed: int = Field(default=0, ge=0, le=_UINT64)
-    open_to_all_merchants: bool = False
-    allowed_merchants: list[int] = Field(default_factory=list, max_length=1000)
+    valid_from: JsonInt = Field(ge=0, lt=2**40)
+    valid_until: JsonInt = Field(ge=0, lt=2**40)
+    budget_cap: JsonInt = Field(ge=0, le=JSON_INT_MAX)
+    per_redemption_cap: JsonInt = Field(default=0, ge=0, le=JSON_INT_MAX)
+    unit_value: JsonInt = Field(default=0, ge=0, le=JSON_INT_MAX)
+    discount_bps: JsonInt = Field(default=0, ge=0, lt=2**16)
+    reimburse_bps: JsonInt = Field(default=0, ge=0, lt=2**16)
+    discount_fixed: JsonInt = Field(default=0, ge=0, le=JSON_INT_MAX)
+    open_to_all_merchants: bool = Field(default=False, strict=True)
+    allowed_merchants: list[JsonInt] = Field(default_factory=list, max_length=1000)
 
 
 class SchemeOut(BaseModel):
@@ -264,7 +297,7 @@ class CohortIn(_In):
     )
 
     scheme_id: int = Field(ge=1)
-    amount: int = Field(ge=1, le=_UINT64 - 1)
+    amount: int = Field(ge=1, le=JSON_INT_MAX)
     min_age: int | None = Field(default=None, ge=0, le=150)
     max_age: int | None = Field(default=None, ge=0, le=150)
     age_at: date | None = Field(default=None, description="the date ages count at; default today")
@@ -307,14 +340,16 @@ class MerchantLocationIn(_In):
 
     street: str = Field(min_length=1, max_length=200, description="Street and house number")
     postcode: str = Field(
-        min_length=1,
-        max_length=16,
         description="Dutch postcode: 4 digits (the first not 0) and 2 letters, `9718 JN` or "
         "`9718JN` (else 422 `postcode_invalid`)",
+        json_schema_extra={"pattern": POSTCODE_PATTERN},
     )
     town: str = Field(min_length=1, max_length=100)
     website: str | None = Field(
-        default=None, max_length=200, description="`http://` or `https://` address (as text)"
+        default=None,
+        max_length=200,
+        description="`http://` or `https://` address (as text)",
+        json_schema_extra={"pattern": WEBSITE_PATTERN},
     )
     opening_hours: str | None = Field(
         default=None, max_length=500, description="Free text, at most 10 lines"
@@ -369,7 +404,12 @@ class MerchantIn(_In):
     )
 
     name: str = Field(min_length=1, max_length=200)
-    kvk_number: str = Field(min_length=1, max_length=16)
+    kvk_number: str = Field(
+        min_length=1,
+        max_length=16,
+        description="8 digits (else 422 `kvk_invalid`)",
+        json_schema_extra={"pattern": KVK_PATTERN},
+    )
     address: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
     category: str = Field(min_length=1, max_length=64)
     iban: str | None = Field(default=None, max_length=42)
@@ -439,6 +479,7 @@ class PayoutIn(_In):
         min_length=1,
         max_length=40,
         description="A month (2026-11), a day (2026-11-28) or a range (2026-11-01..2026-11-15)",
+        json_schema_extra={"pattern": PERIOD_PATTERN},
     )
     execution_date: date | None = Field(default=None, description="default: today")
     debtor: DebtorIn | None = Field(

@@ -19,10 +19,16 @@ def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+#: The largest integer a request may carry (2**53 - 1, I-JSON, RFC 7493): clients and
+#: validators that read JSON numbers as doubles hold every integer up to it exactly. The
+#: chain's uint64 amounts and ids hold more; the API does not need it.
+JSON_INT_MAX = 2**53 - 1
+
 #: A moment in every response: RFC 3339 in UTC with its offset (``2026-12-04T15:48:59.077210Z``).
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 __all__ = [
+    "JSON_INT_MAX",
     "Balance",
     "BalancesOut",
     "EntitlementIn",
@@ -98,8 +104,8 @@ class EntitlementIn(BaseModel):
     )
 
     pass_number: str = _PASS_NUMBER
-    scheme_id: int = Field(ge=1, le=2**63 - 1)
-    amount: int = Field(ge=1, le=UINT64_MAX, description="Cents or uses (uint64).")
+    scheme_id: int = Field(ge=1, le=JSON_INT_MAX)
+    amount: int = Field(ge=1, le=JSON_INT_MAX, description="Cents or uses.")
 
 
 class EntitlementOut(BaseModel):

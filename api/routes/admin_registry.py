@@ -44,6 +44,7 @@ from api.auth import Scope
 from api.deps import RuntimeDep, require_scopes
 from api.jobs import Job, jobs_of
 from api.problems import ApiProblem, problem_responses
+from api.schemas import JSON_INT_MAX
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -373,7 +374,7 @@ def list_schemes(runtime: RuntimeDep) -> list[SchemeOut]:
 )
 def issue_csv(
     runtime: RuntimeDep,
-    scheme_id: Annotated[int, Form(ge=1, le=2**62)],
+    scheme_id: Annotated[int, Form(ge=1, le=JSON_INT_MAX)],
     file: Annotated[UploadFile, File(description="CSV with header pass_number,amount")],
 ) -> JobOut:
     """Every line is checked first (unknown pass numbers, bad amounts, duplicates: reported by

@@ -39,16 +39,25 @@ _TOKEN_BODY: dict[str, Any] = {
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/TokenIn"}},
             "application/x-www-form-urlencoded": {
+                # TokenIn's fields as form fields (OAuth2 password grant), nothing else
                 "schema": {
                     "type": "object",
                     "required": ["username", "password"],
                     "properties": {
                         "grant_type": {"type": "string", "enum": ["password"]},
+                        "client_id": {"type": "string"},
+                        "client_secret": {"type": "string"},
                         "kind": {"type": "string", "enum": ["staff", "terminal", "holder"]},
-                        "username": {"type": "string"},
-                        "password": {"type": "string", "format": "password"},
-                        "scope": {"type": "string"},
+                        "username": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "password": {
+                            "type": "string",
+                            "format": "password",
+                            "minLength": 1,
+                            "maxLength": 256,
+                        },
+                        "scope": {"type": "string", "maxLength": 256},
                     },
+                    "additionalProperties": False,
                 }
             },
         },

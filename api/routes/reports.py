@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 
+from api.admin_schemas import PERIOD_PATTERN
 from api.auth import Scope
 from api.deps import RuntimeDep, require_scopes
 from api.problems import ApiProblem, problem_responses
@@ -40,6 +41,7 @@ PeriodQuery = Annotated[
         "default: everything indexed",
         examples=["2026-11"],
         max_length=40,
+        json_schema_extra={"pattern": PERIOD_PATTERN},
     ),
 ]
 FormatQuery = Annotated[Literal["json", "csv"], Query(alias="format")]
