@@ -152,7 +152,7 @@ _DEV_TERMINAL_ID: Final = re.compile(r"dev-terminal-([0-9]{1,9})")
 #: The production start-up check verifies the development PIN against every distinct PIN hash
 #: up to this many; beyond it, against the hashes shared by several passes (the development
 #: seed sets one hash for all its passes) and those of the demo pass numbers.
-DEV_PIN_CHECK_LIMIT: Final = 200
+DEV_PIN_CHECK_LIMIT: Final = 64
 
 
 # -- tokens -----------------------------------------------------------------------------------

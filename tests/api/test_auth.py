@@ -12,11 +12,13 @@ from typing import Any
 
 import jwt
 import pytest
+from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from sqlmodel import col, update
 
 from api.auth import (
     DEV_HOLDER_PIN,
+    DEV_PIN_CHECK_LIMIT,
     DEV_STAFF,
     Auth,
     DevelopmentCredentialsInProduction,
@@ -689,5 +691,24 @@ def test_production_refuses_to_start_while_a_development_credential_verifies(
         store.set_holder_pins({"GR0000002": hash_secret("0815")})
         production.bootstrap([1, 2])  # nothing left: it starts
         assert production.development_credentials() == []
+    finally:
+        store.close()
+
+
+def test_with_many_pins_the_check_looks_at_shared_hashes_and_demo_passes(tmp_path: Path) -> None:
+    store = ApiStore.open(f"sqlite:///{tmp_path / 'many-pins.db'}")
+    try:
+        cheap = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)  # real hashes, fast
+        pins = {f"GR5{i:06d}": cheap.hash(f"{i:04d}") for i in range(DEV_PIN_CHECK_LIMIT + 10)}
+        shared_dev = cheap.hash(DEV_HOLDER_PIN)
+        pins |= {"GR5100000": shared_dev, "GR5100001": shared_dev}  # a bulk assignment
+        pins["GR0000007"] = cheap.hash(DEV_HOLDER_PIN)  # a demo pass with a hash of its own
+        pins["GR5200000"] = cheap.hash(DEV_HOLDER_PIN)  # neither: not looked at
+        store.set_holder_pins(pins)
+        production = Auth(_production(tmp_path), store)
+        found = production.development_credentials()
+        assert found == [
+            f"the PIN {DEV_HOLDER_PIN!r} opens 3 passes (GR0000007, GR5100000, GR5100001)"
+        ]
     finally:
         store.close()
