@@ -83,17 +83,27 @@ PATTERNS: Final[tuple[tuple[re.Pattern[str], _Replacement], ...]] = (
     # Dutch postcodes as the registry keeps them (9711AB, 9711 AB)
     (re.compile(r"\b[1-9]\d{3} ?[A-Z]{2}\b"), "[postcode]"),
 )
+_URL = re.compile(r"(?:https?|wss?)://")
+
+
+def _quoted(match: re.Match[str]) -> str:
+    text = match.group(0)
+    if _URL.match(text, 1):
+        return text
+    return f"{text[0]}[redacted]{text[0]}"
+
+
 #: Applied to exception messages (and exception arguments) before :data:`PATTERNS`.
-EXCEPTION_PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
+EXCEPTION_PATTERNS: Final[tuple[tuple[re.Pattern[str], _Replacement], ...]] = (
     # SQLAlchemy appends the statement's parameters: the values themselves
     (re.compile(r"\[parameters: [^\n]*"), "[parameters: [redacted]]"),
     # pydantic's ValidationError repeats the input
     (re.compile(r"input_value=.*?, input_type="), "input_value=[redacted], input_type="),
     (re.compile(r"(?:input|value|values|params|parameters)=\{[^\n]*\}"), "[redacted]"),
-    # repr()s of strings, the way exceptions quote the values they are about
-    (re.compile(r"'(?:[^'\\\n]|\\.)*'"), "'[redacted]'"),
-    (re.compile(r'"(?:[^"\\\n]|\\.)*"'), '"[redacted]"'),
-    (re.compile(r"b'\[redacted\]'"), "b'[redacted]'"),
+    # repr()s of strings, the way exceptions quote the values they are about; a quoted URL (a
+    # node's, from the settings) stays, scrubbed by PATTERNS like any text
+    (re.compile(r"'(?:[^'\\\n]|\\.)*'"), _quoted),
+    (re.compile(r'"(?:[^"\\\n]|\\.)*"'), _quoted),
 )
 
 

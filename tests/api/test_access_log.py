@@ -127,6 +127,13 @@ def test_exception_messages_lose_quoted_values_and_sql_parameters() -> None:
     assert "UNIQUE constraint failed: registry_holder.last_name" in scrubbed
     assert "[parameters: [redacted]]" in scrubbed
     assert scrub_exception_message(f"no holder {NAME!r}") == "no holder '[redacted]'"
+    # a quoted URL is a node's address from the settings: it stays (scrubbed as any text)
+    node = "JSON-RPC node at 'http://127.0.0.1:8545' is unavailable: ConnectionRefusedError"
+    assert scrub_exception_message(node) == node
+    assert (
+        scrub_exception_message(f"'http://n/{PASS_NUMBER}?q={QUERY}' and {NAME!r}")
+        == "'http://n/[pass]?[query]' and '[redacted]'"
+    )
     pydantic = (
         "1 validation error\nlast_name\n"
         "  too long [type=x, input_value='Oosterhuis', input_type=str]"
