@@ -133,6 +133,7 @@ def problem_response(
 
 _CONTRACT_STATUS: dict[type[ce.ContractRevert], int] = {
     ce.RedemptionIdUsed: 409,
+    ce.RedemptionTokenUsed: 409,
     ce.RedemptionAmountOverBalance: 409,
     ce.RedemptionBudgetExhausted: 409,
     ce.SchemeBudgetExceeded: 409,

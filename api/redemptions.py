@@ -59,7 +59,7 @@ from api import cohort_claims
 from api.problems import ApiProblem, contract_status
 from api.schemas import RedemptionOut
 from api.services import balance_at, merchant_address, verify_token
-from api.store import IdempotencyConflict, RedemptionRecord, RedemptionStatus
+from api.store import IdempotencyConflict, RedemptionRecord, RedemptionStatus, TokenAlreadyUsed
 from ledger import contract_errors as ce
 from ledger.batcher import RedemptionAccepted, RedemptionRefused, outcomes_of
 from ledger.batcher import RedemptionOutcome as BatchOutcome
@@ -412,11 +412,16 @@ async def redeem(
             token_uri=token,
             scheme_id=scheme_id,
             amount=amount,
+            single_use=not checked.signed.token.is_card,
         )
         try:
             allocated = await asyncio.wrap_future(allocation)
         except IdempotencyConflict:
             raise _key_reused(idempotency_key) from None
+        except TokenAlreadyUsed:
+            raise ce.RedemptionTokenUsed(
+                {"redemptionId": 0, "passId": checked.signed.token.pass_id}
+            ) from None
         if not allocated.created:
             return await run_in_threadpool(_replay, runtime, allocated.record, request_hash)
         result = await _submit_async(runtime, allocated.record, checked)
@@ -541,7 +546,10 @@ def _precheck(
         raise ce.RedemptionPassBlocked({"redemptionId": 0, "passId": token.pass_id})
     if token.serial != 0 and token.serial != snapshot.state.card_serial:
         raise ce.RedemptionCardRevoked({"redemptionId": 0, "serial": token.serial})
-    if token.amount_cap != 0 and amount > token.amount_cap:
+    if token.is_card and token.amount_cap == 0:
+        raise ce.RedemptionCardUncapped({"redemptionId": 0, "serial": token.serial})
+    card_discount = token.is_card and terms.kind is SchemeKind.DISCOUNT
+    if token.amount_cap != 0 and amount > token.amount_cap and not card_discount:
         raise ce.RedemptionAmountOverTokenCap({"redemptionId": 0, "amountCap": token.amount_cap})
     if terms.kind is SchemeKind.DISCOUNT:
         return  # a discount debits one use; its reimbursement budget is the contract's to check

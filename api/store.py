@@ -63,6 +63,7 @@ __all__ = [
     "ShortCodeMiss",
     "StaffUser",
     "Terminal",
+    "TokenAlreadyUsed",
 ]
 
 #: The API branch's Alembic revisions (migrated together with the ledger's).
@@ -120,7 +121,7 @@ class RedemptionRecord(SQLModel, table=True):
     idempotency_key: str = Field(primary_key=True, max_length=255)
     request_hash: str = Field(max_length=64)
     redemption_id: int = Field(sa_type=BigInteger, unique=True, index=True)
-    token_uri: str
+    token_uri: str = Field(index=True)
     scheme_id: int
     amount: int = Field(sa_column=Column(UInt64(), nullable=False))
     status: RedemptionStatus = Field(
@@ -232,6 +233,18 @@ class IdempotencyConflict(Exception):
     """The idempotency key was used before with a different request body."""
 
 
+class TokenAlreadyUsed(Exception):
+    """A short-lived pass token that served another checkout: another merchant's, or this
+    merchant's redemption of the same scheme (``merchant_id`` is who used it, ``scheme_id``)."""
+
+    def __init__(self, *, merchant_id: int, scheme_id: int) -> None:
+        super().__init__(
+            f"the pass token was already redeemed (merchant {merchant_id}, scheme {scheme_id})"
+        )
+        self.merchant_id = merchant_id
+        self.scheme_id = scheme_id
+
+
 @dataclass(frozen=True, slots=True)
 class AllocatedRedemption:
     """The record for a request: ``created`` is False when the key had been seen before."""
@@ -321,6 +334,8 @@ class _Allocation:
     token_uri: str
     scheme_id: int
     amount: int
+    #: a short-lived token: it serves one checkout (see :meth:`ApiStore.allocate_redemption`)
+    single_use: bool = False
     future: Future[AllocatedRedemption] = field(default_factory=Future)
 
 
@@ -540,11 +555,17 @@ class ApiStore:
         token_uri: str,
         scheme_id: int,
         amount: int,
+        single_use: bool = False,
     ) -> Future[AllocatedRedemption]:
         """The record of ``idempotency_key``, created with the next dense redemption id if the
         key is new; the future fails with :class:`IdempotencyConflict` if the key came with
         another body, and resolves when the record is committed (await it with
         ``asyncio.wrap_future``, or ``.result()``).
+
+        A ``single_use`` (short-lived) token serves one checkout: the first merchant that
+        redeems it, once per scheme. A new key with a token that another merchant redeemed, or
+        that this merchant redeemed in the same scheme (a request not refused), fails with
+        :class:`TokenAlreadyUsed`; the contract refuses the other merchants too.
 
         Group commit: concurrent calls are written together, in one transaction per group by one
         writer thread, so a busy counter costs one database write per group, not per request.
@@ -558,6 +579,7 @@ class ApiStore:
             token_uri=token_uri,
             scheme_id=scheme_id,
             amount=amount,
+            single_use=single_use,
         )
         with self._allocations_ready:
             if self._closed:
@@ -618,6 +640,7 @@ class ApiStore:
                 for row in found
                 if (row.merchant_id, row.idempotency_key) in keys
             }
+            uses = self._token_uses(conn, group)
             written: dict[tuple[int, str], RedemptionRecord] = {}
             now = _now()
             for request in group:
@@ -629,6 +652,22 @@ class ApiStore:
                     else:
                         results.append(AllocatedRedemption(existing, created=False))
                     continue
+                if request.single_use:
+                    used = uses.setdefault(request.token_uri, [])
+                    earlier = next(
+                        (
+                            (merchant_id, scheme_id)
+                            for merchant_id, scheme_id in used
+                            if merchant_id != request.merchant_id or scheme_id == request.scheme_id
+                        ),
+                        None,
+                    )
+                    if earlier is not None:
+                        results.append(
+                            TokenAlreadyUsed(merchant_id=earlier[0], scheme_id=earlier[1])
+                        )
+                        continue
+                    used.append((request.merchant_id, request.scheme_id))
                 seq += 1
                 written[key] = RedemptionRecord(
                     merchant_id=request.merchant_id,
@@ -646,6 +685,25 @@ class ApiStore:
                 conn.execute(insert(table), [_row(record) for record in written.values()])
                 _set_sequence_value(conn, seq)
         return results
+
+    @staticmethod
+    def _token_uses(conn: Connection, group: list[_Allocation]) -> dict[str, list[tuple[int, int]]]:
+        """(merchant, scheme) of the requests not refused that used a single-use token of
+        ``group``, by token."""
+        tokens = {request.token_uri for request in group if request.single_use}
+        if not tokens:
+            return {}
+        table = _REDEMPTIONS
+        rows = conn.execute(
+            core_select(table.c.token_uri, table.c.merchant_id, table.c.scheme_id).where(
+                table.c.token_uri.in_(tokens),
+                table.c.status != RedemptionStatus.FAILED.value,
+            )
+        ).all()
+        uses: dict[str, list[tuple[int, int]]] = {}
+        for row in rows:
+            uses.setdefault(row.token_uri, []).append((row.merchant_id, row.scheme_id))
+        return uses
 
     def save_redemption(self, record: RedemptionRecord) -> RedemptionRecord:
         record.updated_at = _now()

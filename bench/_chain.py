@@ -165,6 +165,11 @@ class BenchChain:
             logs=[dict(log) for log in receipt["logs"]],
         )
 
+    def advance(self, seconds: int) -> None:
+        """Move the node's clock ``seconds`` ahead and mine a block at that time."""
+        self.node.rpc("evm_increaseTime", [seconds])
+        self.node.rpc("evm_mine", [])
+
     def ledger_tx(self, account: LocalAccount, function: str, *args: Any) -> SentTx:
         """Send ``function(*args)`` to the ledger (preflighted through :meth:`send`)."""
         return self.send(account, self.client.address, self.client.call_data(function, *args))

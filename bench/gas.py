@@ -14,6 +14,7 @@ one. ``docs/gas.md`` lists exactly what each operation includes and the cost of 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -24,9 +25,24 @@ from typing import Any
 from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 
-from bench._chain import BenchChain, BenchError, SentTx, bench_chain, bench_pass_id, bench_pass_ids
+from bench._chain import (
+    BENCH_EXPIRY,
+    BenchChain,
+    BenchError,
+    SentTx,
+    bench_chain,
+    bench_pass_id,
+    bench_pass_ids,
+)
 from ledger.client import ROLES, RedemptionRequest
-from ledger.merkle import CohortLeaf, MerkleTree, cohort_leaf_hash
+from ledger.merkle import (
+    RECEIPT_SLOTS,
+    CohortLeaf,
+    MerkleTree,
+    ReceiptLeaf,
+    cohort_leaf_hash,
+    receipt_leaf_hash,
+)
 
 __all__ = [
     "BATCH_SIZE",
@@ -53,6 +69,7 @@ ERC20_AMOUNT = 125 * 10**17  # 12.50 "euro" with 18 decimals
 #: The keys of the JSON object, in table order (with the default cohort sizes).
 FIGURE_KEYS = (
     "redeem_single",
+    "redeem_first_of_pass",
     "redeem_batched_per_item_100",
     "issue_single",
     "issue_batched_per_holder_100",
@@ -229,6 +246,33 @@ def build_cohort(size: int, amount: int = COHORT_AMOUNT) -> Cohort:
 # ================================================================================ the run
 
 
+def receipt_slot(root: bytes) -> int:
+    """The slot of the contract's receipt log (``ReceiptLog``) a receipt root falls on."""
+    return int.from_bytes(root, "big") % RECEIPT_SLOTS
+
+
+def _single_leaf(chain: BenchChain, scheme: int, pass_id: bytes, redemption_id: int) -> bytes:
+    """The receipt root of a single Budget redemption of ``REDEEM_AMOUNT`` at the bench merchant."""
+    return receipt_leaf_hash(
+        ReceiptLeaf(
+            redemption_id=redemption_id,
+            pass_id=pass_id,
+            scheme_id=scheme,
+            merchant=chain.accounts.merchant.address,
+            debited=REDEEM_AMOUNT,
+            credited=REDEEM_AMOUNT,
+        )
+    )
+
+
+def _same_receipt_slot(slot: int, root_of: Callable[[int], bytes], *, start: int) -> int:
+    """The first redemption id from ``start`` whose receipt root falls on ``slot``."""
+    for redemption_id in range(start, start + 64 * RECEIPT_SLOTS):
+        if receipt_slot(root_of(redemption_id)) == slot:
+            return redemption_id
+    raise BenchError(f"no redemption id from {start} has a receipt root in slot {slot}")
+
+
 def run(
     chain: BenchChain,
     *,
@@ -268,31 +312,58 @@ def run(
         items=BATCH_SIZE,
     )
 
-    # ---- single redemption: id 0 makes word 0 and the merchant's account non-zero; measure id 1
+    # ---- single redemption, in the steady state of a running ledger: id 0 makes word 0, the
+    # merchant's account and the pass's token record non-zero; a filler redemption takes the
+    # receipt slot that id 1's root falls on, and the reversal window passes; then measure id 1.
+    # A short-lived token serves one checkout, so every redemption below has a newer token.
     say("redeem")
+    expiries = itertools.count(BENCH_EXPIRY - 100_000)
 
     def single(redemption_id: int, pass_id: bytes = single_pass) -> tuple[Any, ...]:
         request = chain.redemption(
-            pass_id, scheme_id=scheme, amount=REDEEM_AMOUNT, redemption_id=redemption_id
+            pass_id,
+            scheme_id=scheme,
+            amount=REDEEM_AMOUNT,
+            redemption_id=redemption_id,
+            expiry=next(expiries),
         )
         return redeem_tuple(request)
 
     chain.ledger_tx(merchant, "redeem", single(0))
+    first_of_pass = chain.ledger_tx(merchant, "redeem", single(5, batch_passes[0]))
+    result.add("redeem_first_of_pass", first_of_pass)
+    filler = _same_receipt_slot(
+        receipt_slot(_single_leaf(chain, scheme, single_pass, 1)),
+        lambda rid: _single_leaf(chain, scheme, single_pass, rid),
+        start=2_000,
+    )
+    chain.ledger_tx(merchant, "redeem", single(filler))
+    chain.advance(chain.client.reversal_window() + 1)
     result.add("redeem_single", chain.ledger_tx(merchant, "redeem", single(1)))
 
     # ---- batch: id 512 opens word 2, then ids 513..612 over 100 passes that each hold a balance
+    # and redeemed before (ids 1,536.. in word 6, with older tokens)
     say("redeemBatch")
     first_id = 2 * 256
-    chain.ledger_tx(merchant, "redeem", single(first_id))
-    batch = [
-        redeem_tuple(
-            chain.redemption(
-                pass_id, scheme_id=scheme, amount=REDEEM_AMOUNT, redemption_id=first_id + 1 + i
+
+    def batch_of(first: int) -> list[tuple[Any, ...]]:
+        expiry = next(expiries)
+        return [
+            redeem_tuple(
+                chain.redemption(
+                    pass_id,
+                    scheme_id=scheme,
+                    amount=REDEEM_AMOUNT,
+                    redemption_id=first + i,
+                    expiry=expiry,
+                )
             )
-        )
-        for i, pass_id in enumerate(batch_passes)
-    ]
-    batch_tx = chain.ledger_tx(merchant, "redeemBatch", batch)
+            for i, pass_id in enumerate(batch_passes)
+        ]
+
+    chain.ledger_tx(merchant, "redeemBatch", batch_of(6 * 256))
+    chain.ledger_tx(merchant, "redeem", single(first_id))
+    batch_tx = chain.ledger_tx(merchant, "redeemBatch", batch_of(first_id + 1))
     events = chain.client.decode_logs(batch_tx.logs)
     if [e.name for e in events].count("Redeemed") != BATCH_SIZE:
         raise BenchError(f"the batch did not accept all {BATCH_SIZE} redemptions")

@@ -17,6 +17,7 @@ import {
 } from "./interfaces/IStadjerspasLedger.sol";
 import {LedgerHashes} from "./libraries/LedgerHashes.sol";
 import {NonceBitmap} from "./libraries/NonceBitmap.sol";
+import {ReceiptLog} from "./libraries/ReceiptLog.sol";
 import {ReceiptTree} from "./libraries/ReceiptTree.sol";
 
 /// @title Stadjerspas ledger
@@ -24,6 +25,7 @@ import {ReceiptTree} from "./libraries/ReceiptTree.sol";
 ///         enforces its rules: roles, validity windows, budgets, balances and one-time redemption ids.
 contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP712 {
     using NonceBitmap for NonceBitmap.Bitmap;
+    using ReceiptLog for ReceiptLog.Log;
 
     bytes32 public constant ISSUER_ROLE = keccak256("ISSUER_ROLE");
     bytes32 public constant MERCHANT_ROLE = keccak256("MERCHANT_ROLE");
@@ -74,6 +76,14 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
         uint64 credited;
     }
 
+    /// @dev The newest short-lived pass token a pass was redeemed with, and the merchant who redeemed it.
+    ///      `tag` is the low 32 bits of the token's EIP-712 digest: it tells tokens of one expiry apart.
+    struct TokenUse {
+        address merchant;
+        uint64 expiry;
+        uint32 tag;
+    }
+
     struct CohortRecord {
         uint64 schemeId;
         /// @dev What claims may still credit: the declared total minus what was claimed.
@@ -89,15 +99,15 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
     mapping(bytes32 root => NonceBitmap.Bitmap) private _cohortClaims;
     NonceBitmap.Bitmap private _redemptionIds;
     NonceBitmap.Bitmap private _reversedIds;
-    mapping(bytes32 root => uint64 recordedAt) private _receiptRoots;
+    ReceiptLog.Log private _receipts;
+    mapping(bytes32 passId => TokenUse) private _tokenUses;
     mapping(address merchant => MerchantAccount) private _merchantAccounts;
     mapping(address merchant => uint256) private _settled;
     mapping(address merchant => mapping(bytes32 paymentReference => bool)) private _settlementReferences;
-    uint64 private _reversalWindow;
 
     constructor(address admin, uint64 initialReversalWindow) EIP712("Stadjerspas Ledger", "1") {
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
-        _reversalWindow = initialReversalWindow;
+        _receipts.reversalWindow = initialReversalWindow;
         emit ReversalWindowChanged(initialReversalWindow);
     }
 
@@ -298,11 +308,11 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
         }
         if (!_redemptionIds.isSet(redemptionId)) revert ReversalUnknownRedemption(redemptionId);
         if (_reversedIds.isSet(redemptionId)) revert ReversalAlreadyDone(redemptionId);
-        uint64 recordedAt = _receiptRoots[root];
+        uint64 recordedAt = _receipts.recordedAt(root);
         if (recordedAt == 0 || !MerkleProof.verifyCalldata(proof, root, LedgerHashes.receiptLeaf(receipt))) {
             revert ReversalReceiptInvalid(redemptionId, root);
         }
-        uint256 deadline = uint256(recordedAt) + _reversalWindow;
+        uint256 deadline = uint256(recordedAt) + _receipts.reversalWindow;
         if (block.timestamp > deadline) revert ReversalWindowClosed(redemptionId, deadline);
         MerchantAccount storage account = _merchantAccounts[receipt.merchant];
         uint256 owed = uint256(account.redeemed) - account.reversed - _settled[receipt.merchant];
@@ -337,7 +347,7 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
 
     /// @inheritdoc IStadjerspasLedger
     function setReversalWindow(uint64 window) external onlyRole(DEFAULT_ADMIN_ROLE) whenNotPaused {
-        _reversalWindow = window;
+        _receipts.reversalWindow = window;
         emit ReversalWindowChanged(window);
     }
 
@@ -418,7 +428,7 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
 
     /// @notice When a receipt root was recorded (0 if unknown).
     function receiptRecordedAt(bytes32 root) external view returns (uint64) {
-        return _receiptRoots[root];
+        return _receipts.recordedAt(root);
     }
 
     /// @notice Totals of a merchant in cents: credited by redemptions, taken back by reversals, paid out.
@@ -444,7 +454,7 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
 
     /// @notice Seconds after a redemption during which it may be reversed.
     function reversalWindow() external view returns (uint64) {
-        return _reversalWindow;
+        return _receipts.reversalWindow;
     }
 
     /// @notice The EIP-712 domain separator pass tokens are signed under.
@@ -513,12 +523,15 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
         }
         if (r.amount == 0) return (RedemptionAmountZero.selector, 0, 0);
         if (r.amount > MAX_AMOUNT) return (RedemptionAmountOverSchemeCap.selector, bytes32(uint256(MAX_AMOUNT)), 0);
-        if (r.amountCap != 0 && r.amount > r.amountCap) {
-            return (RedemptionAmountOverTokenCap.selector, bytes32(uint256(r.amountCap)), 0);
-        }
-
-        (reason, detail) = _checkSignature(r, pass.holderKey);
+        (reason, detail) = _checkTokenCap(r, scheme.kind);
         if (reason != bytes4(0)) return (reason, detail, 0);
+
+        bytes32 digest;
+        (reason, detail, digest) = _checkSignature(r, pass.holderKey);
+        if (reason != bytes4(0)) return (reason, detail, 0);
+        bool newToken;
+        (reason, newToken) = _checkTokenUse(r, merchant, digest);
+        if (reason != bytes4(0)) return (reason, r.passId, 0);
 
         Amounts memory amounts;
         (reason, detail, amounts) = _amounts(r, scheme);
@@ -530,11 +543,13 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
         }
         if (scheme.kind == SchemeKind.Discount) {
             uint256 available = uint256(scheme.budgetCap) - scheme.committed;
-            if (amounts.credited > available) return (RedemptionBudgetExhausted.selector, bytes32(available), 0);
+            // the detail does not tell a terminal how much of the scheme's budget is left
+            if (amounts.credited > available) return (RedemptionBudgetExhausted.selector, 0, 0);
             scheme.committed += amounts.credited;
         }
         if (remaining == UNLIMITED && scheme.kind == SchemeKind.Discount) amounts.debited = 0;
         else _balances[r.schemeId][r.passId] = remaining - amounts.debited;
+        if (newToken) _tokenUses[r.passId] = TokenUse(merchant, r.expiry, uint32(uint256(digest)));
         return (bytes4(0), 0, _recordRedemption(r, merchant, amounts));
     }
 
@@ -560,19 +575,53 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
         );
     }
 
-    /// @dev Checks that the pass token was signed by the pass's holder key or by a pass signer.
+    /// @dev A token's `amountCap` bounds the amount. A printed card (a non-zero serial) must carry one: the
+    ///      most a card moves without the holder's PIN. A card's cap bounds Budget and Uses redemptions;
+    ///      a Discount takes one use and its grant is capped by the scheme.
+    function _checkTokenCap(Redemption calldata r, SchemeKind kind) private pure returns (bytes4 reason, bytes32 detail) {
+        if (r.serial != 0) {
+            if (r.amountCap == 0) return (RedemptionCardUncapped.selector, bytes32(uint256(r.serial)));
+            if (kind == SchemeKind.Discount) return (bytes4(0), 0);
+        }
+        if (r.amountCap != 0 && r.amount > r.amountCap) {
+            return (RedemptionAmountOverTokenCap.selector, bytes32(uint256(r.amountCap)));
+        }
+        return (bytes4(0), 0);
+    }
+
+    /// @dev Checks that the pass token was signed by the pass's holder key or by a pass signer; returns the
+    ///      token's EIP-712 digest.
     function _checkSignature(Redemption calldata r, address holderKey)
         private
         view
-        returns (bytes4 reason, bytes32 detail)
+        returns (bytes4 reason, bytes32 detail, bytes32 digest)
     {
-        bytes32 digest = _hashTypedDataV4(LedgerHashes.passTokenHash(r.passId, r.serial, r.expiry, r.amountCap));
+        digest = _hashTypedDataV4(LedgerHashes.passTokenHash(r.passId, r.serial, r.expiry, r.amountCap));
         (address signer, ECDSA.RecoverError recoverError,) = ECDSA.tryRecover(digest, r.r, r.vs);
-        if (recoverError != ECDSA.RecoverError.NoError) return (RedemptionSignatureInvalid.selector, r.passId);
+        if (recoverError != ECDSA.RecoverError.NoError) return (RedemptionSignatureInvalid.selector, r.passId, digest);
         if (signer != holderKey && !hasRole(PASS_SIGNER_ROLE, signer)) {
-            return (RedemptionSignerNotAllowed.selector, bytes32(uint256(uint160(signer))));
+            return (RedemptionSignerNotAllowed.selector, bytes32(uint256(uint160(signer))), digest);
         }
-        return (bytes4(0), 0);
+        return (bytes4(0), 0, digest);
+    }
+
+    /// @dev A short-lived token (serial 0) is spent by its first accepted redemption: after that only the
+    ///      merchant who redeemed it may use it again (the rest of that checkout, other schemes of the same
+    ///      scan), and a token of the pass that expires no later than the newest one used is refused.
+    ///      `newToken` says the token must be recorded once the redemption is accepted. Printed cards are
+    ///      bounded by their cap instead.
+    function _checkTokenUse(Redemption calldata r, address merchant, bytes32 digest)
+        private
+        view
+        returns (bytes4 reason, bool newToken)
+    {
+        if (r.serial != 0) return (bytes4(0), false);
+        TokenUse memory used = _tokenUses[r.passId];
+        if (r.expiry > used.expiry) return (bytes4(0), true);
+        if (r.expiry == used.expiry && uint32(uint256(digest)) == used.tag && merchant == used.merchant) {
+            return (bytes4(0), false);
+        }
+        return (RedemptionTokenUsed.selector, false);
     }
 
     /// @dev What a redemption debits from the entitlement, the discount it grants and what it credits the
@@ -624,7 +673,7 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
     }
 
     function _recordReceipts(bytes32 root, uint256 count) private {
-        _receiptRoots[root] = uint64(block.timestamp);
+        _receipts.record(root, uint64(block.timestamp));
         emit ReceiptsRecorded(root, count);
     }
 
@@ -691,6 +740,9 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
         if (terms.kind == SchemeKind.Discount) {
             if ((terms.discountBps == 0) == (terms.discountFixed == 0)) {
                 revert SchemeTermsInvalid("a discount needs exactly one of discountBps and discountFixed");
+            }
+            if (terms.discountBps != 0 && terms.perRedemptionCap == 0) {
+                revert SchemeTermsInvalid("a percentage discount needs a perRedemptionCap");
             }
         } else if (terms.discountBps != 0 || terms.discountFixed != 0 || terms.reimburseBps != 0) {
             revert SchemeTermsInvalid("only a Discount scheme takes discount terms");

@@ -247,6 +247,17 @@ class RedemptionAmountOverTokenCap(RedemptionRefused):
     rule = "the amount exceeds the cap in the pass token"
 
 
+class RedemptionCardUncapped(RedemptionRefused):
+    rule = "a printed-card token must carry an amount cap (what a card moves without the PIN)"
+
+
+class RedemptionTokenUsed(RedemptionRefused):
+    rule = (
+        "a short-lived pass token serves one checkout: it was redeemed by another merchant, "
+        "or a newer token of the pass was"
+    )
+
+
 class RedemptionAmountOverSchemeCap(RedemptionRefused):
     rule = "the amount exceeds the scheme's per-redemption cap"
 

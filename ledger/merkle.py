@@ -21,6 +21,7 @@ from eth_utils import keccak
 from ledger.errors import LedgerError
 
 __all__ = [
+    "RECEIPT_SLOTS",
     "CohortLeaf",
     "MerkleError",
     "MerkleTree",
@@ -61,6 +62,11 @@ class ReceiptLeaf:
             self.debited,
             self.credited,
         )
+
+
+#: Slots of the contract's receipt log (``ReceiptLog.SLOTS``): a root is kept in slot
+#: ``root mod RECEIPT_SLOTS``, reused once the reversal window of the root it held has passed.
+RECEIPT_SLOTS = 1 << 16
 
 
 def receipt_leaf_hash(receipt: ReceiptLeaf) -> bytes:

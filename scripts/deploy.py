@@ -82,6 +82,7 @@ def main() -> None:
             budget_cap=500_000,
             discount_bps=2_500,
             reimburse_bps=10_000,
+            per_redemption_cap=2_500,
             open_to_all_merchants=True,
         ),
     ):

@@ -172,8 +172,15 @@ interface IStadjerspasLedger {
     error RedemptionCardRevoked(uint256 redemptionId, uint256 serial);
     error RedemptionAmountZero(uint256 redemptionId, uint256 amount);
     error RedemptionAmountOverTokenCap(uint256 redemptionId, uint256 amountCap);
+    /// @notice A printed-card token without an amount cap (a card never moves more than its cap).
+    error RedemptionCardUncapped(uint256 redemptionId, uint256 serial);
+    /// @notice The short-lived token was already redeemed by another merchant, or a newer token of the pass
+    ///         was: a token serves one checkout.
+    error RedemptionTokenUsed(uint256 redemptionId, bytes32 passId);
     error RedemptionAmountOverSchemeCap(uint256 redemptionId, uint256 perRedemptionCap);
     error RedemptionAmountOverBalance(uint256 redemptionId, uint256 available);
+    /// @notice The scheme's budget cannot reimburse this discount (the detail is always 0: a terminal is not
+    ///         told how much of the budget is left).
     error RedemptionBudgetExhausted(uint256 redemptionId, uint256 available);
     error RedemptionSignatureInvalid(uint256 redemptionId, bytes32 passId);
     error RedemptionSignerNotAllowed(uint256 redemptionId, address signer);

@@ -21,6 +21,18 @@ from ledger.rpc import RpcClient
 from wallet.eip712 import PassToken, sign_pass_token
 
 REVERSAL_WINDOW_S = 3600
+#: the cap of a test card token unless a test gives one
+CARD_TEST_CAP = 1_000_000_000
+
+
+_last_expiry = [0]
+
+
+def _fresh_expiry(at_least: int) -> int:
+    """A token expiry later than every earlier default one: each default token is a checkout of
+    its own (a short-lived token serves one checkout; a newer one is always accepted)."""
+    _last_expiry[0] = max(at_least, _last_expiry[0] + 1)
+    return _last_expiry[0]
 
 
 @dataclass
@@ -68,6 +80,7 @@ class LedgerEnv:
         if kind is SchemeKind.DISCOUNT:
             values["discount_bps"] = 5000
             values["reimburse_bps"] = 10_000
+            values["per_redemption_cap"] = 1_000_000_000  # a percentage needs a cap
         values.update(terms)
         scheme_terms = SchemeTerms(kind=kind, **values)  # type: ignore[arg-type]
         result = self.client.transact(self.issuer, "createScheme", scheme_terms.as_tuple())
@@ -83,13 +96,18 @@ class LedgerEnv:
         signer: LocalAccount | None = None,
         serial: int = 0,
         expiry: int | None = None,
-        amount_cap: int = 0,
+        amount_cap: int | None = None,
     ) -> RedemptionRequest:
-        """A redemption with a pass token signed by ``signer`` (default: the pass signer)."""
+        """A redemption with a pass token signed by ``signer`` (default: the pass signer).
+
+        ``amount_cap`` defaults to none for a short-lived token and to a large one for a card
+        (``serial`` != 0: a card token must carry a cap)."""
+        if amount_cap is None:
+            amount_cap = CARD_TEST_CAP if serial else 0
         token = PassToken(
             pass_id=pid,
             serial=serial,
-            expiry=expiry if expiry is not None else self.now() + 300,
+            expiry=expiry if expiry is not None else _fresh_expiry(self.now() + 300),
             amount_cap=amount_cap,
         )
         signed = sign_pass_token(

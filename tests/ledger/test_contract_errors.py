@@ -135,7 +135,7 @@ def test_every_abi_error_decodes_to_its_class_with_its_values(abi: list[dict[str
 def test_redemption_errors_all_take_the_id_and_one_word(abi: list[dict[str, Any]]) -> None:
     """So that `RedemptionRejected(id, selector, detail)` can report each of them in a batch."""
     redemption = {k: v for k, v in _abi_errors(abi).items() if k.startswith("Redemption")}
-    assert len(redemption) == 16
+    assert len(redemption) == 18
     for name, item in redemption.items():
         inputs = item["inputs"]
         assert len(inputs) == 2, name

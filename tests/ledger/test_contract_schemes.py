@@ -30,6 +30,7 @@ def _terms(ledger: LedgerEnv, kind: SchemeKind, **overrides: int | bool) -> Sche
     if kind is SchemeKind.DISCOUNT:
         values["discount_bps"] = 2_000
         values["reimburse_bps"] = 5_000
+        values["per_redemption_cap"] = 1_000
     values.update(overrides)
     return SchemeTerms(kind=kind, **values)  # type: ignore[arg-type]
 
@@ -88,6 +89,12 @@ INVALID_TERMS: list[tuple[str, SchemeKind, dict[str, int | bool], str]] = [
     ("reimburse_bps_over_100pct", D, {"reimburse_bps": 10_001}, BPS),
     ("discount_neither", D, {"discount_bps": 0, "discount_fixed": 0}, ONE_OF),
     ("discount_both", D, {"discount_bps": 100, "discount_fixed": 100}, ONE_OF),
+    (
+        "percentage_discount_without_cap",
+        D,
+        {"discount_bps": 100, "per_redemption_cap": 0},
+        "a percentage discount needs a perRedemptionCap",
+    ),
     ("budget_with_discount_bps", B, {"discount_bps": 100}, NOT_DISCOUNT),
     ("budget_with_discount_fixed", B, {"discount_fixed": 100}, NOT_DISCOUNT),
     ("uses_with_reimburse_bps", U, {"reimburse_bps": 100}, NOT_DISCOUNT),
