@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from api.schemas import JSON_INT_MAX, UtcDatetime
 from ledger.registry import format_postcode
@@ -79,8 +81,25 @@ def _json_integer(value: object) -> object:
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
+def _non_blank(schema: dict[str, Any]) -> None:
+    """A required text (``minLength`` >= 1) is read with its surrounding spaces stripped, so it
+    needs a character that is not a space: say so (``pattern: \\S``) where nothing else does."""
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == "string" and option.get("minLength", 0) >= 1:
+            option.setdefault("pattern", r"\S")
+
+
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        for prop in schema.get("properties", {}).values():
+            _non_blank(prop)
+        return schema
 
 
 class HolderIn(_In):
