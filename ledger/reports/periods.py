@@ -86,11 +86,12 @@ class Period:
                 year, month = (int(part) for part in text.split("-"))
                 return cls.month(year, month, tz=tz)
             day = date.fromisoformat(text)
-        except ValueError as exc:
+            period = cls.of_dates(day, day, tz=tz)
+        except (ValueError, OverflowError) as exc:  # 9999-12-31 has no day after it
             raise PeriodError(
                 f"unreadable period {text!r}: use YYYY-MM, YYYY-MM-DD or YYYY-MM-DD..YYYY-MM-DD"
             ) from exc
-        return cls.of_dates(day, day, tz=tz)
+        return period
 
     def label(self, *, tz: str = DEFAULT_TZ) -> str:
         zone = ZoneInfo(tz)

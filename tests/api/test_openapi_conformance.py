@@ -192,6 +192,18 @@ def test_datetimes_carry_an_offset(client: TestClient, tokens: dict[str, dict[st
         assert parsed.utcoffset() == timedelta(0), moment
 
 
+@pytest.mark.parametrize("period", ["9999-12-31", "2026-02-30", "2026-03-01..2026-01-01"])
+def test_a_period_the_pattern_allows_but_the_calendar_not_is_a_422(
+    client: TestClient, tokens: dict[str, dict[str, str]], period: str
+) -> None:
+    """Found by fuzzing: the last day there is (no day after it) was a 500."""
+    response = client.get(
+        "/admin/reports/schemes", params={"period": period}, headers=tokens["staff"]
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "period_invalid"
+
+
 def _who(path: str) -> str:
     if path.startswith("/merchant"):
         return "terminal"
