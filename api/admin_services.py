@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,7 +93,7 @@ from ledger.store.registry import (
     PrintedCard,
 )
 from ledger.store.registry import Merchant as MerchantRow
-from wallet import PassToken, encode_token_uri, sign_pass_token
+from wallet import Amount, PassToken, encode_token_uri, sign_pass_token
 from wallet.qr import DEFAULT_BORDER, qr_matrix, render_png
 
 __all__ = [
@@ -127,6 +128,8 @@ __all__ = [
     "start_csv_issuance",
     "unlink_member",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Passes per ``issueBatch`` transaction.
 BATCH_SIZE: Final = 100
@@ -396,7 +399,12 @@ def _card_token(runtime: Runtime, record: PassRecord, card: PrintedCard) -> tupl
     issued = card.issued_at if card.issued_at.tzinfo else card.issued_at.replace(tzinfo=UTC)
     expiry = int((issued + CARD_LIFETIME).timestamp())
     signed = sign_pass_token(
-        PassToken(pass_id=_pid(record), serial=card.serial, expiry=expiry),
+        PassToken(
+            pass_id=_pid(record),
+            serial=card.serial,
+            expiry=expiry,
+            amount_cap=Amount(runtime.settings.card_pin_limit),
+        ),
         domain=runtime.domain,
         private_key=runtime.keys.pass_signer.key,
     )
@@ -433,7 +441,12 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def _active_card(runtime: Runtime, pass_number: str) -> tuple[PassRecord, Holder, str]:
-    """The pass, its holder and the static token of its active card (404 problems otherwise)."""
+    """The pass, its holder and the token of a card printed now (404 problems if the pass has
+    no card yet).
+
+    A card token is never stored, so printing a card again re-issues it: a new serial in the
+    registry and on chain, which revokes the card printed before (a copy someone kept, or a
+    download someone saved, stops working). Each re-issue is logged."""
     registry = runtime.store.registry
     with registry_errors():
         pairs = registry.pass_holders(pass_number)
@@ -445,8 +458,13 @@ def _active_card(runtime: Runtime, pass_number: str) -> tuple[PassRecord, Holder
         raise ApiProblem(
             404, "card_unknown", f"pass {record.pass_number} has no printed card; issue one first"
         )
-    token, _ = _card_token(runtime, record, card)
-    return record, holder, token
+    issued = issue_card(runtime, record.pass_number)
+    log.warning(
+        "a printed card was re-issued for printing: serial %d revoked, serial %d issued",
+        card.serial,
+        issued.serial,
+    )
+    return record, holder, issued.token_uri
 
 
 def card_png(runtime: Runtime, pass_number: str) -> bytes:

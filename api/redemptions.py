@@ -382,9 +382,12 @@ async def redeem(
     token: str,
     scheme_id: int,
     amount: int,
+    sent: str | None = None,
 ) -> RedemptionOutcome:
     """Redeem ``amount`` of ``scheme_id`` against ``token`` at ``merchant_id``, once per
     ``idempotency_key``: a retry with the same key and body returns the first outcome.
+    ``sent`` is what the terminal sent when ``token`` was derived from it (a short code, or a
+    card token or pass number with a PIN): the body a retry is compared with.
 
     Runs on the event loop, without a thread per request: the checks read the state cache
     (a worker thread only on a cache miss), the redemption id comes from the store's group
@@ -392,7 +395,7 @@ async def redeem(
     for an earlier request with its key (a retry after the token expired, or after it spent
     the balance itself, gets the stored outcome)."""
     token = token.strip()
-    request_hash = _request_hash(token, scheme_id, amount)
+    request_hash = _request_hash((sent or token).strip(), scheme_id, amount)
     async with runtime.redemption_keys.hold((merchant_id, idempotency_key)):
         try:
             checked = await _checked(
@@ -477,16 +480,31 @@ def _check(
     unclaimed = cohort_claims.unclaimed_amount(
         runtime, signed.token.pass_id, scheme_id, cached_only=cached_only
     )
-    _precheck(
-        runtime,
-        merchant=merchant_address(runtime, merchant_id),
-        signed=signed,
-        scheme_id=scheme_id,
-        amount=amount,
-        unclaimed=unclaimed,
-        cached_only=cached_only,
-    )
+    try:
+        _precheck(
+            runtime,
+            merchant=merchant_address(runtime, merchant_id),
+            signed=signed,
+            scheme_id=scheme_id,
+            amount=amount,
+            unclaimed=unclaimed,
+            cached_only=cached_only,
+        )
+    except ce.RedemptionAmountOverTokenCap:
+        if not signed.token.is_card:
+            raise
+        raise _pin_required(signed.token.amount_cap, amount) from None
     return _Checked(signed, unclaimed)
+
+
+def _pin_required(cap: int, amount: int) -> ApiProblem:
+    return ApiProblem(
+        403,
+        "card_pin_required",
+        f"a printed card alone moves at most {cap} here, and {amount} was asked: ask the holder "
+        "for the PIN and send it with the card (nothing was redeemed)",
+        amount_cap=cap,
+    )
 
 
 async def _submit_async(

@@ -217,6 +217,10 @@ class Runtime:
         deployed_now: bool,
     ) -> None:
         self.settings = settings
+        #: the latest expiry of a short-lived token this process signed, per pass id: every
+        #: token it signs for a pass is newer than the last (a token serves one checkout)
+        self.token_expiries: dict[bytes, int] = {}
+        self.token_expiries_lock = threading.Lock()
         self.store = store
         self.node = node
         self.rpc_url = rpc_url

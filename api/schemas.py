@@ -190,6 +190,14 @@ class RedemptionIn(BaseModel):
         description="The scanned token URI, or the short code shown beside the QR (any case, "
         "spaces and dashes ignored).",
     )
+    pin: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="The holder's PIN, typed at the terminal: with a printed card's token above "
+        "the card's limit, or with a pass number (``token``) for a holder without card or phone. "
+        "The service then signs a fresh token for this checkout.",
+    )
     scheme_id: int = Field(ge=1, le=2**63 - 1)
     amount: int = Field(
         ge=1,
@@ -333,7 +341,15 @@ class ScanIn(BaseModel):
         min_length=1,
         max_length=512,
         description="The scanned token URI, or the short code shown beside the QR (any case, "
-        "spaces and dashes ignored).",
+        "spaces and dashes ignored); with ``pin``, also a pass number.",
+    )
+    pin: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="The holder's PIN, typed at the terminal: with a printed card's token above "
+        "the card's limit, or with a pass number (``token``) for a holder without card or phone. "
+        "The service then signs a fresh token for this checkout.",
     )
 
 
@@ -369,6 +385,11 @@ class ScanOut(BaseModel):
     token_kind: Literal["app", "card"]
     amount_cap: int | None = Field(description="The token's cap per redemption, if any.")
     redeemable: list[Redeemable]
+    checkout_token: str | None = Field(
+        default=None,
+        description="After a right PIN: the token to redeem with in this checkout (it serves "
+        "this checkout only and expires with the token lifetime).",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -476,3 +497,12 @@ class StatementOut(BaseModel):
     settled: int | None
     lines: list[StatementLineOut]
     owed_now: int = Field(description="Read from the chain: redeemed - reversed - settled.")
+
+
+class PinIn(BaseModel):
+    """A new PIN for the pass: for holder login and, with a printed card or the pass number,
+    at a terminal."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pin: str = Field(min_length=4, max_length=64)

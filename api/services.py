@@ -169,10 +169,38 @@ def issue_entitlement(
 # -- holder -----------------------------------------------------------------------------------
 
 
+#: a new token may expire up to this share of its lifetime sooner, to stay newer than the last
+_EXPIRY_SLACK = 0.2
+
+
+def fresh_expiry(runtime: Runtime, pass_id: bytes, lifetime_s: int) -> int:
+    """The expiry of a new short-lived token for ``pass_id``: ``lifetime_s`` from now, and
+    later than every token this process signed for the pass before, so each is a new checkout's
+    (the contract refuses a token no newer than one already redeemed). Refused with 429 when a
+    pass asks for tokens faster than one a second for a while."""
+    now = int(time.time())
+    with runtime.token_expiries_lock:
+        last = runtime.token_expiries.get(pass_id, 0)
+        expiry = max(now + lifetime_s - int(lifetime_s * _EXPIRY_SLACK), last + 1)
+        if expiry > now + lifetime_s:
+            raise ApiProblem(
+                429,
+                "token_too_soon",
+                "a new pass code is made at most about once a second; try again in a second",
+                headers={"Retry-After": "1"},
+            )
+        runtime.token_expiries[pass_id] = expiry
+        if len(runtime.token_expiries) > 100_000:  # forget expired ones
+            for key in [k for k, v in runtime.token_expiries.items() if v < now]:
+                del runtime.token_expiries[key]
+    return expiry
+
+
 def make_pass_token(runtime: Runtime, settings: Settings, pass_number: str) -> PassTokenOut:
-    """A short-lived (serial 0) pass token signed by the pass-signer key."""
+    """A short-lived (serial 0) pass token signed by the pass-signer key, newer than the last
+    one of the pass (:func:`fresh_expiry`)."""
     holder = _holder(runtime, pass_number)
-    expiry = int(time.time()) + settings.token_lifetime_s
+    expiry = fresh_expiry(runtime, _pass_id(holder), settings.token_lifetime_s)
     signed = sign_pass_token(
         PassToken(pass_id=_pass_id(holder), serial=0, expiry=expiry),
         domain=runtime.domain,

@@ -165,7 +165,18 @@ class Settings(BaseSettings):
     )
 
     # -- behaviour ------------------------------------------------------------------------------
-    token_lifetime_s: int = Field(default=120, ge=10, le=900, description="Pass token lifetime.")
+    token_lifetime_s: int = Field(
+        default=120, ge=10, le=120, description="Pass token lifetime (at most 120 s)."
+    )
+    card_pin_limit: int = Field(
+        default=2_500,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "The most a printed card moves without the holder's PIN (cents of a Budget scheme, "
+            "uses of a Uses scheme): the amount cap of every card token, enforced on chain."
+        ),
+    )
     receipt_timeout_s: float = Field(default=30.0, gt=0)
     relayer_linger_ms: float = Field(default=2.0, ge=0)
     batch_linger_ms: float = Field(

@@ -56,6 +56,7 @@ __all__ = [
     "HolderPin",
     "IdempotencyConflict",
     "PassHolder",
+    "PinFailure",
     "RedemptionRecord",
     "RedemptionStatus",
     "SchemeLabel",
@@ -184,13 +185,30 @@ class Terminal(SQLModel, table=True):
 
 
 class HolderPin(SQLModel, table=True):
-    """A holder's PIN (scrypt hash), an alternative to the registry's activation code."""
+    """A holder's PIN (hash), an alternative to the registry's activation code, and what a
+    terminal needs besides a printed card above its limit. Wrong entries at terminals count in
+    ``failed_attempts``; too many lock the PIN (``locked_at``) until the holder sets a new one
+    or staff unlock it (:mod:`api.card_pins`)."""
 
     __tablename__ = "api_holder_pin"
 
     pass_number: str = Field(primary_key=True, max_length=32)
     pin_hash: str = Field(max_length=200)
     updated_at: datetime = Field(default_factory=_now, sa_type=DateTime(timezone=True))
+    failed_attempts: int = Field(
+        default=0, sa_column_kwargs={"server_default": "0", "nullable": False}
+    )
+    locked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class PinFailure(SQLModel, table=True):
+    """A wrong PIN entered at a terminal (throttles one terminal guessing across passes)."""
+
+    __tablename__ = "api_pin_failure"
+
+    id: int | None = Field(default=None, primary_key=True)
+    terminal: str = Field(max_length=64, index=True)
+    at_ms: int = Field(sa_type=BigInteger)
 
 
 class ShortCode(SQLModel, table=True):

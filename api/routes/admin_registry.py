@@ -15,6 +15,7 @@ from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
 from fastapi.responses import Response
 
 from api import admin_services as svc
+from api import card_pins
 from api.admin_schemas import (
     AuditIn,
     AuditOut,
@@ -568,3 +569,22 @@ def payout_document(reference: RunReference, runtime: RuntimeDep) -> Response:
 def confirm_payout(reference: RunReference, runtime: RuntimeDep) -> ConfirmOut:
     """Records ``settle`` per included line on chain; running it again settles nothing twice."""
     return svc.confirm_payout(runtime, reference)
+
+
+@router.post(
+    "/passes/{pass_number}/pin/unlock",
+    status_code=204,
+    dependencies=_ISSUE,
+    summary="Unlock a PIN locked by wrong entries at terminals",
+    response_class=Response,
+    responses=problem_responses(
+        *_AUTH, _PASS_UNKNOWN, (404, "pin_unknown", "pass GR0000001 has no PIN")
+    ),
+)
+def unlock_pin(pass_number: PassNumber, runtime: RuntimeDep) -> Response:
+    """After the holder proved who they are at the desk: wrong entries are forgotten and the
+    PIN works again (the holder can also set a new PIN on the holder page)."""
+    number = card_pins.known_pass(runtime, pass_number)
+    if not card_pins.unlock_pin(runtime, pass_number=number):
+        raise ApiProblem(404, "pin_unknown", f"pass {number} has no PIN")
+    return Response(status_code=204)

@@ -12,11 +12,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import PlainTextResponse
 
-from api import holder_services, services, short_codes
+from api import card_pins, holder_services, services, short_codes
 from api.deps import HolderAuth, RuntimeDep, SettingsDep
 from api.holder_services import HistoryOut, HolderBalancesOut, OfferCatalogueOut
 from api.problems import problem_responses
-from api.schemas import BalancesOut, PassTokenOut
+from api.schemas import BalancesOut, PassTokenOut, PinIn
 from wallet import render_png, render_svg
 
 router = APIRouter(prefix="/holder", tags=["holder"], dependencies=[HolderAuth])
@@ -123,3 +123,19 @@ def pass_offers(pass_number: PassNumber, runtime: RuntimeDep) -> OfferCatalogueO
     """Discount schemes and the schemes the pass holds, not yet expired, each with the active
     merchants that accept it (open to all merchants, or on the scheme's allow-list)."""
     return holder_services.offer_catalogue(runtime, pass_number)
+
+
+@router.put(
+    "/passes/{pass_number}/pin",
+    status_code=204,
+    summary="Set a new PIN (it also lifts a PIN locked by wrong entries)",
+    response_class=Response,
+    responses=problem_responses(
+        _UNAUTHORIZED, _UNKNOWN, (422, "validation_failed", "pin: at least 4 characters")
+    ),
+)
+def set_pin(pass_number: PassNumber, body: PinIn, runtime: RuntimeDep) -> Response:
+    """The holder chooses the PIN a terminal asks for above a printed card's limit, or with the
+    pass number alone. Wrong entries at terminals lock it; setting a new one lifts the lock."""
+    card_pins.set_pin(runtime, pass_number=card_pins.known_pass(runtime, pass_number), pin=body.pin)
+    return Response(status_code=204)

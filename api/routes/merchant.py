@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Path, Query, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from api import redemptions, services, short_codes
+from api import card_pins, redemptions, services
 from api.deps import (
     IdempotencyKey,
     MerchantId,
@@ -78,11 +78,16 @@ async def scan(
     ``token`` is the scanned token URI or the holder's short code (``K7QX-M4PZ``: any case,
     spaces and dashes ignored), which stands for the token shown beside it until it expires.
     """
-    token = await short_codes.resolve_token(runtime, body.token, terminal=terminal.subject)
+    token = await card_pins.counter_token(
+        runtime, body.token, pin=body.pin, terminal=terminal.subject
+    )
     try:  # from the state cache, on the event loop: no thread hop, no chain read
-        return services.scan(runtime, merchant_id=merchant_id, token=token, cached_only=True)
+        out = services.scan(runtime, merchant_id=merchant_id, token=token, cached_only=True)
     except CacheMiss:
-        return await run_in_threadpool(services.scan, runtime, merchant_id=merchant_id, token=token)
+        out = await run_in_threadpool(services.scan, runtime, merchant_id=merchant_id, token=token)
+    if body.pin is not None:
+        out.checkout_token = token
+    return out
 
 
 @router.post(
@@ -127,9 +132,12 @@ async def redeem(
         runtime,
         merchant_id=merchant_id,
         idempotency_key=idempotency_key,
-        token=await short_codes.resolve_token(runtime, body.token, terminal=terminal.subject),
+        token=await card_pins.counter_token(
+            runtime, body.token, pin=body.pin, terminal=terminal.subject
+        ),
         scheme_id=body.scheme_id,
         amount=body.amount,
+        sent=body.token,
     )
     response.headers["Idempotent-Replayed"] = "true" if outcome.replayed else "false"
     return outcome.result

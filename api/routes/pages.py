@@ -28,8 +28,8 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from api import card_pins, holder_services, redemptions, services, short_codes
 from api import csrf as csrf_tokens
-from api import holder_services, redemptions, services, short_codes
 from api.auth import Auth, Kind, Principal, Scope
 from api.deps import RuntimeDep, SettingsDep, parse_idempotency_key
 from api.i18n import LANG_COOKIE, LANGUAGES, MESSAGES, pick_language, translate
@@ -548,7 +548,14 @@ def merchant_web_scan(body: ScanIn, request: Request, runtime: RuntimeDep) -> Sc
     terminal = _terminal(request, runtime)
     assert terminal.merchant_id is not None
     token = short_codes.resolve(runtime, body.token, terminal=terminal.subject)
-    return services.scan(runtime, merchant_id=terminal.merchant_id, token=token)
+    if body.pin is not None:
+        token = card_pins.checkout_token(
+            runtime, subject=token, pin=body.pin, terminal=terminal.subject
+        )
+    out = services.scan(runtime, merchant_id=terminal.merchant_id, token=token)
+    if body.pin is not None:
+        out.checkout_token = token
+    return out
 
 
 @router.post("/merchant/web/redemptions", status_code=201)
@@ -564,9 +571,12 @@ async def merchant_web_redeem(
         runtime,
         merchant_id=terminal.merchant_id,
         idempotency_key=key,
-        token=await short_codes.resolve_token(runtime, body.token, terminal=terminal.subject),
+        token=await card_pins.counter_token(
+            runtime, body.token, pin=body.pin, terminal=terminal.subject
+        ),
         scheme_id=body.scheme_id,
         amount=body.amount,
+        sent=body.token,
     )
     response.headers["Idempotent-Replayed"] = "true" if outcome.replayed else "false"
     return outcome.result

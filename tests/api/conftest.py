@@ -94,6 +94,9 @@ def dev_settings(var_dir: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+_last_expiry = [0]
+
+
 def signed_uri(
     runtime: Runtime,
     pass_id: bytes,
@@ -102,9 +105,12 @@ def signed_uri(
     domain: Domain | None = None,
     key: bytes | None = None,
 ) -> str:
-    token = PassToken(
-        pass_id=pass_id, serial=0, expiry=expiry if expiry is not None else int(time.time()) + 60
-    )
+    """A short-lived token signed by the pass signer. Without ``expiry`` each call makes a new
+    checkout's token: it expires later than every earlier one (a token serves one checkout,
+    and an older token than one already redeemed is refused)."""
+    if expiry is None:
+        _last_expiry[0] = expiry = max(int(time.time()) + 60, _last_expiry[0] + 1)
+    token = PassToken(pass_id=pass_id, serial=0, expiry=expiry)
     signed = sign_pass_token(
         token, domain=domain or runtime.domain, private_key=key or runtime.keys.pass_signer.key
     )

@@ -144,20 +144,23 @@ PAGED = "GR0000046"  # a pass only this test redeems from
 
 
 def test_history_content_and_pages(client: TestClient, runtime: Runtime) -> None:
-    token = signed_uri(runtime, _pid(runtime, PAGED))
     amounts = (101, 102, 103)
     rids = []
-    for amount in amounts:
+    for amount in amounts:  # three checkouts, each with its own token
         redeemed = client.post(
             "/merchant/redemptions",
-            json={"token": token, "scheme_id": 1, "amount": amount},
+            json={
+                "token": signed_uri(runtime, _pid(runtime, PAGED)),
+                "scheme_id": 1,
+                "amount": amount,
+            },
             headers=merchant(client, 2, f"holder-pages-{time.time_ns()}"),
         )
         assert redeemed.status_code == 201, redeemed.text
         rids.append(str(redeemed.json()["redemption_id"]))
     swim = client.post(  # the uses scheme, allowed at merchant 1 only
         "/merchant/redemptions",
-        json={"token": token, "scheme_id": 2, "amount": 2},
+        json={"token": signed_uri(runtime, _pid(runtime, PAGED)), "scheme_id": 2, "amount": 2},
         headers=merchant(client, 1, f"holder-pages-{time.time_ns()}"),
     )
     assert swim.status_code == 201, swim.text

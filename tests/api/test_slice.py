@@ -133,10 +133,12 @@ def test_same_key_other_body_is_refused(client: TestClient) -> None:
     assert other.headers["content-type"] == PROBLEM
     assert other.json()["code"] == "idempotency_key_reused"
     assert _balance(client, "GR0000003", 1) == 15_000 - 100
-    # keys are per merchant: another merchant may use the same key
+    # keys are per merchant: another merchant may use the same key (another checkout: a
+    # token serves one)
+    fresh = body | {"token": _token(client, "GR0000003")}
     assert (
         client.post(
-            "/merchant/redemptions", json=body, headers=merchant(client, 2, "k")
+            "/merchant/redemptions", json=fresh, headers=merchant(client, 2, "k")
         ).status_code
         == 201
     )
@@ -152,9 +154,9 @@ def test_discount_and_uses(client: TestClient) -> None:
     assert discount.status_code == 201, discount.text
     assert discount.json()["discount"] == 1_000  # 25% of 40 euro
     assert discount.json()["credited"] == 500  # half reimbursed
-    swim = client.post(
+    swim = client.post(  # another merchant: another checkout, another token
         "/merchant/redemptions",
-        json={"token": token, "scheme_id": 2, "amount": 1},
+        json={"token": _token(client, "GR0000004"), "scheme_id": 2, "amount": 1},
         headers=merchant(client, 1, "s-1"),
     )
     assert swim.status_code == 201, swim.text

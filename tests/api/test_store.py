@@ -29,6 +29,7 @@ from tests.api.conftest import dev_settings
 API_TABLES = {
     "api_holder_pin",
     "api_marker",
+    "api_pin_failure",
     "api_redemption_request",
     "api_scheme_label",
     "api_sequence",

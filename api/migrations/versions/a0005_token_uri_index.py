@@ -19,9 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_index(
-        "ix_api_redemption_request_token_uri", "api_redemption_request", ["token_uri"]
-    )
+    op.create_index("ix_api_redemption_request_token_uri", "api_redemption_request", ["token_uri"])
 
 
 def downgrade() -> None:
