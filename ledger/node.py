@@ -341,6 +341,8 @@ class AnvilNode:
                     self.backup_file.unlink()
                 self._backup_seen = self._backup_digest = None
             try:
+                if not restored:
+                    self._refuse_inconsistent_state()
                 self._launch(port, abort)
                 return
             except _StateRejected as exc:
@@ -366,6 +368,28 @@ class AnvilNode:
                         reason,
                         aside.name,
                     )
+
+    def _refuse_inconsistent_state(self) -> None:
+        """:class:`_StateRejected` when the state file is a complete dump whose account state is
+        ahead of its blocks (:func:`state_inconsistency`); the backup is then loaded instead, and
+        the outbox replays what the older chain lacks."""
+        if not self.config.persist_state or not self.state_file.is_file():
+            return
+        try:
+            dump = json.loads(self.state_file.read_bytes())
+        except ValueError:
+            return  # anvil itself refuses a truncated file, with its own message
+        reason = state_inconsistency(dump)
+        if reason is None:
+            return
+        if not self.backup_file.is_file():
+            log.error(
+                "anvil's state file is ahead of its blocks (%s) and there is no backup: loading "
+                "it anyway (the audit lists what it lacks)",
+                reason,
+            )
+            return
+        raise _StateRejected(f"inconsistent state dump\n{reason}")
 
     def _set_aside_state(self) -> Path:
         taken = [
@@ -623,9 +647,12 @@ class AnvilNode:
             self._backup_seen = seen
             return
         try:
-            json.loads(data)
+            dump = json.loads(data)
         except ValueError:
             return  # read while anvil was writing it: next round
+        if state_inconsistency(dump) is not None:
+            return  # state and blocks of two moments: the next dump
+
         tmp = self._tmp_path(self.backup_file)
         with tmp.open("wb") as out:
             out.write(data)
@@ -721,6 +748,40 @@ def _supervise(
             log.exception("the anvil supervisor failed a round; it goes on")
             delay = interval_s
         del node
+
+
+def state_inconsistency(dump: Any) -> str | None:
+    """Why an anvil state dump cannot be trusted, or None.
+
+    anvil writes its account state and its block history separately, so a dump taken while a
+    block was being mined can hold the state after a block that its history lacks: an account
+    whose nonce counts a transaction no dumped block contains. Loaded, that chain has the
+    effects of transactions without their receipts or logs, and their nonces are spent, so the
+    outbox cannot replay them. Checked here for every externally owned account: its nonce must
+    be one more than the highest nonce it sent in the dumped transactions (0 if none)."""
+    if not isinstance(dump, dict):
+        return "not a JSON object"
+    accounts, transactions = dump.get("accounts"), dump.get("transactions")
+    if not isinstance(accounts, dict) or not isinstance(transactions, list):
+        return "no accounts or transactions"
+    sent: dict[str, int] = {}
+    for tx in transactions:
+        info = tx.get("info") if isinstance(tx, dict) else None
+        if not isinstance(info, dict) or not isinstance(info.get("nonce"), int):
+            return "a transaction without sender or nonce"
+        sender = str(info.get("from", "")).lower()
+        sent[sender] = max(sent.get(sender, -1), int(info["nonce"]))
+    for address, account in accounts.items():
+        if not isinstance(account, dict) or account.get("code") not in (None, "", "0x"):
+            continue  # a contract: its nonce counts creations, not transactions
+        nonce = account.get("nonce", 0)
+        expected = sent.get(str(address).lower(), -1) + 1
+        if isinstance(nonce, int) and nonce != expected:
+            return (
+                f"account {address} has nonce {nonce}, but its dumped transactions end at "
+                f"nonce {expected - 1}: the state is not that of the dumped blocks"
+            )
+    return None
 
 
 def _free_port(host: str) -> int:

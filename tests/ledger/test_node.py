@@ -19,7 +19,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from ledger.errors import LedgerError, NodeError
-from ledger.node import AnvilConfig, AnvilNode, find_anvil_binary
+from ledger.node import AnvilConfig, AnvilNode, find_anvil_binary, state_inconsistency
 
 CHAIN_ID = hex(31337)
 
@@ -361,6 +361,80 @@ def test_start_recovers_from_a_corrupt_state_file(
     assert node.rpc("eth_blockNumber") == "0x0"
     assert (node.state_dir / "anvil-state.json.corrupt-2").read_bytes() == b""
     assert "no usable backup" in caplog.text
+
+
+def _send(node: AnvilNode, count: int) -> None:
+    sender, receiver = node.rpc("eth_accounts")[:2]
+    for _ in range(count):
+        node.rpc(
+            "eth_sendTransaction",
+            [{"from": sender, "to": receiver, "value": hex(1), "gasPrice": "0x0"}],
+        )
+
+
+def _ahead_of_its_blocks(dump: dict[str, Any]) -> dict[str, Any]:
+    """The dump with its newest transaction missing from the history (state of one moment,
+    blocks of the moment before), as anvil can write it while it mines."""
+    newest = max(dump["transactions"], key=lambda t: t["info"]["nonce"])
+    return dump | {"transactions": [t for t in dump["transactions"] if t is not newest]}
+
+
+def test_a_state_ahead_of_its_blocks_is_told() -> None:
+    consistent = {
+        "accounts": {
+            "0xAa": {"nonce": 2, "code": "0x"},
+            "0xbb": {"nonce": 0, "code": "0x"},
+            "0xcc": {"nonce": 1, "code": "0x6080"},  # a contract: its nonce counts creations
+        },
+        "transactions": [
+            {"info": {"from": "0xaa", "nonce": 0}},
+            {"info": {"from": "0xaa", "nonce": 1}},
+        ],
+    }
+    assert state_inconsistency(consistent) is None
+    ahead = consistent | {"transactions": consistent["transactions"][:1]}
+    reason = state_inconsistency(ahead)
+    assert reason is not None
+    assert "0xAa has nonce 2" in reason
+    assert state_inconsistency([]) == "not a JSON object"
+    assert state_inconsistency({"accounts": {}}) == "no accounts or transactions"
+
+
+def test_a_state_ahead_of_its_blocks_is_set_aside_for_the_backup(
+    node: AnvilNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    node.start()
+    _send(node, 2)
+    node.stop()  # a complete, consistent dump: the backup
+    good = json.loads(node.state_file.read_bytes())
+    assert state_inconsistency(good) is None
+    node.backup_file.write_bytes(node.state_file.read_bytes())
+    node.start()
+    _send(node, 1)
+    node.stop()
+    node.state_file.write_text(
+        json.dumps(_ahead_of_its_blocks(json.loads(node.state_file.read_bytes())))
+    )
+
+    node.start()  # the backup is loaded: the chain the outbox can replay onto
+    assert node.rpc("eth_blockNumber") == hex(2)
+    sender = node.rpc("eth_accounts")[0]
+    assert node.rpc("eth_getTransactionCount", [sender, "latest"]) == hex(2)
+    assert (node.state_dir / "anvil-state.json.corrupt-1").is_file()
+    assert "restored the backup" in caplog.text
+    node.stop()
+
+    # without a backup the file is loaded all the same (better than starting from genesis)
+    node.backup_file.unlink()
+    node.start()
+    _send(node, 1)
+    node.stop()
+    node.state_file.write_text(
+        json.dumps(_ahead_of_its_blocks(json.loads(node.state_file.read_bytes())))
+    )
+    node.start()
+    assert int(node.rpc("eth_blockNumber"), 16) >= 2
+    assert "loading it anyway" in caplog.text
 
 
 def test_supervisor_backs_off_while_restarts_fail(
