@@ -596,6 +596,11 @@ def _check_terms(body: SchemeIn) -> None:
     if body.kind == "discount":
         if (body.discount_bps == 0) == (body.discount_fixed == 0):
             refuse("a discount needs exactly one of discount_bps and discount_fixed")
+        if body.discount_bps and body.per_redemption_cap == 0:
+            refuse(
+                f"a percentage discount ({body.discount_bps} bps) needs a per_redemption_cap: "
+                "the most one redemption grants, in cents"
+            )
     elif body.discount_bps or body.discount_fixed or body.reimburse_bps:
         refuse("only a discount scheme takes discount terms")
     if body.kind == "uses" and body.unit_value == 0:

@@ -672,6 +672,7 @@ def test_schemes_create_list_and_terms_refused(client: TestClient, runtime: Runt
         {"budget_cap": 0},
         {"valid_until": 1, "valid_from": 2},
         {"discount_bps": 10_001, "kind": "discount"},
+        {"kind": "discount", "discount_bps": 2_500, "per_redemption_cap": 0},
     ]
     for overrides in invalid:
         response = client.post(
