@@ -42,7 +42,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -821,13 +821,20 @@ class ReconcilerLoop:
         self._deep = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
+        self._then: list[Callable[[], None]] = []
+        self._then_lock = threading.Lock()
         self.errors = 0
 
     def start(self) -> ReconcilerLoop:
         self._thread.start()
         return self
 
-    def wake(self, *, deep: bool = True) -> None:
+    def wake(self, *, deep: bool = True, then: Callable[[], None] | None = None) -> None:
+        """Reconcile now; ``then`` runs once the next deep pass has ended (replayed and waited
+        for, or failed)."""
+        if then is not None:
+            with self._then_lock:
+                self._then.append(then)
         self._deep = self._deep or deep
         self._wake.set()
 
@@ -843,6 +850,8 @@ class ReconcilerLoop:
                 return
             self._wake.clear()
             deep, self._deep = self._deep, False
+            with self._then_lock:
+                then, self._then = (self._then, []) if deep else ([], self._then)
             try:
                 self.reconciler.reconcile(deep=deep, wait_s=10.0 if deep else 0.0)
             except ReconcileRefused:
@@ -852,3 +861,9 @@ class ReconcilerLoop:
                 log.warning("reconciler pass failed: %s", exc)
                 if deep:
                     self._deep = True
+            finally:
+                for callback in then:
+                    try:
+                        callback()
+                    except Exception:
+                        log.exception("a callback after a reconciler pass failed")

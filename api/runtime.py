@@ -75,6 +75,9 @@ __all__ = ["DEV_ACCOUNT_INDEX", "Runtime", "ServiceKeys", "StartupError", "load_
 
 log = logging.getLogger(__name__)
 
+#: The longest the relayers wait for the reconciler after the embedded node restarted.
+RESTART_HOLD_S = 15.0
+
 #: Development only: which account of the anvil dev mnemonic plays which role.
 DEV_ACCOUNT_INDEX = {"admin": 0, "issuer": 1, "pass_signer": 2, "merchant": 3}
 
@@ -398,10 +401,24 @@ class Runtime:
             self.node.supervise()
 
     def _node_restarted(self) -> None:
+        """The node may have come back from older state: hold every relayer (no new
+        transaction) until the reconciler has replayed what it lost, in the order first signed,
+        so nothing new (a pass's newer token, a later spend of its balance) is mined before an
+        older transaction it replays. The hold ends after the deep pass, or at the latest after
+        :data:`RESTART_HOLD_S`."""
         log.warning("the embedded node restarted; reconciling the outbox with it")
         self.state.clear()
-        if self.reconciler_loop is not None:
-            self.reconciler_loop.wake(deep=True)
+        relayers = [r for r in (self.issuer_relayer, *self.merchant_relayers.values()) if r]
+        if self.reconciler_loop is None:
+            return
+        for relayer in relayers:
+            relayer.hold(RESTART_HOLD_S)
+
+        def release() -> None:
+            for relayer in relayers:
+                relayer.release()
+
+        self.reconciler_loop.wake(deep=True, then=release)
 
     def _register_merchants(self) -> None:
         """Merchant id ``i`` is the i-th merchant key: make the registry agree (a new key for an

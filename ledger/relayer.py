@@ -708,6 +708,7 @@ class Relayer:
         self._latest_moved_at = 0.0  # ... and when it last changed
         self._started = False
         self._closing = False
+        self._held_until = 0.0  # monotonic: no new transaction is signed before then
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         self._c = _Counters()
@@ -956,6 +957,25 @@ class Relayer:
                 return HexBytes(b"")
         return None
 
+    def hold(self, seconds: float) -> None:
+        """Sign no new transaction for up to ``seconds`` (or until :meth:`release`): what is
+        submitted meanwhile waits in the queue. Transactions already signed are still sent and
+        re-sent. Used while the reconciler replays what a restarted node lost, so that no new
+        transaction (a newer pass token, say) is mined before an older one it replays."""
+        with self._lock:
+            self._held_until = max(self._held_until, time.monotonic() + seconds)
+
+    def release(self) -> None:
+        """End a :meth:`hold` now."""
+        with self._lock:
+            self._held_until = 0.0
+            self._work.notify_all()
+
+    @property
+    def held(self) -> bool:
+        with self._lock:
+            return time.monotonic() < self._held_until
+
     # -- sender ----------------------------------------------------------------------------
 
     def _sender_loop(self) -> None:
@@ -964,6 +984,12 @@ class Relayer:
             with self._lock:
                 while not self._queue and not self._resend and not self._stopped.is_set():
                     self._work.wait()
+                while (
+                    not self._resend
+                    and not self._stopped.is_set()
+                    and (left := self._held_until - time.monotonic()) > 0
+                ):
+                    self._work.wait(left)
                 if self._stopped.is_set():
                     return
                 if self._queue and not self._resend and len(self._queue) < self.max_batch:

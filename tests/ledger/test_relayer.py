@@ -218,6 +218,28 @@ def test_transfer_and_receipt(relayer: Relayer, rpc: RpcClient, sender: LocalAcc
     assert m.batches >= 1
 
 
+def test_a_held_relayer_signs_nothing_new_until_released(
+    relayer: Relayer, rpc: RpcClient
+) -> None:
+    to = _fresh_account().address
+    relayer.hold(30)
+    assert relayer.held
+    handle = relayer.submit(TxRequest(to=to, gas=21_000, value=7))
+    time.sleep(0.5)
+    assert not handle.done()
+    assert relayer.metrics().signed == 0
+    assert _balance(rpc, to) == 0
+
+    relayer.release()
+    assert not relayer.held
+    assert handle.result(30).ok
+    assert _balance(rpc, to) == 7
+    # a hold ends by itself
+    relayer.hold(0.3)
+    assert relayer.submit(TxRequest(to=to, gas=21_000, value=1)).result(30).ok
+    assert _balance(rpc, to) == 8
+
+
 def test_a_confirmed_handle_is_not_kept(relayer: Relayer) -> None:
     """The relayer's history (for resends after a rollback) keeps the signed transaction, not
     the caller's handle, nor what the caller hung on its future (a batcher: a whole batch)."""
