@@ -238,6 +238,11 @@ def enrol_demo_holders(registry: Registry, count: int = DEMO_HOLDER_COUNT) -> in
     return enrolled
 
 
+def _chunks(items: list[bytes], size: int = 400) -> list[list[bytes]]:
+    """``items`` in transactions of at most ``size`` (a block holds about 1,000 of them)."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 def seed_demo(runtime: Runtime, *, report: Callable[[str], None] | None = None) -> bool:
     """Seed the demo data unless done before; returns True if it seeded now."""
     say = report or (lambda message: log.info("%s", message))
@@ -246,12 +251,13 @@ def seed_demo(runtime: Runtime, *, report: Callable[[str], None] | None = None) 
     if store.marker(_MARKER) is not None:
         return False
 
-    enrol_demo_holders(store.registry)
-    holders = [
-        holder
-        for holder in store.holders()
-        if holder.pass_number in {demo_pass_number(i) for i in range(1, DEMO_HOLDER_COUNT + 1)}
-    ]
+    count = runtime.settings.demo_holders
+    enrol_demo_holders(store.registry, count)
+    numbers = {demo_pass_number(i) for i in range(1, count + 1)}
+    holders = sorted(
+        (holder for holder in store.holders() if holder.pass_number in numbers),
+        key=lambda holder: holder.pass_number,
+    )
     pass_ids = [pass_id(pass_secret=h.pass_secret, pass_number=h.pass_number) for h in holders]
 
     labels = store.scheme_labels()
@@ -264,7 +270,7 @@ def seed_demo(runtime: Runtime, *, report: Callable[[str], None] | None = None) 
                 kind=scheme.kind,
                 valid_from=now - 60,
                 valid_until=now + _YEAR_S,
-                budget_cap=scheme.budget_cap,
+                budget_cap=scheme.budget_cap * max(1, -(-count // DEMO_HOLDER_COUNT)),
                 per_redemption_cap=scheme.per_redemption_cap,
                 unit_value=scheme.unit_value,
                 discount_bps=scheme.discount_bps,
@@ -286,14 +292,14 @@ def seed_demo(runtime: Runtime, *, report: Callable[[str], None] | None = None) 
                 client.transact(issuer, "setMerchantAllowed", existing, merchant.address, True)
 
     unregistered = [pid for pid in pass_ids if not client.pass_of(pid).registered]
-    if unregistered:
-        client.transact(issuer, "registerPasses", unregistered)
+    for chunk in _chunks(unregistered):
+        client.transact(issuer, "registerPasses", chunk)
 
     for scheme, scheme_id in zip(DEMO_SCHEMES, scheme_ids, strict=True):
         empty = [pid for pid in pass_ids if client.balance_of(scheme_id, pid) == 0]
-        if empty:
+        for chunk in _chunks(empty):
             client.transact(
-                issuer, "issueBatch", scheme_id, empty, [scheme.per_holder] * len(empty)
+                issuer, "issueBatch", scheme_id, chunk, [scheme.per_holder] * len(chunk)
             )
 
     store.set_marker(_MARKER)

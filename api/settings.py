@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     token_lifetime_s: int = Field(
         default=120, ge=10, le=120, description="Pass token lifetime (at most 120 s)."
     )
+    demo_holders: int = Field(
+        default=50,
+        ge=1,
+        le=20_000,
+        description="How many demo holders the development seed enrols (benchmarks use more).",
+    )
     card_pin_limit: int = Field(
         default=2_500,
         ge=1,

@@ -7,11 +7,12 @@ seeds ``--seed``, ``--seed + 1``, ... Each run:
    loopback ports, as :mod:`bench.api` starts it; some scenarios put a node, a TCP proxy or
    PostgreSQL beside it (see :data:`SCENARIOS`);
 2. 96 terminal workers (32 per demo merchant, over the merchants' development terminals) redeem
-   small budget amounts from the 50 demo passes for ``--duration`` seconds, each redemption under
-   a fresh ``Idempotency-Key``. On a connection failure, a timeout, a 5xx, 408 or 429 a worker
-   retries **the same key and body** (as a real terminal does) until it gets 201 or another 4xx;
-   every 201 is recorded (redemption id, merchant, credited, transaction hash). Pass tokens are
-   fetched again every 45 s (they live 120 s); a retry keeps the body, token included;
+   small budget amounts from 400 demo passes for ``--duration`` seconds, each redemption a
+   checkout of its own: a pass that no other terminal serves at that moment, a fresh token for
+   it (a token serves one checkout, :mod:`bench._tokens`) and a fresh ``Idempotency-Key``. On a
+   connection failure, a timeout, a 5xx, 408 or 429 a worker retries **the same key and body**
+   (as a real terminal does) until it gets 201 or another 4xx; every 201 is recorded
+   (redemption id, merchant, credited, transaction hash);
 3. at a seeded moment (25-60 % into the load) the scenario's fault is injected;
 4. after the load (and every retry) has ended, the bench waits until ``/health`` is ``ok`` and the
    outbox has no open row (``signed``, ``sent``, ``mined``), then checks from the chain itself
@@ -62,10 +63,14 @@ from typing import Any
 import httpx
 
 from api.auth import dev_terminal_id, dev_terminal_secret
+from api.demo import demo_pass_number
 from api.settings import PROJECT_ROOT
 from bench._http import Connection, HttpError
-from bench._load import MERCHANTS, _budget_scheme, _holder, _login, _merchant_addresses
+from bench._load import MERCHANTS, _budget_scheme, _login, _merchant_addresses
+from bench._tokens import CheckoutTokens, demo_pass_ids
 from bench.api import BenchError, _executable, _free_port, _tail
+from ledger.deploy import load_deployment
+from wallet import Domain
 
 __all__ = ["SCENARIOS", "main", "run_scenario", "summarize"]
 
@@ -85,7 +90,6 @@ QUIET_TIMEOUT_S = 120.0
 #: how long after the load a key may still be retried before it counts as unanswered
 RETRY_GRACE_S = 120.0
 REQUEST_TIMEOUT_S = 45.0  # the service answers 504 after its 30 s receipt timeout
-TOKEN_REFRESH_S = 45.0
 STOP_TIMEOUT_S = 30.0
 AUDIT_TIMEOUT_S = 300.0
 _OPEN_OUTBOX = ("signed", "sent", "mined")
@@ -163,6 +167,7 @@ class ServiceProcess:
             "STADJERSPAS_ANVIL_PORT": str(self.anvil_port),
             # 96 terminals on three logins: per-client rate limiting would refuse the load
             "STADJERSPAS_RATE_LIMIT_PER_S": "0",
+            "STADJERSPAS_DEMO_HOLDERS": str(DEMO_HOLDERS),
             **extra_env,
         }
         self.rpc_url = self.env.get("STADJERSPAS_RPC_URL", f"http://127.0.0.1:{self.anvil_port}")
@@ -266,35 +271,21 @@ class LoadTally:
     attempts: int = 0
 
 
-class _Tokens:
-    """The demo holders' pass token URIs, fetched again every :data:`TOKEN_REFRESH_S`."""
+#: demo holders the service enrols for a run: with one checkout per pass at a time, each
+#: resting a second, enough for every terminal to have a pass to serve
+DEMO_HOLDERS = 400
 
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-        self.uris: list[str] = []
-        self.scheme_id = 0
-        self.terminals: list[str] = []
 
-    async def load(self, client: httpx.AsyncClient) -> None:
-        from api.demo import DEMO_HOLDER_COUNT
-
-        holders = await asyncio.gather(
-            *(_holder(client, i) for i in range(1, DEMO_HOLDER_COUNT + 1))
-        )
-        self.uris = [uri for _, _, uri in holders]
-
-    async def refresh_forever(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), TOKEN_REFRESH_S)
-            if stop.is_set():
-                return
-            for _ in range(30):  # the service may be down (a fault): try again shortly
-                try:
-                    await self.load(client)
-                    break
-                except (httpx.HTTPError, KeyError, ValueError):
-                    await asyncio.sleep(1.0)
+def _checkout_tokens(var_dir: Path, database_url: str) -> CheckoutTokens:
+    """One token per checkout for the run's demo passes (bench._tokens)."""
+    deployment = load_deployment(var_dir / "deployment.json")
+    if deployment is None:
+        raise BenchError(f"no deployment record in {var_dir}")
+    numbers = [demo_pass_number(i) for i in range(1, DEMO_HOLDERS + 1)]
+    return CheckoutTokens(
+        domain=Domain(deployment.chain_id, deployment.ledger_address),
+        pass_ids=demo_pass_ids(database_url, numbers),
+    )
 
 
 async def _redeem_once(
@@ -336,24 +327,25 @@ async def _redeem_once(
 async def run_load(
     base_url: str,
     *,
+    tokens: CheckoutTokens,
     duration_s: float,
     rng: random.Random,
     fault: Callable[[], Any] | None,
     fault_at_s: float,
     events: list[tuple[float, str]],
 ) -> LoadTally:
-    """96 terminals redeem for ``duration_s``; ``fault`` (blocking, run in a thread) is called
+    """96 terminals redeem for ``duration_s``, each redemption a checkout with a pass and a
+    token of its own (``tokens``); ``fault`` (blocking, run in a thread) is called
     ``fault_at_s`` into the load."""
     tally = LoadTally()
-    tokens = _Tokens(base_url)
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30.0) as client:
-        await tokens.load(client)
-        tokens.terminals = [
+        terminals = [
             await _login(client, "terminal", dev_terminal_id(m), dev_terminal_secret(m))
             for m in range(1, MERCHANTS + 1)
         ]
-        tokens.scheme_id = await _budget_scheme(client, tokens.terminals[0], tokens.uris[0])
+        # a scan does not spend a token: mint one to find the budget scheme
+        scheme_id = await _budget_scheme(client, terminals[0], tokens.mint(0))
         run_id = uuid.uuid4().hex[:8]
         counter = itertools.count()
         amounts = [rng.randint(1, 9) for _ in range(4096)]
@@ -369,18 +361,20 @@ async def run_load(
                     i = next(counter)
                     key = f"faults-{run_id}-{i}"
                     amount = amounts[i % len(amounts)]
-                    body = {
-                        "token": tokens.uris[i % len(tokens.uris)],
-                        "scheme_id": tokens.scheme_id,
-                        "amount": amount,
-                    }
+                    held, token = await tokens.take()
+                    body = {"token": token, "scheme_id": scheme_id, "amount": amount}
                     headers = {
-                        "Authorization": f"Bearer {tokens.terminals[merchant_index]}",
+                        "Authorization": f"Bearer {terminals[merchant_index]}",
                         "Idempotency-Key": key,
                     }
                     tally.keys += 1
                     attempts_before = tally.attempts
-                    kind, value = await _redeem_once(connection, headers, body, give_up_at, tally)
+                    try:  # a retry keeps the body, token included: the same checkout
+                        kind, value = await _redeem_once(
+                            connection, headers, body, give_up_at, tally
+                        )
+                    finally:
+                        tokens.give_back(held)
                     if kind == "201":
                         tally.answers.append(
                             Answer(
@@ -410,8 +404,6 @@ async def run_load(
             await asyncio.to_thread(fault)
             events.append((round(time.monotonic() - t0, 2), "recovered"))
 
-        stop_refresh = asyncio.Event()
-        refresher = asyncio.create_task(tokens.refresh_forever(client, stop_refresh))
         injecting = asyncio.create_task(injector())
         try:
             await asyncio.gather(
@@ -419,9 +411,8 @@ async def run_load(
             )
             await injecting
         finally:
-            stop_refresh.set()
             injecting.cancel()
-            await asyncio.gather(refresher, injecting, return_exceptions=True)
+            await asyncio.gather(injecting, return_exceptions=True)
     return tally
 
 
@@ -724,6 +715,7 @@ def run_scenario(name: str, seed: int, duration_s: float, *, keep: bool = False)
             tally = asyncio.run(
                 run_load(
                     svc.base_url,
+                    tokens=_checkout_tokens(svc.var_dir, database_url),
                     duration_s=duration_s,
                     rng=rng,
                     fault=inject,
