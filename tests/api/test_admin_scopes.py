@@ -293,7 +293,7 @@ ROUTES: dict[tuple[str, str], Route] = {
             unknown=[(Call(f"/admin/passes/{UNKNOWN_PASS}/{action}"), "pass_number_unknown")],
             malformed=[Call(f"/admin/passes/{'X' * 40}/{action}")],
         )
-        for action in ("block", "unblock", "cards")
+        for action in ("block", "unblock", "cards", "pin/unlock")
     },
     **{
         ("GET", f"/admin/passes/{{pass_number}}/card.{kind}"): Route(

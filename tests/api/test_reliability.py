@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -75,25 +76,23 @@ def _onchain_redemptions(runtime: Runtime) -> dict[int, list[dict[str, Any]]]:
 
 def _redeem_many(client: TestClient, count: int, *, prefix: str = "rel") -> list[dict[str, Any]]:
     """``count`` redemptions of 1 euro from 8 concurrent terminals on 2 merchants and 20 passes;
-    each request retried with the same key until it is answered 201."""
-    tokens = {}
-    for n in range(1, 21):
-        number = f"GR{n:07d}"
-        tokens[number] = client.get(
-            f"/holder/passes/{number}/token", headers=holder(client, number)
-        ).json()["token_uri"]
+    each a checkout with a token of its own from the holder page (a pass is at one counter at
+    a time); each request retried with the same key and body until it is answered 201."""
     heads = {m: merchant(client, m) for m in (1, 2)}
+    counters = {f"GR{n:07d}": threading.Lock() for n in range(1, 21)}
 
     def one(i: int) -> dict[str, Any]:
         number = f"GR{i % 20 + 1:07d}"
         merchant_id = 1 + i % 2
-        body = {"token": tokens[number], "scheme_id": 1, "amount": 100}
-        headers = {**heads[merchant_id], "Idempotency-Key": f"{prefix}-{i}"}
-        for _ in range(20):
-            response = client.post("/merchant/redemptions", json=body, headers=headers)
-            if response.status_code == 201:
-                return {"merchant_id": merchant_id, **response.json()}
-            time.sleep(0.5)
+        with counters[number]:
+            token = client.get(f"/holder/passes/{number}/token", headers=holder(client, number))
+            body = {"token": token.json()["token_uri"], "scheme_id": 1, "amount": 100}
+            headers = {**heads[merchant_id], "Idempotency-Key": f"{prefix}-{i}"}
+            for _ in range(20):
+                response = client.post("/merchant/redemptions", json=body, headers=headers)
+                if response.status_code == 201:
+                    return {"merchant_id": merchant_id, **response.json()}
+                time.sleep(0.5)
         raise AssertionError(f"redemption {i} never confirmed: {response.text}")
 
     with ThreadPoolExecutor(8) as pool:
