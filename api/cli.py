@@ -110,14 +110,21 @@ def up(
     except (StartupError, LedgerError, WalletError, OSError) as exc:
         _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     try:
+        try:
+            app = create_app(settings, runtime)
+        except StartupError as exc:  # e.g. production with a development credential
+            runtime.close()
+            _fail(scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
         _print_banner(settings, runtime)
         config = uvicorn.Config(
-            create_app(settings, runtime),
+            app,
             host=settings.host,
             port=settings.port,
             log_level=log_level,
             log_config=None,  # configured above
             access_log=False,
+            # X-Forwarded-For is read by api.throttle, from STADJERSPAS_TRUSTED_PROXIES only
+            proxy_headers=False,
         )
         server = uvicorn.Server(config)
         # What start-up built (ABIs, compiled contracts, web3, templates) lives as long as the
