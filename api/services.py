@@ -309,7 +309,12 @@ def verify_token(runtime: Runtime, signed: SignedPassToken, *, cached_only: bool
     if holder_key != _ZERO_ADDRESS:
         allowed.add(holder_key)
     verify_pass_token(
-        signed, expected_domain=runtime.domain, now=int(time.time()), allowed_signers=allowed
+        signed,
+        expected_domain=runtime.domain,
+        now=int(time.time()),
+        allowed_signers=allowed,
+        # a short-lived token lives at most the token lifetime (plus the verifier's clock skew)
+        max_lifetime_s=runtime.settings.token_lifetime_s,
     )
 
 

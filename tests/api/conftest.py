@@ -94,7 +94,7 @@ def dev_settings(var_dir: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-_last_expiry = [0]
+_last_expiry: dict[bytes, int] = {}
 
 
 def signed_uri(
@@ -109,7 +109,8 @@ def signed_uri(
     checkout's token: it expires later than every earlier one (a token serves one checkout,
     and an older token than one already redeemed is refused)."""
     if expiry is None:
-        _last_expiry[0] = expiry = max(int(time.time()) + 60, _last_expiry[0] + 1)
+        expiry = max(int(time.time()) + 60, _last_expiry.get(pass_id, 0) + 1)
+        _last_expiry[pass_id] = expiry
     token = PassToken(pass_id=pass_id, serial=0, expiry=expiry)
     signed = sign_pass_token(
         token, domain=domain or runtime.domain, private_key=key or runtime.keys.pass_signer.key

@@ -88,6 +88,18 @@ def test_a_redeemed_app_token_is_refused_at_another_merchant(
     _problem(again, 409, "redemption_token_used")
 
 
+def test_an_app_token_living_longer_than_the_token_lifetime_is_refused(
+    client: TestClient, runtime: Runtime
+) -> None:
+    pid = _pid(runtime, "GR0000019")
+    long_lived = signed_uri(runtime, pid, expiry=int(time.time()) + 15 * 60)
+    response = client.post(
+        "/merchant/scan", json={"token": long_lived}, headers=merchant(client, 1)
+    )
+    body = _problem(response, 422, "token_lifetime_too_long")
+    assert str(runtime.settings.token_lifetime_s) in body["detail"]
+
+
 def test_one_checkout_redeems_each_scheme_once_with_one_scan(
     client: TestClient, runtime: Runtime
 ) -> None:
