@@ -143,6 +143,20 @@ _NL: dict[str, str] = {
     "merchant.reversed": "Teruggedraaid: {amount} terug op de pas. Nieuw saldo: {balance}",
     "merchant.reverse.confirm": "De laatste afboeking terugdraaien?",
     "merchant.error.network": "Geen verbinding met de server. Probeer het opnieuw.",
+    "merchant.scan.with_pin": "Pasnummer + pincode (klant zonder kaart of telefoon)",
+    "merchant.scan.pass_number.label": "Pasnummer (bijv. GR0000047)",
+    "merchant.pin.label": "Pincode van de pashouder",
+    "merchant.pin.hint": "Laat de pashouder de pincode zelf intypen.",
+    "merchant.pin.needed": (
+        "Met alleen de kaart kan hier tot {cap} per keer. Voor dit bedrag is de pincode van de "
+        "pashouder nodig. Er is nog niets afgeboekt."
+    ),
+    "merchant.pin.missing": "Vul de pincode van de pashouder in.",
+    "merchant.pin.short": "Een pincode heeft minstens 4 tekens.",
+    "merchant.pin.wrong_number": (
+        "Het pasnummer of de pincode klopt niet. Laat de pashouder het nog een keer proberen."
+    ),
+    "merchant.card.limit": "Kaart: zonder pincode tot {cap} per keer.",
     "scanner.starting": "Camera wordt gestart…",
     "scanner.scanning": "Camera aan. Houd de QR-code van de pas voor de camera.",
     "scanner.found": "Pascode gelezen.",
@@ -169,6 +183,24 @@ _NL: dict[str, str] = {
     "problem.short_code_throttled": (
         "Te veel verkeerde codes ingetypt. Wacht een minuut of scan de QR-code."
     ),
+    "problem.card_pin_required": (
+        "Voor dit bedrag is de pincode van de pashouder nodig. Er is niets afgeboekt."
+    ),
+    "problem.card_pin_wrong": (
+        "De pincode klopt niet. Er is niets afgeboekt. Laat de pashouder het nog een keer proberen."
+    ),
+    "problem.card_pin_locked": (
+        "De pincode van deze pas is geblokkeerd na te veel foute pogingen. Er is niets afgeboekt. "
+        "De pashouder kan op de pashouderpagina een nieuwe pincode instellen, of de gemeente "
+        "helpt. Een lager bedrag kan nog met alleen de kaart."
+    ),
+    "problem.card_pin_throttled": (
+        "Te veel foute pincodes op deze kassa. Er is niets afgeboekt. Probeer het over "
+        "{minutes} min. opnieuw."
+    ),
+    "problem.card_pin_malformed": "Een pincode heeft 4 tot 64 tekens. Er is niets afgeboekt.",
+    "problem.redemption_card_revoked": "Deze kaart is vervangen door een nieuwe kaart.",
+    "problem.redemption_token_used": "Deze pascode is al gebruikt. Scan de pas opnieuw.",
     "problem.pass_blocked": "Deze pas is geblokkeerd.",
     "problem.redemption_pass_blocked": "Deze pas is geblokkeerd.",
     "problem.redemption_amount_over_balance": "Het bedrag is hoger dan het saldo.",
@@ -313,6 +345,18 @@ _EN: dict[str, str] = {
     "merchant.reversed": "Reversed: {amount} back on the pass. New balance: {balance}",
     "merchant.reverse.confirm": "Reverse the last redemption?",
     "merchant.error.network": "No connection to the server. Please try again.",
+    "merchant.scan.with_pin": "Pass number + PIN (holder without card or phone)",
+    "merchant.scan.pass_number.label": "Pass number (e.g. GR0000047)",
+    "merchant.pin.label": "The holder's PIN",
+    "merchant.pin.hint": "Let the holder type the PIN themselves.",
+    "merchant.pin.needed": (
+        "The card alone allows up to {cap} at a time here. This amount needs the holder's PIN. "
+        "Nothing has been redeemed yet."
+    ),
+    "merchant.pin.missing": "Enter the holder's PIN.",
+    "merchant.pin.short": "A PIN has at least 4 characters.",
+    "merchant.pin.wrong_number": "The pass number or the PIN is wrong. Let the holder try again.",
+    "merchant.card.limit": "Card: up to {cap} at a time without PIN.",
     "scanner.starting": "Starting the camera…",
     "scanner.scanning": "Camera on. Hold the pass QR code in front of the camera.",
     "scanner.found": "Pass code read.",
@@ -339,6 +383,19 @@ _EN: dict[str, str] = {
     "problem.short_code_throttled": (
         "Too many wrong codes typed. Wait a minute, or scan the QR code."
     ),
+    "problem.card_pin_required": "This amount needs the holder's PIN. Nothing was redeemed.",
+    "problem.card_pin_wrong": "The PIN is wrong. Nothing was redeemed. Let the holder try again.",
+    "problem.card_pin_locked": (
+        "The PIN of this pass is locked after too many wrong entries. Nothing was redeemed. The "
+        "holder can set a new PIN on the holder page, or the municipality can help. A lower "
+        "amount still works with the card alone."
+    ),
+    "problem.card_pin_throttled": (
+        "Too many wrong PINs at this till. Nothing was redeemed. Try again in {minutes} min."
+    ),
+    "problem.card_pin_malformed": "A PIN has 4 to 64 characters. Nothing was redeemed.",
+    "problem.redemption_card_revoked": "This card was replaced by a new one and no longer works.",
+    "problem.redemption_token_used": "This pass code was already used. Scan the pass again.",
     "problem.pass_blocked": "This pass is blocked.",
     "problem.redemption_pass_blocked": "This pass is blocked.",
     "problem.redemption_amount_over_balance": "The amount is more than the balance.",

@@ -1,6 +1,8 @@
 // Merchant scanner page: camera (bundled StadjerspasScanner) or typed code -> scan -> redeem,
 // with a large result screen and "reverse the last redemption". Calls the session-backed JSON
 // routes under /merchant/web/ with the page's CSRF token and a client-generated Idempotency-Key.
+// The holder's PIN (a printed card above its limit, or a pass number without card or phone) is
+// read from its field for one request and cleared at once: it is never kept, logged or put in a URL.
 (function () {
   "use strict";
   var $ = function (id) { return document.getElementById(id); };
@@ -10,12 +12,19 @@
   var csrf = document.querySelector('meta[name="csrf-token"]').content;
   var money = new Intl.NumberFormat(lang === "nl" ? "nl-NL" : "en-GB", { style: "currency", currency: "EUR" });
 
-  var token = null;        // the scanned pass token URI
+  var token = null;        // the token to redeem with: the scanned one, or the scan's checkout_token
+  var amountCap = null;    // the scanned card's limit without PIN (null: none known)
   var schemes = [];        // redeemable schemes of the scanned pass
   var pendingKey = null;   // Idempotency-Key of the redemption being tried (kept for retries)
   var pendingBody = null;
   var last = null;         // the last successful redemption {id, unit}
   var busy = false;
+  // Refusals that stored nothing (the request never reached the redemption record): a retry of
+  // the same redemption keeps its Idempotency-Key, as after a lost answer.
+  var PIN_CODES = ["card_pin_required", "card_pin_wrong", "card_pin_locked", "card_pin_throttled",
+    "card_pin_malformed"];
+  var KEEP_KEY = ["network", "receipt_timeout"].concat(PIN_CODES);
+  var MIN_PIN = 4;
 
   function t(key, values) {
     var text = M[key] || key;
@@ -34,7 +43,15 @@
   function problemText(problem) {
     var code = (problem && problem.code) || "network";
     if (code === "network") return t("merchant.error.network");
-    return M["problem." + code] || t("problem.default", { code: code });
+    var minutes = Math.max(1, Math.ceil((problem.retry_after || 600) / 60));
+    return M["problem." + code] ? t("problem." + code, { minutes: minutes }) : t("problem.default", { code: code });
+  }
+  function isPinProblem(problem) { return PIN_CODES.indexOf(problem && problem.code) >= 0; }
+  function fieldError(inputId, errorId, text) {
+    $(errorId).textContent = text || "";
+    $(errorId).hidden = !text;
+    if (text) $(inputId).setAttribute("aria-invalid", "true");
+    else $(inputId).removeAttribute("aria-invalid");
   }
   function show(view) {
     ["scan-view", "pass-view", "result-view"].forEach(function (id) { $(id).hidden = id !== view; });
@@ -48,7 +65,11 @@
     return fetch(url, { method: "POST", credentials: "same-origin", headers: h, body: JSON.stringify(body) })
       .then(function (response) {
         return response.json().catch(function () { return {}; }).then(function (data) {
-          if (!response.ok) { data.code = data.code || "http_" + response.status; throw data; }
+          if (!response.ok) {
+            data.code = data.code || "http_" + response.status;
+            data.retry_after = Number(response.headers.get("Retry-After")) || null;
+            throw data;
+          }
           return data;
         });
       }, function () { throw { code: "network" }; });
@@ -86,29 +107,64 @@
     if (window.StadjerspasScanner) window.StadjerspasScanner.stopScanner();
   }
 
-  function useCode(text, source) {
+  function useCode(text, source, pin) {
     if (busy) return;
     busy = true;
     token = text.trim();
     app.dataset.source = source;
-    call("/merchant/web/scan", { token: token }).then(function (data) {
+    var body = { token: token };
+    if (pin) body.pin = pin;
+    call("/merchant/web/scan", body).then(function (data) {
       stopCamera();
+      if (data.checkout_token) token = data.checkout_token;  // this checkout redeems with it
       showPass(data);
     }, function (problem) {
+      if (pin && isPinProblem(problem)) {
+        // a pass number (or card) with a PIN: stay on the form, keep the number, ask again
+        var text = problem.code === "card_pin_wrong" ? M["merchant.pin.wrong_number"] : problemText(problem);
+        fieldError("manual-pin", "manual-pin-error", text);
+        $("manual-pin-error").dataset.code = problem.code;
+        focus("manual-pin");
+        return;
+      }
       stopCamera();
       showRefused(problem);
     }).finally(function () { busy = false; });
   }
 
+  function setManualPin(on) {
+    $("manual-with-pin").checked = on;
+    $("manual-pin-field").hidden = !on;
+    $("manual-pin").value = "";
+    fieldError("manual-pin", "manual-pin-error", "");
+    $("manual-code-label").textContent = M[on ? "merchant.scan.pass_number.label" : "merchant.scan.manual.label"];
+  }
+  $("manual-with-pin").addEventListener("change", function () {
+    setManualPin($("manual-with-pin").checked);
+    if ($("manual-with-pin").checked) focus("manual-code");
+  });
+
   $("manual-entry").addEventListener("submit", function (event) {
     event.preventDefault();
     var code = $("manual-code").value.trim();
-    if (code) useCode(code, "manual");
+    var withPin = $("manual-with-pin").checked;
+    var pin = withPin ? $("manual-pin").value : "";
+    $("manual-pin").value = "";  // read once; never kept in the page
+    if (!code || busy) return;
+    if (withPin && pin.length < MIN_PIN) {
+      fieldError("manual-pin", "manual-pin-error", M[pin ? "merchant.pin.short" : "merchant.pin.missing"]);
+      focus("manual-pin");
+      return;
+    }
+    fieldError("manual-pin", "manual-pin-error", "");
+    useCode(code, withPin ? "manual-pin" : "manual", pin || null);
   });
 
   // -- the scanned pass -------------------------------------------------------------------
   function showPass(data) {
     schemes = data.redeemable || [];
+    amountCap = data.token_kind === "card" && !data.checkout_token ? data.amount_cap : null;
+    hidePin();
     $("pass-first-name").textContent = data.first_name || "—";
     $("pass-status").textContent = t("merchant.result.status." + data.status);
     $("pass-status").dataset.status = data.status;
@@ -153,7 +209,31 @@
       : s.kind === "discount" ? "merchant.amount.price" : "merchant.amount.euro";
     $("amount-label").textContent = M[key];
     $("amount").inputMode = s && s.kind === "uses" ? "numeric" : "decimal";
+    $("card-limit").hidden = !(s && amountCap !== null && amountCap !== undefined && !s.unlimited);
+    if (!$("card-limit").hidden) $("card-limit").textContent = t("merchant.card.limit", { cap: fmt(amountCap, s.unit) });
     pendingKey = null;
+  }
+
+  // -- the holder's PIN, for a card above its limit ----------------------------------------
+  function askPin(problem, s) {
+    if (problem.code === "card_pin_required") {
+      if (problem.amount_cap !== undefined && problem.amount_cap !== null) amountCap = problem.amount_cap;
+      $("pin-needed").textContent = t("merchant.pin.needed", { cap: fmt(amountCap, s.unit) });
+      fieldError("pin", "pin-error", "");
+    } else {
+      fieldError("pin", "pin-error", problemText(problem));
+    }
+    $("pin-needed").hidden = !$("pin-needed").textContent;
+    $("pin-error").dataset.code = problem.code;
+    $("pin-field").hidden = false;
+    focus("pin");
+  }
+  function hidePin() {
+    $("pin").value = "";
+    $("pin-field").hidden = true;
+    $("pin-needed").textContent = "";
+    $("pin-error").removeAttribute("data-code");
+    fieldError("pin", "pin-error", "");
   }
   function parseAmount(text, kind) {
     text = text.trim().replace(/\s|€/g, "");
@@ -178,22 +258,40 @@
     }
     $("amount-error").hidden = true;
     $("amount").removeAttribute("aria-invalid");
+    var pin = $("pin-field").hidden ? "" : $("pin").value;
+    $("pin").value = "";  // read once; never kept in the page
+    if (!$("pin-field").hidden && pin.length < MIN_PIN) {
+      var overCap = amountCap === null || amountCap === undefined || amount > amountCap || s.kind === "discount";
+      if (pin || overCap) {
+        fieldError("pin", "pin-error", M[pin ? "merchant.pin.short" : "merchant.pin.missing"]);
+        focus("pin");
+        return;
+      }
+    }
+    fieldError("pin", "pin-error", "");
     var body = { token: token, scheme_id: s.scheme_id, amount: amount };
-    var same = pendingBody && pendingBody.scheme_id === body.scheme_id && pendingBody.amount === body.amount;
+    var same = pendingBody && pendingBody.token === body.token &&
+      pendingBody.scheme_id === body.scheme_id && pendingBody.amount === body.amount;
     if (!pendingKey || !same) pendingKey = newKey();  // a retry of the same redemption keeps its key
-    pendingBody = body;
+    pendingBody = body;  // without the PIN
+    var sent = pin ? { token: body.token, scheme_id: body.scheme_id, amount: body.amount, pin: pin } : body;
+    pin = "";
     busy = true;
     var button = $("redeem-button");
     button.disabled = true;
     button.textContent = M["merchant.redeeming"];
-    call("/merchant/web/redemptions", body, { "Idempotency-Key": pendingKey }).then(function (r) {
+    call("/merchant/web/redemptions", sent, { "Idempotency-Key": pendingKey }).then(function (r) {
       pendingKey = null;
+      hidePin();
       last = { id: r.redemption_id, unit: s.unit };
       showOk(r, s);
     }, function (problem) {
-      if (problem.code !== "network" && problem.code !== "receipt_timeout") pendingKey = null;
+      if (KEEP_KEY.indexOf(problem.code) < 0) pendingKey = null;
+      if (isPinProblem(problem)) { askPin(problem, s); return; }  // the amount stays as typed
+      hidePin();
       showRefused(problem);
     }).finally(function () {
+      sent = null;
       busy = false;
       button.disabled = false;
       button.textContent = M["merchant.redeem"];
@@ -246,6 +344,9 @@
   Array.prototype.forEach.call(document.querySelectorAll(".scan-again"), function (button) {
     button.addEventListener("click", function () {
       token = null;
+      amountCap = null;
+      hidePin();
+      setManualPin(false);
       $("manual-code").value = "";
       $("result").removeAttribute("data-outcome");
       show("scan-view");
