@@ -168,6 +168,19 @@ class BalancesOut(BaseModel):
     balances: list[Balance]
 
 
+#: The holder's PIN at a terminal (``ScanIn``, ``RedemptionIn``).
+CounterPin = Annotated[
+    str | None,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="The holder's PIN, typed at the terminal: with a printed card's token above "
+        "the card's limit, or with a pass number (``token``) for a holder without card or phone. "
+        "The service then signs a fresh token for this checkout.",
+    ),
+]
+
+
 class RedemptionIn(BaseModel):
     """Redeem against a scanned pass token. Send an ``Idempotency-Key`` header with it."""
 
@@ -190,14 +203,7 @@ class RedemptionIn(BaseModel):
         description="The scanned token URI, or the short code shown beside the QR (any case, "
         "spaces and dashes ignored).",
     )
-    pin: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=64,
-        description="The holder's PIN, typed at the terminal: with a printed card's token above "
-        "the card's limit, or with a pass number (``token``) for a holder without card or phone. "
-        "The service then signs a fresh token for this checkout.",
-    )
+    pin: CounterPin = None
     scheme_id: int = Field(ge=1, le=2**63 - 1)
     amount: int = Field(
         ge=1,
@@ -343,14 +349,7 @@ class ScanIn(BaseModel):
         description="The scanned token URI, or the short code shown beside the QR (any case, "
         "spaces and dashes ignored); with ``pin``, also a pass number.",
     )
-    pin: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=64,
-        description="The holder's PIN, typed at the terminal: with a printed card's token above "
-        "the card's limit, or with a pass number (``token``) for a holder without card or phone. "
-        "The service then signs a fresh token for this checkout.",
-    )
+    pin: CounterPin = None
 
 
 class Redeemable(BaseModel):
