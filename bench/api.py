@@ -7,9 +7,11 @@ the load from a separate process (:mod:`bench._load`, httpx + asyncio):
 - ``POST /merchant/scan`` back to back at a fixed concurrency: client-side p50/p99 latency and
   achieved requests/s; plus in-process ``decode_token_uri`` + ``verify_pass_token`` for
   comparison;
-- budget redemptions of 1 euro from many concurrent terminals of every merchant: only HTTP 201
-  with a transaction hash counts; afterwards the merchants' on-chain totals and the holders'
-  balances must have moved by exactly the confirmed amount.
+- budget redemptions of 1 euro from many concurrent terminals of every merchant, each a
+  checkout with a pass token of its own (a token serves one checkout: the service is seeded
+  with ``--holders`` demo holders, 1,000 by default, and a pass serves one checkout at a time):
+  only HTTP 201 with a transaction hash counts; afterwards the merchants' on-chain totals and
+  the holders' balances must have moved by exactly the confirmed amount.
 
 Prints a table; ``--json`` prints one JSON object as the last line. Stops the service with
 SIGINT and removes the temporary directory. See ``docs/benchmarks.md``.
@@ -35,9 +37,9 @@ from typing import Any
 
 import httpx
 
-from bench._load import DEFAULTS, LoadConfig
+from bench._load import BENCH_HOLDERS, DEFAULTS, LoadConfig
 
-__all__ = ["FIGURE_KEYS", "TARGETS", "Service", "main", "run", "service"]
+__all__ = ["FIGURE_KEYS", "TARGETS", "Service", "main", "run", "service", "service_env"]
 
 #: The keys every run reports, in table order (more figures follow them in the JSON).
 FIGURE_KEYS = ("verify_p99_ms", "verify_rps", "redemptions_per_s")
@@ -48,7 +50,7 @@ TARGETS: dict[str, tuple[float, str]] = {
     "verify_inprocess_p99_ms": (1.0, "max"),
     "redemptions_per_s": (300.0, "min"),
 }
-STARTUP_TIMEOUT_S = 90.0
+STARTUP_TIMEOUT_S = 180.0  # the first start seeds BENCH_HOLDERS demo holders
 LOAD_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
 
@@ -68,6 +70,7 @@ def _free_port() -> int:
 class Service:
     base_url: str
     rpc_url: str
+    database_url: str  # the service's registry (SQLite in its state directory)
     var_dir: Path
     log: Path
     startup_s: float
@@ -81,26 +84,57 @@ def _executable() -> list[str]:
     return [sys.executable, "-c", "from api.cli import app; app()"]
 
 
-@contextlib.contextmanager
-def service(extra_env: dict[str, str] | None = None) -> Iterator[Service]:
-    """Run ``stadjerspas up`` in a temporary state directory; stop it with SIGINT on exit."""
-    tmp = Path(tempfile.mkdtemp(prefix="stadjerspas-bench-api-"))
-    var_dir, log = tmp / "var", tmp / "service.log"
-    api_port, anvil_port = _free_port(), _free_port()
+def service_env(
+    *,
+    var_dir: Path,
+    api_port: int,
+    anvil_port: int,
+    holders: int = BENCH_HOLDERS,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of the benchmark's service: development defaults, its own state
+    directory and ports, ``holders`` demo holders, no per-client rate limit. Pass tokens keep
+    the service's default lifetime (at most 120 s): the load signs a fresh one per checkout."""
+    inherited = dict(os.environ)
+    # the service's own node and database; the lifetime stays the default (an inherited value
+    # above 120 s would stop the service)
+    for name in ("STADJERSPAS_RPC_URL", "STADJERSPAS_DATABASE_URL", "STADJERSPAS_TOKEN_LIFETIME_S"):
+        inherited.pop(name, None)
     env = {
-        **os.environ,
+        **inherited,
         "STADJERSPAS_ENV": "development",
         "STADJERSPAS_VAR_DIR": str(var_dir),
         "STADJERSPAS_HOST": "127.0.0.1",
         "STADJERSPAS_PORT": str(api_port),
         "STADJERSPAS_ANVIL_PORT": str(anvil_port),
-        "STADJERSPAS_TOKEN_LIFETIME_S": "600",  # pass tokens outlive the run
+        # a pass token serves one checkout: every redemption needs a pass of its own for a
+        # second, so the run enrols enough holders for the target rate (bench._tokens)
+        "STADJERSPAS_DEMO_HOLDERS": str(holders),
         # a few terminal logins carry all the load: per-client rate limiting would measure itself
         "STADJERSPAS_RATE_LIMIT_PER_S": "0",
         **(extra_env or {}),
     }
     env.pop("STADJERSPAS_RPC_URL", None)
     env.pop("STADJERSPAS_DATABASE_URL", None)
+    return env
+
+
+@contextlib.contextmanager
+def service(
+    extra_env: dict[str, str] | None = None, *, holders: int = BENCH_HOLDERS
+) -> Iterator[Service]:
+    """Run ``stadjerspas up`` in a temporary state directory, seeded with ``holders`` demo
+    holders; stop it with SIGINT on exit."""
+    tmp = Path(tempfile.mkdtemp(prefix="stadjerspas-bench-api-"))
+    var_dir, log = tmp / "var", tmp / "service.log"
+    api_port, anvil_port = _free_port(), _free_port()
+    env = service_env(
+        var_dir=var_dir,
+        api_port=api_port,
+        anvil_port=anvil_port,
+        holders=holders,
+        extra_env=extra_env,
+    )
     base_url = f"http://127.0.0.1:{api_port}"
     started = time.perf_counter()
     with log.open("wb") as out:
@@ -125,6 +159,7 @@ def service(extra_env: dict[str, str] | None = None) -> Iterator[Service]:
         yield Service(
             base_url=base_url,
             rpc_url=f"http://127.0.0.1:{anvil_port}",
+            database_url=f"sqlite:///{var_dir / 'stadjerspas.db'}",
             var_dir=var_dir,
             log=log,
             startup_s=time.perf_counter() - started,
@@ -162,6 +197,10 @@ def _load(svc: Service, cfg: LoadConfig) -> dict[str, Any]:
         svc.base_url,
         "--rpc-url",
         svc.rpc_url,
+        "--database-url",
+        svc.database_url,
+        "--holders",
+        str(cfg.holders),
         "--scan-seconds",
         str(cfg.scan_seconds),
         "--scan-rps",
@@ -193,7 +232,7 @@ def run(
 ) -> dict[str, Any]:
     """Start the service, run the load, stop the service; return the figures."""
     base = cfg or LoadConfig(base_url="", rpc_url="")
-    with service(extra_env) as svc:
+    with service(extra_env, holders=base.holders) as svc:
         figures = _load(svc, base)
         figures["startup_s"] = round(svc.startup_s, 1)
     return figures
@@ -259,6 +298,11 @@ def table(figures: dict[str, Any]) -> str:
             "",
         ),
         ("redemptions per transaction", f"{figures['redemptions_per_transaction']:.1f}", ""),
+        (
+            "passes (one token per checkout)",
+            f"{figures['redemption_passes_used']} of {figures['redemption_passes']} used",
+            "",
+        ),
         ("server CPU per redemption (ms)", _optional(figures.get("redemption_server_cpu_ms")), ""),
         (
             "merchants x terminals",
@@ -295,10 +339,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--terminals-per-merchant", type=int, default=DEFAULTS.terminals_per_merchant
     )
+    parser.add_argument(
+        "--holders",
+        type=int,
+        default=DEFAULTS.holders,
+        help="demo holders to seed; each redemption is a checkout of one of their passes",
+    )
     args = parser.parse_args(argv)
     cfg = LoadConfig(
         base_url="",
         rpc_url="",
+        holders=args.holders,
         scan_seconds=args.scan_seconds,
         scan_rps=args.scan_rps,
         scan_connections=args.scan_connections,
