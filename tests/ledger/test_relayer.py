@@ -218,9 +218,7 @@ def test_transfer_and_receipt(relayer: Relayer, rpc: RpcClient, sender: LocalAcc
     assert m.batches >= 1
 
 
-def test_a_held_relayer_signs_nothing_new_until_released(
-    relayer: Relayer, rpc: RpcClient
-) -> None:
+def test_a_held_relayer_signs_nothing_new_until_released(relayer: Relayer, rpc: RpcClient) -> None:
     to = _fresh_account().address
     relayer.hold(30)
     assert relayer.held
