@@ -197,6 +197,8 @@ class LedgerClient:
         self.contract = w3.eth.contract(address=self.address, abi=self.abi)
         self.events = EventDecoder(self.abi)
         self._functions = {str(f["name"]): f for f in self.abi if f.get("type") == "function"}
+        #: function name -> (selector, argument types): hashed once, not per call
+        self._encoders: dict[str, tuple[bytes, list[str]]] = {}
         self._chain_id: int | None = None
         self._domain: Domain | None = None
         self._address_lower = self.address.lower()
@@ -224,11 +226,15 @@ class LedgerClient:
 
     def call_data(self, function: str, *args: Any) -> bytes:
         """ABI-encoded call data of ``function(*args)``."""
-        abi = self._functions.get(function)
-        if abi is None:
-            raise KeyError(f"the ledger contract has no function {function!r}")
-        types = [abi_type(p) for p in abi["inputs"]]
-        return bytes(function_abi_to_4byte_selector(cast(Any, abi))) + encode(types, list(args))
+        encoder = self._encoders.get(function)
+        if encoder is None:
+            abi = self._functions.get(function)
+            if abi is None:
+                raise KeyError(f"the ledger contract has no function {function!r}")
+            selector = bytes(function_abi_to_4byte_selector(cast(Any, abi)))
+            encoder = self._encoders[function] = (selector, [abi_type(p) for p in abi["inputs"]])
+        selector, types = encoder
+        return selector + encode(types, list(args))
 
     def redeem_data(self, request: RedemptionRequest) -> bytes:
         return self.call_data("redeem", request.as_tuple())

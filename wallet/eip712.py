@@ -167,9 +167,9 @@ class SignedPassToken:
             size = len(self.signature) if isinstance(self.signature, bytes) else "?"
             raise InvalidValue(f"signature must be exactly {SIGNATURE_LENGTH} bytes, got {size}")
 
-    @property
+    @functools.cached_property
     def digest(self) -> bytes:
-        """The EIP-712 digest that was signed."""
+        """The EIP-712 digest that was signed (computed once per token object)."""
         return pass_token_digest(self.token, domain=self.domain)
 
 
