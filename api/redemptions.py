@@ -58,7 +58,7 @@ from starlette.concurrency import run_in_threadpool
 from api import cohort_claims
 from api.problems import ApiProblem, contract_status
 from api.schemas import RedemptionOut
-from api.services import balance_at, merchant_address, verify_token
+from api.services import balance_at, merchant_address, note_token, verify_token
 from api.store import IdempotencyConflict, RedemptionRecord, RedemptionStatus, TokenAlreadyUsed
 from ledger import contract_errors as ce
 from ledger.batcher import RedemptionAccepted, RedemptionRefused, outcomes_of
@@ -408,6 +408,8 @@ async def redeem(
             if existing is None:
                 raise
             return await run_in_threadpool(_replay, runtime, existing, request_hash)
+        if not checked.signed.token.is_card:
+            note_token(runtime, checked.signed.token.pass_id, checked.signed.token.expiry)
         allocation = runtime.store.allocate_redemption(
             merchant_id=merchant_id,
             idempotency_key=idempotency_key,

@@ -174,10 +174,11 @@ _EXPIRY_SLACK = 0.2
 
 
 def fresh_expiry(runtime: Runtime, pass_id: bytes, lifetime_s: int) -> int:
-    """The expiry of a new short-lived token for ``pass_id``: ``lifetime_s`` from now, and
-    later than every token this process signed for the pass before, so each is a new checkout's
-    (the contract refuses a token no newer than one already redeemed). Refused with 429 when a
-    pass asks for tokens faster than one a second for a while."""
+    """The expiry of a new short-lived token for ``pass_id``: about ``lifetime_s`` from now, and
+    later than every token of the pass this process signed or saw redeemed (:func:`note_token`:
+    a holder app's token too), so each is a new checkout's (the contract refuses a token no
+    newer than one already redeemed). Refused with 429 when a pass asks for tokens faster than
+    one a second for a while."""
     now = int(time.time())
     with runtime.token_expiries_lock:
         last = runtime.token_expiries.get(pass_id, 0)
@@ -194,6 +195,14 @@ def fresh_expiry(runtime: Runtime, pass_id: bytes, lifetime_s: int) -> int:
             for key in [k for k, v in runtime.token_expiries.items() if v < now]:
                 del runtime.token_expiries[key]
     return expiry
+
+
+def note_token(runtime: Runtime, pass_id: bytes, expiry: int) -> None:
+    """A short-lived token of ``pass_id`` that expires at ``expiry`` is being redeemed: every
+    token this process signs for the pass from now on expires later."""
+    with runtime.token_expiries_lock:
+        if runtime.token_expiries.get(pass_id, 0) < expiry:
+            runtime.token_expiries[pass_id] = expiry
 
 
 def make_pass_token(runtime: Runtime, settings: Settings, pass_number: str) -> PassTokenOut:

@@ -106,11 +106,18 @@ def signed_uri(
     key: bytes | None = None,
 ) -> str:
     """A short-lived token signed by the pass signer. Without ``expiry`` each call makes a new
-    checkout's token: it expires later than every earlier one (a token serves one checkout,
-    and an older token than one already redeemed is refused)."""
-    if expiry is None:
-        expiry = max(int(time.time()) + 60, _last_expiry.get(pass_id, 0) + 1)
-        _last_expiry[pass_id] = expiry
+    checkout's token: it expires later than every earlier one of the pass, those the service
+    signed or saw redeemed included, and within the token lifetime (a token serves one
+    checkout, and a token older than one already redeemed is refused)."""
+    while expiry is None:
+        now = int(time.time())
+        with runtime.token_expiries_lock:  # what the service signed or saw redeemed
+            known = runtime.token_expiries.get(pass_id, 0)
+        candidate = max(now + 100, _last_expiry.get(pass_id, 0) + 1, known + 1)
+        if candidate <= now + 120:
+            expiry = _last_expiry[pass_id] = candidate
+        else:
+            time.sleep(0.2)  # many tokens of one pass this second: the next second
     token = PassToken(pass_id=pass_id, serial=0, expiry=expiry)
     signed = sign_pass_token(
         token, domain=domain or runtime.domain, private_key=key or runtime.keys.pass_signer.key

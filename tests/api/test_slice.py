@@ -56,7 +56,8 @@ def test_health(client: TestClient, runtime: Runtime) -> None:
 def test_demo_seed(runtime: Runtime, client: TestClient) -> None:
     holders = runtime.store.holders()
     assert len([h for h in holders if h.pass_number.startswith("GR00000")]) == 50
-    assert [m.id for m in runtime.store.merchants()] == [1, 2, 3]
+    # the demo merchants (other tests of the session may enrol more)
+    assert [m.id for m in runtime.store.merchants() if m.id <= 3] == [1, 2, 3]
     body = client.get(
         "/holder/passes/GR0000050/balances", headers=holder(client, "GR0000050")
     ).json()

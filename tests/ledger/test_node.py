@@ -372,11 +372,16 @@ def _send(node: AnvilNode, count: int) -> None:
         )
 
 
-def _ahead_of_its_blocks(dump: dict[str, Any]) -> dict[str, Any]:
-    """The dump with its newest transaction missing from the history (state of one moment,
-    blocks of the moment before), as anvil can write it while it mines."""
-    newest = max(dump["transactions"], key=lambda t: t["info"]["nonce"])
-    return dump | {"transactions": [t for t in dump["transactions"] if t is not newest]}
+def _ahead_of_its_blocks(dump: dict[str, Any], sender: str) -> dict[str, Any]:
+    """The dump with ``sender``'s account nonce past its dumped transactions (the state of a
+    later moment than the blocks), as anvil can write it while it mines."""
+    accounts = {
+        address: account | {"nonce": int(account["nonce"]) + 1}
+        if address.lower() == sender.lower()
+        else account
+        for address, account in dump["accounts"].items()
+    }
+    return dump | {"accounts": accounts}
 
 
 def test_a_state_ahead_of_its_blocks_is_told() -> None:
@@ -404,22 +409,20 @@ def test_a_state_ahead_of_its_blocks_is_set_aside_for_the_backup(
     node: AnvilNode, caplog: pytest.LogCaptureFixture
 ) -> None:
     node.start()
-    _send(node, 2)
-    node.stop()  # a complete, consistent dump: the backup
-    good = json.loads(node.state_file.read_bytes())
-    assert state_inconsistency(good) is None
-    node.backup_file.write_bytes(node.state_file.read_bytes())
+    sender = node.rpc("eth_accounts")[0]
+    node.rpc("anvil_mine", ["0x2"])  # blocks without transactions: a consistent dump
+    node.stop()
+    assert state_inconsistency(json.loads(node.state_file.read_bytes())) is None
+    node.backup_file.write_bytes(node.state_file.read_bytes())  # as the supervisor would
     node.start()
     _send(node, 1)
     node.stop()
-    node.state_file.write_text(
-        json.dumps(_ahead_of_its_blocks(json.loads(node.state_file.read_bytes())))
-    )
+    dump = json.loads(node.state_file.read_bytes())
+    node.state_file.write_text(json.dumps(_ahead_of_its_blocks(dump, sender)))
 
     node.start()  # the backup is loaded: the chain the outbox can replay onto
     assert node.rpc("eth_blockNumber") == hex(2)
-    sender = node.rpc("eth_accounts")[0]
-    assert node.rpc("eth_getTransactionCount", [sender, "latest"]) == hex(2)
+    assert node.rpc("eth_getTransactionCount", [sender, "latest"]) == "0x0"
     assert (node.state_dir / "anvil-state.json.corrupt-1").is_file()
     assert "restored the backup" in caplog.text
     node.stop()
@@ -429,11 +432,10 @@ def test_a_state_ahead_of_its_blocks_is_set_aside_for_the_backup(
     node.start()
     _send(node, 1)
     node.stop()
-    node.state_file.write_text(
-        json.dumps(_ahead_of_its_blocks(json.loads(node.state_file.read_bytes())))
-    )
+    dump = json.loads(node.state_file.read_bytes())
+    node.state_file.write_text(json.dumps(_ahead_of_its_blocks(dump, sender)))
     node.start()
-    assert int(node.rpc("eth_blockNumber"), 16) >= 2
+    assert int(node.rpc("eth_blockNumber"), 16) >= 3
     assert "loading it anyway" in caplog.text
 
 
