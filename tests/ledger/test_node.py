@@ -435,7 +435,9 @@ def test_a_state_ahead_of_its_blocks_is_set_aside_for_the_backup(
     dump = json.loads(node.state_file.read_bytes())
     node.state_file.write_text(json.dumps(_ahead_of_its_blocks(dump, sender)))
     node.start()
-    assert int(node.rpc("eth_blockNumber"), 16) >= 3
+    # not genesis (how many of its blocks anvil's stop dump holds varies under load)
+    assert int(node.rpc("eth_blockNumber"), 16) >= 2
+    assert not (node.state_dir / "anvil-state.json.corrupt-2").exists()
     assert "loading it anyway" in caplog.text
 
 
