@@ -286,6 +286,7 @@ class Runtime:
                         port=settings.anvil_port,
                         chain_id=settings.anvil_chain_id,
                         state_interval_s=settings.anvil_state_interval_s,
+                        block_time=settings.anvil_block_time_s,
                         project_root=settings.project_root,
                     )
                 )

@@ -95,6 +95,13 @@ class Settings(BaseSettings):
         description="How often (seconds) the embedded node writes its state file. What a "
         "killed node loses since then, the reconciler replays from the outbox.",
     )
+    anvil_block_time_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=60,
+        description="Embedded anvil mines a block every this many seconds, as a QBFT network "
+        "does (e.g. 2); unset: a block per transaction (anvil's automine).",
+    )
     auto_deploy: bool | None = Field(
         default=None, description="Deploy when no deployment record exists (default: development)."
     )
