@@ -399,7 +399,8 @@ class MerchantLocationOut(BaseModel):
 
 
 class MerchantIn(_In):
-    """A partner; its chain address gets the merchant role on the ledger."""
+    """A partner. The service creates its signing key (kept in the encrypted partner
+    keystore) and grants that address the merchant role; the partner supplies no address."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -409,7 +410,6 @@ class MerchantIn(_In):
                 {
                     "name": "Sportclub Be Quick",
                     "kvk_number": "01012345",
-                    "address": "0x90F79bf6EB2c4f870365E785982E1f101E93b906",
                     "category": "sport",
                     "iban": "NL91 ABNA 0417 1643 00",
                     "location": {
@@ -429,7 +429,6 @@ class MerchantIn(_In):
         description="8 digits (else 422 `kvk_invalid`)",
         json_schema_extra={"pattern": KVK_PATTERN},
     )
-    address: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
     category: str = Field(min_length=1, max_length=64)
     iban: str | None = Field(default=None, max_length=42)
     location: MerchantLocationIn | None = Field(
