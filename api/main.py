@@ -28,6 +28,7 @@ from api.routes import (
     holder,
     merchant,
     pages,
+    partner_pages,
     partners,
     reports,
 )
@@ -137,6 +138,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     app.include_router(admin_registry.router)
     app.include_router(partners.router)
     app.include_router(admin_pages.router)
+    app.include_router(partner_pages.router)
     app.include_router(pages.router)
     app.include_router(docs.router)
 
