@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, GetJsonSchemaHandler
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    model_validator,
+)
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
@@ -434,6 +441,21 @@ class MerchantIn(_In):
     location: MerchantLocationIn | None = Field(
         default=None, description="Optional; set or change later at `PUT .../location`"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lengths_as_sent(cls, data: Any) -> Any:
+        """The declared ``maxLength`` holds for the text as sent, spaces included (the
+        fields are stripped after): a 17-character KvK of 8 digits and spaces is refused."""
+        if isinstance(data, dict):
+            for name, info in cls.model_fields.items():
+                value = data.get(name)
+                limit = next(
+                    (m.max_length for m in info.metadata if hasattr(m, "max_length")), None
+                )
+                if isinstance(value, str) and limit is not None and len(value) > limit:
+                    raise ValueError(f"{name} is longer than {limit} characters")
+        return data
 
 
 class MerchantOut(BaseModel):
