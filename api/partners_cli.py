@@ -18,6 +18,7 @@ from rich.markup import escape
 from api.partners import import_partners
 from api.settings import Settings
 from ledger.errors import LedgerError
+from ledger.partner_import import read_partners
 from ledger.registry import CsvImportError, RegistryError
 
 __all__ = ["import_partners_command"]
@@ -47,6 +48,14 @@ def import_partners_command(
     if size > _MAX_BYTES:
         fail(f"{file} is {size} bytes; a partners CSV may be at most {_MAX_BYTES}", EXIT_BAD_INPUT)
     data = file.read_bytes()
+    try:  # every line checked before the service starts
+        read_partners(data)
+    except CsvImportError as exc:
+        for error in exc.errors:
+            err.print(
+                f"{file}:{error.line}: {escape(error.message)}", highlight=False, soft_wrap=True
+            )
+        fail(f"{file} refused: {len(exc.errors)} problem(s); no partner enrolled", EXIT_BAD_INPUT)
     try:
         settings = Settings()
         runtime = Runtime.start(settings, report=lambda _m: None)
@@ -56,7 +65,9 @@ def import_partners_command(
         result = import_partners(runtime, data)
     except CsvImportError as exc:
         for error in exc.errors:
-            err.print(f"{file}:{error.line}: {escape(error.message)}", highlight=False)
+            err.print(
+                f"{file}:{error.line}: {escape(error.message)}", highlight=False, soft_wrap=True
+            )
         fail(f"{file} refused: {len(exc.errors)} problem(s); no partner enrolled", EXIT_BAD_INPUT)
     except RegistryError as exc:
         fail(str(exc), EXIT_BAD_INPUT)
@@ -67,4 +78,5 @@ def import_partners_command(
         + (f" (merchant ids {', '.join(map(str, result.enrolled))})" if result.enrolled else "")
         + f", {len(result.skipped)} already registered (skipped)",
         highlight=False,
+        soft_wrap=True,
     )

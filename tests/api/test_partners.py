@@ -14,7 +14,7 @@ from api.main import create_app
 from api.partner_keystore import PartnerKey
 from api.runtime import Runtime, StartupError
 from ledger.passid import pass_id
-from tests.api.conftest import dev_settings, logins, signed_uri
+from tests.api.conftest import PROJECT_ROOT, dev_settings, logins, signed_uri
 
 BUDGET = 1  # the demo's budget scheme, open to every merchant
 PROBLEM = "application/problem+json"
@@ -205,3 +205,42 @@ def test_a_partner_csv_is_checked_first_and_imported_once(
 
         too_big = _import(client, b"x" * (5 * 1024 * 1024 + 1))
         assert too_big.status_code == 413
+
+
+def test_the_cli_imports_partners_once_and_refuses_a_bad_file(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    runner = CliRunner()
+    env = {
+        "STADJERSPAS_VAR_DIR": str(tmp_path / "var"),
+        "STADJERSPAS_BUILD_DIR": str(PROJECT_ROOT / "var" / "build"),
+        "STADJERSPAS_ANVIL_PORT": "0",
+        "STADJERSPAS_DEMO_SEED": "false",
+        "STADJERSPAS_RUN_INDEXER": "false",
+    }
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "name,kvk_number,category,iban\nClub,1234,sport,NL20INGB0001234567\n", encoding="utf-8"
+    )
+    refused = runner.invoke(app, ["import", "partners", str(bad)], env=env)
+    assert refused.exit_code == 2, refused.output
+    assert f"{bad}:2: KvK number '1234' must be exactly 8 digits" in refused.output
+    assert "no partner enrolled" in refused.output
+
+    good = tmp_path / "partners.csv"
+    good.write_text(_GOOD, encoding="utf-8")
+    first = runner.invoke(app, ["import", "partners", str(good)], env=env)
+    assert first.exit_code == 0, first.output
+    assert "2 partners enrolled (merchant ids 4, 5), 0 already registered" in first.output
+    again = runner.invoke(app, ["import", "partners", str(good)], env=env)
+    assert again.exit_code == 0, again.output
+    assert "0 partners enrolled, 2 already registered (skipped)" in again.output
+    # the service started later finds both partners with their keys
+    with Runtime.start(dev_settings(tmp_path / "var", demo_seed=False, run_indexer=False)) as rt:
+        assert {4, 5} <= set(rt.merchant_relayers)
+        for merchant_id in (4, 5):
+            account = rt.keys.merchant(merchant_id)
+            assert account is not None
+            assert rt.client.has_role("merchant", account.address)
