@@ -80,7 +80,7 @@ def enrol_partner(
         raise
     assert merchant.id is not None
     runtime.start_merchant(merchant.id, account)
-    log.info("partner enrolled: merchant %s at %s", merchant.id, account.address)
+    log.info("partner enrolled: merchant %s", merchant.id)
     return merchant
 
 
