@@ -244,3 +244,15 @@ def test_the_cli_imports_partners_once_and_refuses_a_bad_file(tmp_path: Path) ->
             account = rt.keys.merchant(merchant_id)
             assert account is not None
             assert rt.client.has_role("merchant", account.address)
+
+
+def test_enrolment_text_longer_than_declared_is_refused_as_sent(
+    client: TestClient, runtime: Runtime
+) -> None:
+    before = len(runtime.store.registry.merchants())
+    body = {"name": "Club", "kvk_number": " 44556678" + " " * 8, "category": "sport"}
+    refused = client.post("/admin/merchants", json=body, headers=logins(client).staff("admin"))
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["code"] == "validation_failed"
+    assert "kvk_number is longer than 16 characters" in refused.text
+    assert len(runtime.store.registry.merchants()) == before
