@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, GetJsonSchemaHandler
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    model_validator,
+)
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
@@ -399,7 +406,8 @@ class MerchantLocationOut(BaseModel):
 
 
 class MerchantIn(_In):
-    """A partner; its chain address gets the merchant role on the ledger."""
+    """A partner. The service creates its signing key (kept in the encrypted partner
+    keystore) and grants that address the merchant role; the partner supplies no address."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -409,7 +417,6 @@ class MerchantIn(_In):
                 {
                     "name": "Sportclub Be Quick",
                     "kvk_number": "01012345",
-                    "address": "0x90F79bf6EB2c4f870365E785982E1f101E93b906",
                     "category": "sport",
                     "iban": "NL91 ABNA 0417 1643 00",
                     "location": {
@@ -429,12 +436,26 @@ class MerchantIn(_In):
         description="8 digits (else 422 `kvk_invalid`)",
         json_schema_extra={"pattern": KVK_PATTERN},
     )
-    address: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$")
     category: str = Field(min_length=1, max_length=64)
     iban: str | None = Field(default=None, max_length=42)
     location: MerchantLocationIn | None = Field(
         default=None, description="Optional; set or change later at `PUT .../location`"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lengths_as_sent(cls, data: Any) -> Any:
+        """The declared ``maxLength`` holds for the text as sent, spaces included (the
+        fields are stripped after): a 17-character KvK of 8 digits and spaces is refused."""
+        if isinstance(data, dict):
+            for name, info in cls.model_fields.items():
+                value = data.get(name)
+                limit = next(
+                    (m.max_length for m in info.metadata if hasattr(m, "max_length")), None
+                )
+                if isinstance(value, str) and limit is not None and len(value) > limit:
+                    raise ValueError(f"{name} is longer than {limit} characters")
+        return data
 
 
 class MerchantOut(BaseModel):

@@ -62,6 +62,7 @@ from api.admin_schemas import (
 )
 from api.audit_promises import load_promises
 from api.jobs import Job, Progress, jobs_of
+from api.partners import enrol_partner
 from api.problems import ApiProblem
 from api.runtime import Runtime
 from ledger import registry as reg
@@ -949,24 +950,19 @@ def _merchant_out(runtime: Runtime, merchant: MerchantRow) -> MerchantOut:
 
 
 def register_merchant(runtime: Runtime, body: MerchantIn) -> MerchantOut:
-    """Register the partner (KvK and IBAN checked: mod-97 and country format) and grant its
-    address the merchant role from the admin account, in one registry transaction."""
-    registry = runtime.store.registry
-    with registry_errors(), registry.transaction():
+    """Enrol the partner end to end (:func:`api.partners.enrol_partner`): KvK and IBAN checked
+    (mod-97 and country format), a signing key created and sealed in the partner keystore, the
+    merchant role granted to its address, its relayer started: its terminals redeem at once."""
+    with registry_errors():
         location = _location(body.location) if body.location is not None else None
-        merchant = registry.register_merchant(
+        merchant = enrol_partner(
+            runtime,
             name=body.name,
             kvk_number=body.kvk_number,
-            address=body.address,
             category=body.category,
             iban=body.iban,
             location=location,
         )
-        if not runtime.client.has_role("merchant", merchant.address):
-            with runtime.key_locks.hold("admin-account"):
-                runtime.client.transact(
-                    runtime.keys.admin, "grantRole", ROLES["merchant"], merchant.address
-                )
     return _merchant_out(runtime, merchant)
 
 

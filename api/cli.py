@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from api import partners_cli
 from api.settings import PROJECT_ROOT, Settings
 from ledger import audit_cli
 from ledger.audit import DEFAULT_STUCK_AFTER_S
@@ -321,6 +322,11 @@ app.command("index")(index_cli.index)
 app.add_typer(reports_cli.app, name="report")
 app.command("export")(audit_cli.export_command)
 app.command("verify-export")(audit_cli.verify_export_command)
+
+# ---------------------------------------------------------------- imports
+import_app = typer.Typer(help="Import files: holders, partners, postcodes.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+import_app.command("partners")(partners_cli.import_partners_command)
 
 
 # ---------------------------------------------------------------- audit

@@ -473,6 +473,7 @@ _NL.update(
         "admin.notice.payout_confirmed": "De uitbetaling is bevestigd en vastgelegd.",
         "admin.notice.location_saved": "Het adres is opgeslagen.",
         "admin.notice.location_cleared": "Het adres is verwijderd.",
+        "admin.notice.partner_enrolled": "De partner is aangemeld en kan meteen afrekenen.",
         "admin.schemes.list": "Alle regelingen",
         "admin.schemes.none": "Er zijn nog geen regelingen.",
         "admin.schemes.new": "Nieuwe regeling",
@@ -587,6 +588,31 @@ _NL.update(
         "admin.merchants.save_location": "Adres opslaan",
         "admin.merchants.back": "Terug naar partners",
         "admin.merchants.unknown": "Deze partner bestaat niet",
+        "admin.partners.enrol": "Partner aanmelden",
+        "admin.partners.enrol_intro": "De partner krijgt meteen een eigen sleutel (versleuteld "
+        "bewaard door de dienst) en rechten op de blockchain. Maak daarna een kassa aan: die "
+        "kan direct afrekenen.",
+        "admin.partners.name": "Naam",
+        "admin.partners.kvk": "KvK-nummer (8 cijfers)",
+        "admin.partners.category": "Categorie",
+        "admin.partners.iban": "IBAN (voor de uitbetaling)",
+        "admin.partners.submit": "Partner aanmelden",
+        "admin.partners.import": "Partners importeren (CSV)",
+        "admin.partners.import_hint": "Kolommen name,kvk_number,category,iban en eventueel "
+        "street,postcode,town,website. Elke regel wordt eerst gecontroleerd; bij een fout wordt "
+        "niets ingelezen. Een KvK-nummer dat al bekend is, wordt overgeslagen.",
+        "admin.partners.file": "CSV-bestand",
+        "admin.partners.import_submit": "Importeren",
+        "admin.partners.imported": "{enrolled} partners aangemeld, {skipped} al bekend "
+        "(overgeslagen).",
+        "admin.partners.line_errors": "Problemen per regel (er is niemand aangemeld)",
+        "admin.partners.missing": "Kies een CSV-bestand.",
+        "admin.partners.terminal": "Kassa aanmaken",
+        "admin.partners.terminal_title": "Nieuwe kassa voor {name}",
+        "admin.partners.terminal_intro": "Schrijf het wachtwoord nu op of geef het door: het "
+        "wordt maar één keer getoond.",
+        "admin.partners.terminal_id": "Kassa-ID",
+        "admin.partners.terminal_secret": "Wachtwoord",
         "admin.reports.filter": "Rapportage kiezen",
         "admin.reports.by": "Per",
         "admin.reports.by.day": "dag",
@@ -750,6 +776,7 @@ _EN.update(
         "admin.notice.payout_confirmed": "The payout was confirmed and recorded.",
         "admin.notice.location_saved": "The address was saved.",
         "admin.notice.location_cleared": "The address was removed.",
+        "admin.notice.partner_enrolled": "The partner is enrolled and can check out at once.",
         "admin.schemes.list": "All schemes",
         "admin.schemes.none": "There are no schemes yet.",
         "admin.schemes.new": "New scheme",
@@ -862,6 +889,30 @@ _EN.update(
         "admin.merchants.save_location": "Save address",
         "admin.merchants.back": "Back to partners",
         "admin.merchants.unknown": "This partner does not exist",
+        "admin.partners.enrol": "Enrol a partner",
+        "admin.partners.enrol_intro": "The partner gets its own key at once (kept encrypted by "
+        "the service) and rights on chain. Then create a terminal: it can check out at once.",
+        "admin.partners.name": "Name",
+        "admin.partners.kvk": "KvK number (8 digits)",
+        "admin.partners.category": "Category",
+        "admin.partners.iban": "IBAN (for the payout)",
+        "admin.partners.submit": "Enrol partner",
+        "admin.partners.import": "Import partners (CSV)",
+        "admin.partners.import_hint": "Columns name,kvk_number,category,iban and optionally "
+        "street,postcode,town,website. Every line is checked first; on any problem nothing is "
+        "imported. A KvK number already registered is skipped.",
+        "admin.partners.file": "CSV file",
+        "admin.partners.import_submit": "Import",
+        "admin.partners.imported": "{enrolled} partners enrolled, {skipped} already registered "
+        "(skipped).",
+        "admin.partners.line_errors": "Problems by line (nobody was enrolled)",
+        "admin.partners.missing": "Choose a CSV file.",
+        "admin.partners.terminal": "Create terminal",
+        "admin.partners.terminal_title": "New terminal for {name}",
+        "admin.partners.terminal_intro": "Write the secret down or pass it on now: it is shown "
+        "only once.",
+        "admin.partners.terminal_id": "Terminal id",
+        "admin.partners.terminal_secret": "Secret",
         "admin.reports.filter": "Choose a report",
         "admin.reports.by": "Per",
         "admin.reports.by.day": "day",

@@ -28,11 +28,13 @@ from api.routes import (
     holder,
     merchant,
     pages,
+    partner_pages,
+    partners,
     reports,
 )
 from api.runtime import Runtime
 from api.schemas import TokenIn
-from api.settings import Settings
+from api.settings import DEV_MERCHANT_COUNT, Settings
 
 __all__ = ["create_app"]
 
@@ -122,7 +124,8 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.auth = Auth(settings, runtime.store)
-    app.state.auth.bootstrap(range(1, len(runtime.keys.merchants) + 1))
+    # development terminals for the demo partners (merchant ids 1..3)
+    app.state.auth.bootstrap(i for i in runtime.keys.merchant_ids() if i <= DEV_MERCHANT_COUNT)
     install_problem_handlers(app)
     app.add_exception_handler(admin_pages.PageHalt, _page_halt)
     install_middleware(app, settings)
@@ -133,7 +136,9 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     app.include_router(merchant.router)
     app.include_router(reports.router)
     app.include_router(admin_registry.router)
+    app.include_router(partners.router)
     app.include_router(admin_pages.router)
+    app.include_router(partner_pages.router)
     app.include_router(pages.router)
     app.include_router(docs.router)
 

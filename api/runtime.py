@@ -15,6 +15,12 @@
    :class:`~ledger.batcher.RedemptionBatcher` per merchant relayer, so concurrent redemptions
    of a merchant become few ``redeemBatch`` transactions.
 
+Merchant keys: each partner enrolled by the service (:mod:`api.partners`, the demo partners
+too) has a key in the partner keystore (:mod:`api.partner_keystore`), opened at start; a
+partner enrolled while the service runs gets its relayer and batcher at once
+(:meth:`Runtime.start_merchant`, the same path start-up takes).
+``STADJERSPAS_MERCHANT_KEYSTORES`` still brings your own key for merchant ids 1..n.
+
 :meth:`Runtime.close` sends what the batchers hold, drains the relayers, closes the store and
 stops anvil (which dumps its state), so the next start finds every balance and redemption.
 """
@@ -39,8 +45,9 @@ from eth_hash.auto import keccak
 from pydantic import SecretStr
 from web3 import HTTPProvider, Web3
 
-from api.demo import demo_merchant, seed_demo
-from api.settings import DEV_MERCHANT_COUNT, Settings
+from api.demo import seed_demo
+from api.partner_keystore import KeystoreError, PartnerKeystore
+from api.settings import Settings
 from api.store import ApiStore
 from ledger.batcher import RedemptionBatcher
 from ledger.batcher import RedemptionOutcome as BatchOutcome
@@ -78,8 +85,9 @@ log = logging.getLogger(__name__)
 #: The longest the relayers wait for the reconciler after the embedded node restarted.
 RESTART_HOLD_S = 15.0
 
-#: Development only: which account of the anvil dev mnemonic plays which role.
-DEV_ACCOUNT_INDEX = {"admin": 0, "issuer": 1, "pass_signer": 2, "merchant": 3}
+#: Development only: which account of the anvil dev mnemonic plays which role (partners get
+#: keys from the partner keystore, never from the mnemonic).
+DEV_ACCOUNT_INDEX = {"admin": 0, "issuer": 1, "pass_signer": 2}
 
 Reporter = Callable[[str], None]
 _FINISHED_KEPT = 10_000
@@ -91,17 +99,24 @@ class StartupError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ServiceKeys:
-    """The accounts the service signs with. ``merchants[i]`` is merchant id ``i + 1``."""
+    """The accounts the service signs with. ``partners`` maps merchant id to its account; it
+    grows while the service runs (a partner enrolled now: :meth:`Runtime.start_merchant`)."""
 
     admin: LocalAccount
     issuer: LocalAccount
     pass_signer: LocalAccount
-    merchants: tuple[LocalAccount, ...]
+    partners: dict[int, LocalAccount]
+
+    @property
+    def merchants(self) -> tuple[LocalAccount, ...]:
+        """Every merchant's account, by merchant id."""
+        return tuple(account for _, account in sorted(self.partners.items()))
+
+    def merchant_ids(self) -> list[int]:
+        return sorted(self.partners)
 
     def merchant(self, merchant_id: int) -> LocalAccount | None:
-        if 1 <= merchant_id <= len(self.merchants):
-            return self.merchants[merchant_id - 1]
-        return None
+        return self.partners.get(merchant_id)
 
 
 def _dev_account(index: int) -> LocalAccount:
@@ -137,22 +152,27 @@ def load_service_keys(settings: Settings) -> ServiceKeys:
             raise StartupError(f"STADJERSPAS_{role.upper()}_KEYSTORE is required in production")
         return _dev_account(DEV_ACCOUNT_INDEX[role])
 
-    if settings.merchant_keystores:
-        merchants = tuple(
-            _keystore_account(path, settings.merchant_keystore_password, f"merchant {i}")
-            for i, path in enumerate(settings.merchant_keystores, start=1)
-        )
-    elif settings.is_development:
-        first = DEV_ACCOUNT_INDEX["merchant"]
-        merchants = tuple(_dev_account(first + i) for i in range(DEV_MERCHANT_COUNT))
-    else:
-        raise StartupError("STADJERSPAS_MERCHANT_KEYSTORES is required in production")
+    # bring your own key (optional): merchant id i is the i-th listed keystore
+    merchants = {
+        i: _keystore_account(path, settings.merchant_keystore_password, f"merchant {i}")
+        for i, path in enumerate(settings.merchant_keystores, start=1)
+    }
     return ServiceKeys(
         admin=role_key("admin"),
         issuer=role_key("issuer"),
         pass_signer=role_key("pass_signer"),
-        merchants=merchants,
+        partners=merchants,
     )
+
+
+def open_partner_keystore(settings: Settings, store: ApiStore) -> PartnerKeystore:
+    password = settings.keystore_password
+    if password is None:  # settings validation already refuses this outside development
+        raise StartupError("STADJERSPAS_KEYSTORE_PASSWORD is required")
+    try:
+        return PartnerKeystore(store.db, password=password.get_secret_value())
+    except KeystoreError as exc:
+        raise StartupError(str(exc)) from None
 
 
 class KeyedLocks:
@@ -218,8 +238,11 @@ class Runtime:
         deployment: Deployment,
         keys: ServiceKeys,
         deployed_now: bool,
+        keystore: PartnerKeystore,
     ) -> None:
         self.settings = settings
+        #: The partner keystore (keys the service created for enrolled partners).
+        self.keystore = keystore
         #: the latest expiry of a short-lived token this process signed, per pass id: every
         #: token it signs for a pass is newer than the last (a token serves one checkout)
         self.token_expiries: dict[bytes, int] = {}
@@ -238,6 +261,9 @@ class Runtime:
         self.issuer_relayer: Relayer | None = None
         self.merchant_relayers: dict[int, Relayer] = {}
         self.merchant_batchers: dict[int, RedemptionBatcher] = {}
+        #: Guards adding a merchant's relayer and batcher while the service runs.
+        self._merchants_lock = threading.Lock()
+        self._relayers_started = False
         self.key_locks = KeyedLocks()
         #: One redemption per (merchant, Idempotency-Key) at a time (on the event loop).
         self.redemption_keys = AsyncKeyedLocks()
@@ -277,6 +303,8 @@ class Runtime:
         say(f"store at {store.url} migrated")
         node: AnvilNode | None = None
         try:
+            keystore = open_partner_keystore(settings, store)
+            _load_partner_keys(keys, keystore, store, settings)
             if settings.rpc_url is None:
                 if not settings.is_development:
                     raise StartupError("STADJERSPAS_RPC_URL is required in production")
@@ -342,6 +370,7 @@ class Runtime:
                 deployment=deployment,
                 keys=keys,
                 deployed_now=deployed_now,
+                keystore=keystore,
             )
         except BaseException:
             store.close()
@@ -351,6 +380,8 @@ class Runtime:
         try:
             runtime._reconcile_at_start(say)
             runtime._register_merchants()
+            if settings.is_development:
+                _partners().enrol_demo_partners(runtime, report=say)
             if settings.seeds_demo:
                 runtime.demo_seeded_now = seed_demo(runtime, report=say)
             runtime.state.start()
@@ -409,7 +440,7 @@ class Runtime:
         :data:`RESTART_HOLD_S`."""
         log.warning("the embedded node restarted; reconciling the outbox with it")
         self.state.clear()
-        relayers = [r for r in (self.issuer_relayer, *self.merchant_relayers.values()) if r]
+        relayers = self.relayers()
         if self.reconciler_loop is None:
             return
         for relayer in relayers:
@@ -422,20 +453,20 @@ class Runtime:
         self.reconciler_loop.wake(deep=True, then=release)
 
     def _register_merchants(self) -> None:
-        """Merchant id ``i`` is the i-th merchant key: make the registry agree (a new key for an
-        existing merchant updates its address)."""
+        """Bring your own key (``STADJERSPAS_MERCHANT_KEYSTORES``): merchant id ``i`` is the
+        i-th listed keystore; make the registry agree (a new key for an existing merchant
+        updates its address; a missing merchant is registered as a placeholder to complete)."""
         registry = self.store.registry
         known = {m.id: m for m in registry.merchants()}
-        for merchant_id, account in enumerate(self.keys.merchants, start=1):
+        for merchant_id in range(1, len(self.settings.merchant_keystores) + 1):
+            account = self.keys.partners[merchant_id]
             current = known.get(merchant_id)
             if current is None:
-                data = demo_merchant(merchant_id)
                 registry.register_merchant(
-                    name=data.name,
-                    kvk_number=data.kvk_number,
+                    name=f"Merchant {merchant_id}",
+                    kvk_number="00000000",
                     address=account.address,
-                    category=data.category,
-                    iban=data.iban,
+                    category="other",
                     merchant_id=merchant_id,
                 )
             elif current.address != account.address:
@@ -453,32 +484,54 @@ class Runtime:
             on_receipt=observe,
             journal=self.outbox,
         ).start()
-        for merchant_id, account in enumerate(self.keys.merchants, start=1):
-            relayer = Relayer(
-                self.rpc,
-                account=account,
-                chain_id=chain_id,
-                linger_ms=linger,
-                on_receipt=observe,
-                journal=self.outbox,
-            ).start()
-            self.merchant_relayers[merchant_id] = relayer
-            self.merchant_batchers[merchant_id] = RedemptionBatcher(
-                client=self.client,
-                relayer=relayer,
-                max_items=self.settings.batch_max_items,
-                linger_s=self.settings.batch_linger_ms / 1000,
-                max_in_flight=self.settings.batch_max_in_flight,
-                on_outcomes=self._batch_mined,
-            )
+        with self._merchants_lock:
+            for merchant_id, account in sorted(self.keys.partners.items()):
+                self._start_merchant_relayer(merchant_id, account)
+            self._relayers_started = True
+
+    def start_merchant(self, merchant_id: int, account: LocalAccount) -> None:
+        """Make merchant ``merchant_id`` sign with ``account`` from now on: at start (before
+        the relayers run) it is only recorded; while the service runs, its relayer and batcher
+        start at once (a partner enrolled now redeems right away, no restart)."""
+        with self._merchants_lock:
+            self.keys.partners[merchant_id] = account
+            if not self._relayers_started or merchant_id in self.merchant_relayers:
+                return
+            relayer = self._start_merchant_relayer(merchant_id, account)
+        latest = int(str(self.rpc.call("eth_getTransactionCount", relayer.address, "latest")), 16)
+        relayer.adopt(self.outbox.unmined_of(relayer.address, latest))
+
+    def _start_merchant_relayer(self, merchant_id: int, account: LocalAccount) -> Relayer:
+        relayer = Relayer(
+            self.rpc,
+            account=account,
+            chain_id=self.client.chain_id,
+            linger_ms=self.settings.relayer_linger_ms,
+            on_receipt=self.state.observe_receipt,
+            journal=self.outbox,
+        ).start()
+        self.merchant_relayers[merchant_id] = relayer
+        self.merchant_batchers[merchant_id] = RedemptionBatcher(
+            client=self.client,
+            relayer=relayer,
+            max_items=self.settings.batch_max_items,
+            linger_s=self.settings.batch_linger_ms / 1000,
+            max_in_flight=self.settings.batch_max_in_flight,
+            on_outcomes=self._batch_mined,
+        )
+        return relayer
+
+    def relayers(self) -> list[Relayer]:
+        """The issuer's relayer and every merchant's (a copy: merchants are added at run time)."""
+        with self._merchants_lock:
+            merchants = list(self.merchant_relayers.values())
+        return [r for r in (self.issuer_relayer, *merchants) if r is not None]
 
     def _adopt_unmined(self) -> None:
         """Each relayer takes over its account's outbox rows the chain has not mined (a replay
         the node holds but did not mine yet): it never signs another transaction for their
         nonces, and re-prices them if the node sits on them."""
-        for relayer in (self.issuer_relayer, *self.merchant_relayers.values()):
-            if relayer is None:
-                continue
+        for relayer in self.relayers():
             latest = int(
                 str(self.rpc.call("eth_getTransactionCount", relayer.address, "latest")), 16
             )
@@ -565,11 +618,13 @@ class Runtime:
                 self._indexer_thread.join(timeout=10.0)
         if self._indexer_rpc is not None:
             self._indexer_rpc.close()
-        for batcher in self.merchant_batchers.values():
+        with self._merchants_lock:
+            self._relayers_started = False  # nothing new starts while closing
+            batchers = list(self.merchant_batchers.values())
+        for batcher in batchers:
             with contextlib.suppress(Exception):
                 batcher.close(timeout=10.0)
-        relayers = [r for r in (self.issuer_relayer, *self.merchant_relayers.values()) if r]
-        for relayer in relayers:
+        for relayer in self.relayers():
             with contextlib.suppress(Exception):
                 relayer.close(drain=True, timeout=10.0)
         self.state.close()
@@ -619,6 +674,30 @@ class Runtime:
         if self.issuer_relayer is None:
             raise RuntimeError("the runtime's relayers are not started")
         return self.issuer_relayer
+
+
+def _load_partner_keys(
+    keys: ServiceKeys, keystore: PartnerKeystore, store: ApiStore, settings: Settings
+) -> None:
+    """Open every partner key (one KEK derivation, then AES-GCM per key) and give each
+    registered merchant whose address has a key that key; a bring-your-own key (settings)
+    wins for its merchant id."""
+    try:
+        opened = keystore.load()
+    except KeystoreError as exc:
+        raise StartupError(str(exc)) from None
+    byok = len(settings.merchant_keystores)
+    for merchant in store.registry.merchants():
+        account = opened.get(merchant.address)
+        if account is not None and merchant.id is not None and merchant.id > byok:
+            keys.partners[merchant.id] = account
+
+
+def _partners() -> ModuleType:
+    """:mod:`api.partners` (imported when first used: it imports the services)."""
+    from api import partners
+
+    return partners
 
 
 def _desk() -> ModuleType:

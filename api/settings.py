@@ -27,6 +27,7 @@ __all__ = [
     "DEV_AUTH_SECRET",
     "DEV_DEBTOR_IBAN",
     "DEV_DEBTOR_NAME",
+    "DEV_KEYSTORE_PASSWORD",
     "DEV_MERCHANT_COUNT",
     "ENV_PREFIX",
     "PROJECT_ROOT",
@@ -34,8 +35,10 @@ __all__ = [
 ]
 
 ENV_PREFIX = "STADJERSPAS_"
-#: How many merchant keys development takes from the dev mnemonic (accounts 3, 4, 5).
+#: How many demo partners development enrols (merchant ids 1, 2, 3).
 DEV_MERCHANT_COUNT = 3
+#: Development only: the partner keystore's password (production must set its own).
+DEV_KEYSTORE_PASSWORD = "development-only-partner-keystore-password"  # noqa: S105
 #: Development only: the secret bearer tokens are signed with.
 DEV_AUTH_SECRET = "development-only-auth-secret-never-use-in-production"  # noqa: S105
 #: Development only: the account payout runs are paid from (a well-known example IBAN).
@@ -122,9 +125,17 @@ class Settings(BaseSettings):
     pass_signer_keystore: Path | None = None
     pass_signer_keystore_password: SecretStr | None = None
     merchant_keystores: list[Path] = Field(
-        default_factory=list, description="One keystore per merchant; merchant id i is entry i-1."
+        default_factory=list,
+        description="Optional, bring your own key: one keystore per merchant; merchant id i is "
+        "entry i-1. Partners enrolled by the service get a key in the partner keystore instead.",
     )
     merchant_keystore_password: SecretStr | None = None
+    keystore_password: SecretStr | None = Field(
+        default=None,
+        description="Password of the partner keystore (api.partners): the signing keys the "
+        "service creates for enrolled partners, AES-GCM-wrapped under a key derived from it "
+        "(required in production, a fixed development-only value otherwise).",
+    )
 
     # -- auth (api.auth) ---------------------------------------------------------------------
     auth_secret: SecretStr | None = Field(
@@ -337,6 +348,8 @@ class Settings(BaseSettings):
             dev = "development-only"
             if self.auth_secret is None:
                 object.__setattr__(self, "auth_secret", SecretStr(DEV_AUTH_SECRET))
+            if self.keystore_password is None:
+                object.__setattr__(self, "keystore_password", SecretStr(DEV_KEYSTORE_PASSWORD))
             if self.admin_token is None:
                 object.__setattr__(self, "admin_token", SecretStr(f"{dev}-admin-token"))
             if self.holder_token is None:
@@ -361,6 +374,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{_env('auth_secret')} must be a random secret of at least "
                 f"{MIN_AUTH_SECRET_BYTES} bytes in production"
+            )
+        keystore = self.keystore_password.get_secret_value() if self.keystore_password else ""
+        if len(keystore) < 12 or keystore == DEV_KEYSTORE_PASSWORD:
+            raise ValueError(
+                f"{_env('keystore_password')} must be a secret of at least 12 characters in "
+                "production (not the development value)"
             )
         static = [
             _env(name)
@@ -405,10 +424,10 @@ class Settings(BaseSettings):
                 missing.append(_env(f"{role}_keystore"))
             if getattr(self, f"{role}_keystore_password") is None:
                 missing.append(_env(f"{role}_keystore_password"))
-        if not self.merchant_keystores:
-            missing.append(_env("merchant_keystores"))
-        if self.merchant_keystore_password is None:
+        if self.merchant_keystores and self.merchant_keystore_password is None:
             missing.append(_env("merchant_keystore_password"))
+        if self.keystore_password is None:
+            missing.append(_env("keystore_password"))
         if self.auth_secret is None:
             missing.append(_env("auth_secret"))
         missing.extend(

@@ -55,7 +55,7 @@ from api.auth import DEV_HOLDER_PIN, dev_terminal_id, dev_terminal_secret
 from api.demo import DEMO_HOLDER_COUNT, demo_pass_number
 from api.runtime import DEV_ACCOUNT_INDEX
 from bench._http import Connection, HttpError
-from bench._tokens import CheckoutTokens, demo_pass_ids
+from bench._tokens import CheckoutTokens, demo_merchant_addresses, demo_pass_ids
 from ledger.node import DEV_MNEMONIC
 from wallet import Domain, decode_token_uri, verify_pass_token
 from wallet.verify import recover_signer
@@ -369,15 +369,6 @@ class _Held:
     count: int = 0
 
 
-def _merchant_addresses(count: int) -> list[str]:
-    Account.enable_unaudited_hdwallet_features()
-    first = DEV_ACCOUNT_INDEX["merchant"]
-    return [
-        Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{first + i}").address
-        for i in range(count)
-    ]
-
-
 async def _merchant_redeemed(client: httpx.AsyncClient, rpc_url: str, ledger: str, who: str) -> int:
     data = "0x" + (_MERCHANT_ACCOUNT + bytes(12) + bytes.fromhex(who[2:])).hex()
     payload = {
@@ -490,7 +481,7 @@ async def run(cfg: LoadConfig) -> dict[str, Any]:
 
         _phase("scan-every-pass")
         await _scan_every_pass(terminals[0], tokens, cfg)
-        merchants = _merchant_addresses(cfg.merchants)
+        merchants = demo_merchant_addresses(cfg.database_url, cfg.merchants)
         before_chain = [await _merchant_redeemed(client, cfg.rpc_url, ledger, m) for m in merchants]
         before_balances = await _budget_total(client, cfg.rpc_url, ledger, scheme_id, pass_ids)
         _phase("redeem")

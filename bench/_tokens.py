@@ -26,7 +26,7 @@ from ledger.node import DEV_MNEMONIC
 from wallet import Domain, PassToken, encode_token_uri, sign_pass_token
 from wallet.keys import as_private_key
 
-__all__ = ["CheckoutTokens", "demo_pass_ids", "dev_pass_signer_key"]
+__all__ = ["CheckoutTokens", "demo_merchant_addresses", "demo_pass_ids", "dev_pass_signer_key"]
 
 
 def dev_pass_signer_key() -> bytes:
@@ -51,6 +51,23 @@ def demo_pass_ids(database_url: str, pass_numbers: Sequence[str]) -> list[bytes]
     if missing:
         raise LookupError(f"{len(missing)} demo passes are not in the registry, e.g. {missing[0]}")
     return [found[n] for n in pass_numbers]
+
+
+def demo_merchant_addresses(database_url: str, count: int) -> list[str]:
+    """The chain addresses of merchants 1..``count`` from the run's registry (the service
+    created their keys when it enrolled them: they come from no mnemonic)."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT id, address FROM registry_merchant WHERE id <= :n ORDER BY id"),
+                {"n": count},
+            ).all()
+    finally:
+        engine.dispose()
+    if len(rows) < count:
+        raise LookupError(f"the registry holds {len(rows)} of the {count} demo merchants")
+    return [str(address) for _, address in rows]
 
 
 class CheckoutTokens:

@@ -66,8 +66,8 @@ from api.auth import dev_terminal_id, dev_terminal_secret
 from api.demo import demo_pass_number
 from api.settings import PROJECT_ROOT
 from bench._http import Connection, HttpError
-from bench._load import MERCHANTS, _budget_scheme, _login, _merchant_addresses
-from bench._tokens import CheckoutTokens, demo_pass_ids
+from bench._load import MERCHANTS, _budget_scheme, _login
+from bench._tokens import CheckoutTokens, demo_merchant_addresses, demo_pass_ids
 from bench.api import BenchError, _executable, _free_port, _tail
 from ledger.deploy import load_deployment
 from wallet import Domain
@@ -477,9 +477,11 @@ def read_chain(rpc_url: str, var_dir: Path) -> ChainView:
     return ChainView(redeemed=redeemed, scheme_mismatch=mismatch, head=head)
 
 
-def verdict(tally: LoadTally, before: set[int], chain: ChainView) -> dict[str, Any]:
+def verdict(
+    tally: LoadTally, before: set[int], chain: ChainView, *, merchant_addresses: list[str]
+) -> dict[str, Any]:
     """Compare the 201 answers with the chain (see the module docstring)."""
-    merchants = [a.lower() for a in _merchant_addresses(MERCHANTS)]
+    merchants = [a.lower() for a in merchant_addresses]
     lost: list[str] = []
     doubled = [
         f"id {rid} logged {len(logs)} times"
@@ -732,7 +734,14 @@ def run_scenario(name: str, seed: int, duration_s: float, *, keep: bool = False)
             result["outbox"] = (health or {}).get("outbox")
             result["service_restarts"] = svc.starts - 1
             chain = read_chain(rpc_url, svc.var_dir)
-            result.update(verdict(tally, before, chain))
+            result.update(
+                verdict(
+                    tally,
+                    before,
+                    chain,
+                    merchant_addresses=demo_merchant_addresses(database_url, MERCHANTS),
+                )
+            )
             result["keys"] = tally.keys
             result["attempts"] = tally.attempts
             result["refused"] = dict(tally.refused)

@@ -116,6 +116,7 @@ _NOTICES: Final = frozenset(
         "payout_confirmed",
         "location_saved",
         "location_cleared",
+        "partner_enrolled",
     }
 )
 _CHART_LOCK = threading.Lock()

@@ -426,10 +426,9 @@ def get_job(job_id: Annotated[str, Path(max_length=64)], runtime: RuntimeDep) ->
     "/merchants",
     status_code=status.HTTP_201_CREATED,
     dependencies=_ADMIN,
-    summary="Register a merchant",
+    summary="Enrol a partner (merchant)",
     responses=problem_responses(
         *_AUTH,
-        (409, "merchant_duplicate", "a merchant with address 0x90F7... is registered"),
         (422, "iban_invalid", "IBAN 'NL00 BANK 0000 0000 00' is invalid"),
         (422, "kvk_invalid", "KvK number '12' must be 8 digits"),
         (422, "postcode_invalid", "postcode '97' is not a Dutch postcode"),
@@ -438,8 +437,10 @@ def get_job(job_id: Annotated[str, Path(max_length=64)], runtime: RuntimeDep) ->
     ),
 )
 def register_merchant(body: MerchantIn, runtime: RuntimeDep) -> MerchantOut:
-    """The registry checks the KvK number and the IBAN (country format and mod-97); the
-    address is granted the merchant role on chain. Terminals: ``POST /auth/terminals``."""
+    """The registry checks the KvK number and the IBAN (country format and mod-97); the service
+    creates the partner's signing key (sealed in the partner keystore), grants its address the
+    merchant role on chain and starts its relayer: a terminal (``POST /auth/terminals``)
+    redeems at once."""
     return svc.register_merchant(runtime, body)
 
 

@@ -345,6 +345,9 @@ ROUTES: dict[tuple[str, str], Route] = {
     # -- merchants --
     ("POST", "/admin/merchants"): Route(Scope.ADMIN, Call("/admin/merchants", json={}), _INVALID),
     ("GET", "/admin/merchants"): Route(Scope.ADMIN, Call("/admin/merchants"), (200, None)),
+    ("POST", "/admin/imports/partners"): Route(
+        Scope.ADMIN, Call("/admin/imports/partners"), _INVALID
+    ),
     ("PUT", "/admin/merchants/{merchant_id}/location"): Route(
         Scope.ADMIN,
         Call(f"/admin/merchants/{UNKNOWN_ID}/location", json=_LOCATION),

@@ -91,10 +91,12 @@ def test_production_without_keys_fails_clearly() -> None:
         "STADJERSPAS_ADMIN_KEYSTORE",
         "STADJERSPAS_ADMIN_KEYSTORE_PASSWORD",
         "STADJERSPAS_PASS_SIGNER_KEYSTORE",
-        "STADJERSPAS_MERCHANT_KEYSTORES",
+        "STADJERSPAS_KEYSTORE_PASSWORD",
         "STADJERSPAS_AUTH_SECRET",
     ):
         assert name in message
+    # partners get keys from the partner keystore: no merchant keystore is required
+    assert "STADJERSPAS_MERCHANT_KEYSTORES" not in message
 
 
 def test_production_reads_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -107,6 +109,12 @@ def test_production_reads_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setenv("STADJERSPAS_MERCHANT_KEYSTORE_PASSWORD", "pw")
     monkeypatch.setenv("STADJERSPAS_PAYOUT_DEBTOR_NAME", "Gemeente Groningen")
     monkeypatch.setenv("STADJERSPAS_PAYOUT_DEBTOR_IBAN", "NL91ABNA0417164300")
+    with pytest.raises(ValidationError, match="STADJERSPAS_KEYSTORE_PASSWORD"):
+        Settings()
+    monkeypatch.setenv("STADJERSPAS_KEYSTORE_PASSWORD", "short")
+    with pytest.raises(ValidationError, match="KEYSTORE_PASSWORD must be a secret of at least 12"):
+        Settings(auth_secret="x" * 40)
+    monkeypatch.setenv("STADJERSPAS_KEYSTORE_PASSWORD", "a long keystore secret")
     with pytest.raises(ValidationError, match="STADJERSPAS_AUTH_SECRET"):
         Settings()
     monkeypatch.setenv("STADJERSPAS_AUTH_SECRET", "too-short")
