@@ -26,6 +26,7 @@ from api.routes import (
     auth,
     health,
     holder,
+    imports,
     merchant,
     pages,
     reports,
@@ -133,6 +134,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     app.include_router(merchant.router)
     app.include_router(reports.router)
     app.include_router(admin_registry.router)
+    app.include_router(imports.router)
     app.include_router(admin_pages.router)
     app.include_router(pages.router)
     app.include_router(docs.router)
