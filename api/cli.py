@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from api import import_cli
 from api.settings import PROJECT_ROOT, Settings
 from ledger import audit_cli
 from ledger.audit import DEFAULT_STUCK_AFTER_S
@@ -321,6 +322,10 @@ app.command("index")(index_cli.index)
 app.add_typer(reports_cli.app, name="report")
 app.command("export")(audit_cli.export_command)
 app.command("verify-export")(audit_cli.verify_export_command)
+
+# ---------------------------------------------------------------- imports (through the service)
+import_app = import_cli.app
+app.add_typer(import_app, name="import")
 
 
 # ---------------------------------------------------------------- audit
