@@ -27,7 +27,7 @@ from ledger.store.imports import ChainState, MigratedHolder
 from ledger.store.registry import PassRecord
 
 HOLDERS = 3_000
-PASSWORD = "development-only-admin-password"  # noqa: S105 - the development login
+PASSWORD = "development-only-admin-password"
 PASS_REGISTERED = "0x" + keccak(text="PassRegistered(bytes32,address,uint64)").hex()
 
 
