@@ -149,7 +149,7 @@ def holders(
     )
     typer.echo(
         f"{r['lines']} lines: {r['imported']} holders imported, {r['skipped']} already there; "
-        f"{r['registered']} passes registered on chain in {r['transactions']} transactions "
+        f"{r['registered']} passes registered on chain in {len(r['transactions'])} transactions "
         f"({r['encoding']}, '{r['delimiter']}')"
     )
 

@@ -134,7 +134,7 @@ def register_pending_passes(runtime: Runtime, progress: Progress | None = None) 
         if progress is not None:
             progress.set_total(len(pending))
         waiting: deque[tuple[Sequence[PendingPass], TxRequest, TxHandle]] = deque()
-        transactions = 0
+        transactions: list[str] = []
         gas = 0
 
         def send(batch: Sequence[PendingPass]) -> None:
@@ -149,13 +149,13 @@ def register_pending_passes(runtime: Runtime, progress: Progress | None = None) 
             waiting.append((batch, request, relayer.submit(request)))
 
         def finish() -> None:
-            nonlocal transactions, gas
+            nonlocal gas
             batch, request, handle = waiting.popleft()
             receipt: TxReceipt = handle.result(timeout=runtime.settings.receipt_timeout_s)
             if not receipt.ok:
                 raise client.revert_of(bytes(relayer.revert_data(request, receipt) or b""))
             imports.mark_passes(store, [p.external_reference for p in batch], ChainState.DONE)
-            transactions += 1
+            transactions.append(receipt.tx_hash.to_0x_hex())
             gas += receipt.gas_used
             if progress is not None:
                 progress.advance(len(batch))

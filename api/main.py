@@ -26,6 +26,7 @@ from api.routes import (
     auth,
     health,
     holder,
+    import_pages,
     imports,
     merchant,
     pages,
@@ -135,6 +136,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     app.include_router(reports.router)
     app.include_router(admin_registry.router)
     app.include_router(imports.router)
+    app.include_router(import_pages.router)
     app.include_router(admin_pages.router)
     app.include_router(pages.router)
     app.include_router(docs.router)

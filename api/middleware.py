@@ -113,7 +113,7 @@ class MiddlewareConfig:
     #: Where the rate-limit buckets live (None: in this process).
     throttle: ThrottleState | None = None
     #: Paths that take file uploads (imports) and their larger limit.
-    upload_prefixes: tuple[str, ...] = ("/admin/imports/", "/admin/pages/imports")
+    upload_prefixes: tuple[str, ...] = ("/admin/imports/", "/admin/web/imports/")
     max_upload_bytes: int = 20 * 1024 * 1024
 
     def body_limit(self, path: str) -> int:

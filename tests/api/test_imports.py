@@ -98,7 +98,7 @@ def test_holders_are_imported_once_with_their_passes_and_cards_on_chain(
     assert (result["imported"], result["skipped"], result["registered"]) == (30, 0, 30)
     assert result["encoding"] == "utf-8"
     assert result["delimiter"] == ";"
-    assert 1 <= result["transactions"] < 30
+    assert 1 <= len(result["transactions"]) < 30
     assert _count(runtime, Holder) == holders_before + 30
     for i in (0, 1):
         record = runtime.store.registry.pass_by_number(f"GR{8100000 + i:07d}")
@@ -110,7 +110,7 @@ def test_holders_are_imported_once_with_their_passes_and_cards_on_chain(
     assert again.status_code == 202, again.text
     rerun = _wait(client, again.json()["id"])["result"]
     assert (rerun["imported"], rerun["skipped"], rerun["registered"]) == (0, 30, 0)
-    assert rerun["transactions"] == 0
+    assert rerun["transactions"] == []
     assert _count(runtime, Holder) == holders_before + 30
 
 
