@@ -113,7 +113,7 @@ def _run(
                         f"({job['done']}/{job['total']}); run the same file again to finish it"
                     )
                 time.sleep(0.5)
-                polled = http.get(f"/admin/imports/{job['id']}")
+                polled = http.get(f"/admin/imports/jobs/{job['id']}")
                 if polled.status_code != 200:
                     _problem(polled)
                 job = polled.json()

@@ -3,7 +3,7 @@
 Both run in two steps. The request checks the whole file (:mod:`ledger.imports`; any problem is
 a 422 ``csv_lines_invalid`` problem with ``errors`` ``[{line, column, message}]`` and nothing
 changes) and writes the registry rows in one database transaction; then a job (:mod:`api.jobs`)
-does the chain part in batches and reports progress (``GET /admin/imports/{id}``).
+does the chain part in batches and reports progress (``GET /admin/imports/jobs/{id}``).
 
 **Holders**: ``registerPasses`` with the passes' card serials, :data:`PASS_BATCH` passes per
 transaction, up to :data:`IN_FLIGHT` transactions waiting for receipts at once. A batch's passes

@@ -4,7 +4,7 @@ The CSV is the request body (``Content-Type: text/csv``; any type is read as the
 over ``import_max_bytes`` is refused with 413 before it is read: from its ``Content-Length``,
 or, streamed without one, the moment it passes the limit (the middleware, then here). The file
 is checked whole first (422 ``csv_lines_invalid`` with ``errors`` by line and column; nothing is
-imported), then the chain work runs as a job: ``GET /admin/imports/{id}``.
+imported), then the chain work runs as a job: ``GET /admin/imports/jobs/{id}``.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ async def import_balances(
 
 
 @router.get(
-    "/{job_id}",
+    "/jobs/{job_id}",
     dependencies=_ADMIN,
     summary="An import's progress and result",
     responses=problem_responses(*_AUTH, (404, "import_unknown", "no import has id 'abc'")),

@@ -70,7 +70,7 @@ def _post(client: TestClient, path: str, data: bytes, **params: Any) -> Any:
 def _wait(client: TestClient, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        response = client.get(f"/admin/imports/{job_id}", headers=_admin(client))
+        response = client.get(f"/admin/imports/jobs/{job_id}", headers=_admin(client))
         assert response.status_code == 200, response.text
         job: dict[str, Any] = response.json()
         if job["status"] in {"done", "failed"}:

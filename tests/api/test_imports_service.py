@@ -59,7 +59,7 @@ def _token(base: str) -> dict[str, str]:
 
 
 def _job(base: str, headers: dict[str, str], job_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{base}/admin/imports/{job_id}", headers=headers, timeout=30)
+    response = httpx.get(f"{base}/admin/imports/jobs/{job_id}", headers=headers, timeout=30)
     assert response.status_code == 200, response.text
     job: dict[str, Any] = response.json()
     return job

@@ -50,6 +50,8 @@ SEMANTIC_422: dict[str, str] = {
     "POST /admin/schemes": "valid_until after valid_from; the terms each kind needs",
     "POST /admin/cohorts": "an age band or districts; districts that exist; passes that match",
     "POST /admin/entitlements/csv": "the file is CSV with the header pass_number,amount",
+    "POST /admin/imports/holders": "the file is a holders CSV whose every line is valid",
+    "POST /admin/imports/balances": "the file is a balances CSV of imported holders",
     "POST /admin/payouts": "the debtor IBAN's check digits; " + _PERIOD,
     "GET /admin/reports/schemes": _PERIOD,
     "GET /admin/reports/merchants": _PERIOD,
