@@ -33,6 +33,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, Final
 
+from sqlalchemy.exc import IntegrityError
+
 from api import admin_services as svc
 from api.jobs import Job, Progress, jobs_of
 from api.problems import ApiProblem
@@ -62,6 +64,7 @@ IN_FLIGHT: Final = 8
 BALANCE_LABEL: Final = "migrateBalances"
 
 _LOCKS: weakref.WeakKeyDictionary[Runtime, threading.Lock] = weakref.WeakKeyDictionary()
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Runtime, threading.Lock] = weakref.WeakKeyDictionary()
 _LOCKS_LOCK = threading.Lock()
 
 
@@ -86,13 +89,31 @@ def _rejected(exc: ImportRejected) -> ApiProblem:
 # -- holders ----------------------------------------------------------------------------------
 
 
+def _writing(runtime: Runtime) -> threading.Lock:
+    """Checking a file and writing its rows, one at a time per process (two uploads of the same
+    file at once would both find their lines new); the chain jobs have a lock of their own."""
+    with _LOCKS_LOCK:
+        lock = _WRITE_LOCKS.get(runtime)
+        if lock is None:
+            lock = _WRITE_LOCKS[runtime] = threading.Lock()
+        return lock
+
+
+_CONFLICT = (
+    "another import wrote some of the same rows at the same time; nothing of this file was "
+    "imported: run it again"
+)
+
+
 def start_holders_import(runtime: Runtime, data: bytes) -> Job:
     """Check and write the holders of ``data``, then register the pending passes as a job."""
     try:
-        with _lock(runtime):  # not while a registration job marks passes
+        with _writing(runtime):
             result = imports.import_holders(runtime.store.registry, data)
     except ImportRejected as exc:
         raise _rejected(exc) from None
+    except IntegrityError:  # another process imported the same lines meanwhile
+        raise ApiProblem(409, "import_conflict", _CONFLICT) from None
     runtime.store.registry.commits += 1  # cached pass views see the new passes
 
     def work(progress: Progress) -> dict[str, Any]:
@@ -310,7 +331,7 @@ def start_balances_import(runtime: Runtime, data: bytes, *, scheme_id: int | Non
     then issue them as a job."""
     schemes = set(range(1, runtime.client.scheme_count() + 1))
     try:
-        with _lock(runtime):
+        with _writing(runtime):
             plan = imports.plan_balances(
                 runtime.store.registry, data, scheme_id=scheme_id, schemes=schemes
             )
@@ -320,6 +341,8 @@ def start_balances_import(runtime: Runtime, data: bytes, *, scheme_id: int | Non
             imports.record_balances(runtime.store.db, plan.lines)
     except ImportRejected as exc:
         raise _rejected(exc) from None
+    except IntegrityError:
+        raise ApiProblem(409, "import_conflict", _CONFLICT) from None
     summary = {
         "lines": len(plan.lines) + plan.skipped,
         "imported": len(plan.lines),

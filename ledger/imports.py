@@ -567,6 +567,16 @@ def plan_balances(
             str(n): str(pid)
             for n, pid in _all(session, select(PassRecord.pass_number, PassRecord.pass_id))
         }
+        # passes an import has not registered on chain yet cannot be issued to
+        waiting = {
+            str(pid)
+            for (pid,) in _all(
+                session,
+                sa_select(col(PassRecord.pass_id))
+                .join(MigratedHolder, col(PassRecord.id) == col(MigratedHolder.pass_record_id))
+                .where(col(MigratedHolder.chain_state) != ChainState.DONE),
+            )
+        }
         existing = {
             (int(s), str(p)): int(a)
             for s, p, a in _all(
@@ -605,6 +615,16 @@ def plan_balances(
             problems.append(
                 ImportProblem(number, None, "needs an external_reference or a pass_number")
             )
+        if pid is not None and pid in waiting:
+            problems.append(
+                ImportProblem(
+                    number,
+                    None,
+                    "this holder's pass is not registered on chain yet: let the holders import "
+                    "finish (or run its file again), then import the balances",
+                )
+            )
+            pid = None
         sid = scheme_id
         raw_scheme = row.get("scheme", "").strip()
         if raw_scheme:

@@ -91,7 +91,11 @@ async def read_limited(request: Request, limit: int) -> bytes:
     dependencies=_ADMIN,
     summary="Import holders, their pass numbers, cards and households from a CSV (a job)",
     openapi_extra=_CSV_BODY,
-    responses=problem_responses(*_AUTH, *_FILE_PROBLEMS),
+    responses=problem_responses(
+        *_AUTH,
+        *_FILE_PROBLEMS,
+        (409, "import_conflict", "another import wrote some of the same rows at the same time"),
+    ),
 )
 async def import_holders(request: Request, runtime: RuntimeDep) -> JobOut:
     """Columns ``external_reference,first_name,last_name,birth_date,postcode`` and optionally

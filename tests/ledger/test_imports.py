@@ -186,6 +186,12 @@ def test_erasing_a_migrated_holder_removes_its_reference(registry: Registry) -> 
 def test_balances_are_planned_once_per_holder_and_scheme(registry: Registry) -> None:
     imports.import_holders(registry, csv_bytes(*LINES))
     data = b"external_reference;pass_number;amount\nOLD-1;;1250\n;GR1000002;500\n"
+    with pytest.raises(ImportRejected) as not_on_chain:
+        imports.plan_balances(registry, data, scheme_id=1, schemes={1})
+    assert [p.line for p in not_on_chain.value.problems] == [2, 3]
+    assert "not registered on chain yet" in not_on_chain.value.problems[0].message
+    imports.mark_passes(registry.store, ["OLD-1", "OLD-2", "OLD-3"], ChainState.DONE)
+
     plan = imports.plan_balances(registry, data, scheme_id=1, schemes={1})
     assert [(b.reference, b.amount) for b in plan.lines] == [("OLD-1", 1250), ("GR1000002", 500)]
     imports.record_balances(registry.store, plan.lines)
