@@ -195,5 +195,52 @@ def test_a_streamed_100_mb_upload_is_cut_off_at_the_limit(tmp_path: Path, chain:
             connection.close()
         assert status in (None, 413)
         assert sent < 50, f"{sent} MB went out before the server refused the upload"
+
+        # the CLI: one line per bad CSV line, one line otherwise; exit 2 for bad input
+        bad = tmp_path / "bad.csv"
+        bad.write_text(
+            "external_reference,first_name,last_name,birth_date,postcode,pass_number\n"
+            "B-1,Ans,Kok,1980-01-01,9712AB,GR7999999\n"
+            "B-1,Bas,Kok,1981-01-01,9712AB,XX\n"
+            "B-3,Cor,Kok,1982-13-01,9712AB,\n",
+            encoding="utf-8",
+        )
+        refused = _cli(svc, "holders", str(bad))
+        assert refused.returncode == 2
+        assert refused.stderr.splitlines() == [
+            "line 3, pass_number: pass number 'XX' must be GR followed by 7 digits",
+            "line 3, external_reference: 'B-1' is also on line 2",
+            refused.stderr.splitlines()[2],
+        ]
+        assert refused.stderr.splitlines()[2].startswith("line 4: ")
+        big = tmp_path / "big.csv"
+        big.write_bytes(b"x" * (2 * 1024 * 1024))
+        too_big = _cli(svc, "holders", str(big))
+        assert too_big.returncode == 2
+        assert too_big.stderr.count("\n") == 1
+        assert "body_too_large" in too_big.stderr
+        no_password = _cli(svc, "holders", str(bad), password=None)
+        assert no_password.returncode == 2
+        assert no_password.stderr == "error: no password: set STADJERSPAS_IMPORT_PASSWORD\n"
     finally:
         svc.stop()
+
+
+def _cli(
+    svc: ServiceProcess, *args: str, password: str | None = PASSWORD
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("STADJERSPAS_")},
+        "STADJERSPAS_API_URL": svc.base_url,
+        "STADJERSPAS_IMPORT_USERNAME": "admin",
+    }
+    if password is not None:
+        env["STADJERSPAS_IMPORT_PASSWORD"] = password
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", "import", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
