@@ -22,10 +22,13 @@ outbox and the chain: mined -> ``done`` with its transaction hash; never signed 
 these transactions as ``migrated`` (:mod:`ledger.reports`).
 
 One registration at a time per process (a lock): a second job waits, then finds nothing left.
+At start the service resumes on its own what an interrupted import left pending or sent
+(:func:`resume_unfinished`, called from the app's lifespan); running the file again does too.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
@@ -51,9 +54,12 @@ __all__ = [
     "IN_FLIGHT",
     "PASS_BATCH",
     "register_pending_passes",
+    "resume_unfinished",
     "start_balances_import",
     "start_holders_import",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Passes per ``registerPasses`` transaction (about 25,500 gas each: 6.4 M gas a batch).
 PASS_BATCH: Final = 250
@@ -355,3 +361,23 @@ def start_balances_import(runtime: Runtime, data: bytes, *, scheme_id: int | Non
         return {**summary, **issue_pending_balances(runtime, progress)}
 
     return jobs_of(runtime).submit("balances_import", work, total=len(plan.lines))
+
+
+# -- at start -----------------------------------------------------------------------------------
+
+
+def resume_unfinished(runtime: Runtime) -> Job | None:
+    """At start: a job that finishes what an interrupted import left on its way to the chain
+    (passes and balances ``pending`` or ``sent``); None when nothing is left."""
+    counts = imports.migrated_counts(runtime.store.db)
+    left = sum(v for k, v in counts.items() if k.endswith(("_pending", "_sent")))
+    if not left:
+        return None
+    log.warning("%d imported passes or balances are not on chain yet; finishing them", left)
+
+    def work(progress: Progress) -> dict[str, Any]:
+        passes = register_pending_passes(runtime, progress)
+        balances = issue_pending_balances(runtime, progress)
+        return {"passes": passes, "balances": balances}
+
+    return jobs_of(runtime).submit("resume_import", work, total=left)
