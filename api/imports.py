@@ -163,6 +163,7 @@ def register_pending_passes(runtime: Runtime, progress: Progress | None = None) 
         waiting: deque[tuple[Sequence[PendingPass], TxRequest, TxHandle]] = deque()
         transactions: list[str] = []
         gas = 0
+        registered = 0
 
         def send(batch: Sequence[PendingPass]) -> None:
             data = client.call_data(
@@ -176,7 +177,7 @@ def register_pending_passes(runtime: Runtime, progress: Progress | None = None) 
             waiting.append((batch, request, relayer.submit(request)))
 
         def finish() -> None:
-            nonlocal gas
+            nonlocal gas, registered
             batch, request, handle = waiting.popleft()
             receipt: TxReceipt = handle.result(timeout=runtime.settings.receipt_timeout_s)
             if not receipt.ok:
@@ -184,6 +185,7 @@ def register_pending_passes(runtime: Runtime, progress: Progress | None = None) 
             imports.mark_passes(store, [p.external_reference for p in batch], ChainState.DONE)
             transactions.append(receipt.tx_hash.to_0x_hex())
             gas += receipt.gas_used
+            registered += len(batch)
             if progress is not None:
                 progress.advance(len(batch))
 
@@ -210,7 +212,7 @@ def register_pending_passes(runtime: Runtime, progress: Progress | None = None) 
         while waiting:
             finish()
         return {
-            "registered": len(pending) - found if found <= len(pending) else len(pending),
+            "registered": registered,
             "already_on_chain": found,
             "transactions": transactions,
             "gas_used": gas,

@@ -729,14 +729,21 @@ def mark_balances(
     batch: int | None = None,
     transaction_hash: str | None = None,
 ) -> None:
-    """Set the state (and batch, transaction) of the balances ``keys`` in one transaction."""
+    """Set the state (and, when given, batch and transaction) of the balances ``keys`` in one
+    transaction. A batch number stays once given: batch numbers are never reused, so the
+    outbox rows of a batch (refs) name it alone."""
+    values: dict[str, object] = {"chain_state": state}
+    if batch is not None:
+        values["batch"] = batch
+    if transaction_hash is not None:
+        values["transaction_hash"] = transaction_hash
     with store.session() as session:
         for scheme_id, pid in keys:
             session.execute(
                 update(MigratedBalance)
                 .where(col(MigratedBalance.scheme_id) == scheme_id)
                 .where(col(MigratedBalance.pass_id) == pid)
-                .values(chain_state=state, batch=batch, transaction_hash=transaction_hash)
+                .values(**values)
             )
         session.commit()
 

@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func
-from sqlmodel import select
+from sqlalchemy import func, update
+from sqlmodel import col, select
 
+from api import imports as import_services
 from api.main import create_app
 from api.runtime import Runtime
-from ledger.store.imports import MigratedBalance, MigratedHolder
+from ledger import imports
+from ledger.store.imports import ChainState, MigratedBalance, MigratedHolder
 from ledger.store.registry import Holder
 from tests.api.conftest import dev_settings, logins
 
@@ -215,12 +217,12 @@ def test_opening_balances_are_issued_once_and_marked_migrated(
     assert (done["result"]["imported"], done["result"]["issued"]) == (6, 6)
     after = [runtime.client.balance_of(scheme, pid) for pid in pids]
     assert [a - b for a, b in zip(after, before, strict=True)] == [1000, 1001, 1002, 1003, 1004, 5]
-    rows = _count(runtime, MigratedBalance)
+    balance_rows = _count(runtime, MigratedBalance)
 
     again = _wait(client, _post(client, "balances", data, scheme_id=scheme).json()["id"])
     assert (again["result"]["imported"], again["result"]["skipped"]) == (0, 6)
     assert [runtime.client.balance_of(scheme, pid) for pid in pids] == after
-    assert _count(runtime, MigratedBalance) == rows
+    assert _count(runtime, MigratedBalance) == balance_rows
 
     changed = _post(
         client, "balances", data.replace(b"BAL-0,,1000", b"BAL-0,,999"), scheme_id=scheme
@@ -245,3 +247,64 @@ def test_opening_balances_are_issued_once_and_marked_migrated(
     assert audit.status_code == 200, audit.text
     assert audit.json()["differences"] == []
     assert audit.json()["ok"] is True
+
+
+def test_work_left_sent_by_a_crash_is_settled_from_the_chain_not_sent_again(
+    client: TestClient, runtime: Runtime
+) -> None:
+    """As after a kill between sending and recording: rows still ``sent`` whose transactions
+    were mined are found on chain (passes) or in the outbox (balances), and nothing is sent
+    twice; ``sent`` rows whose batch never reached the relayer are sent."""
+    store = runtime.store.db
+    lines = _lines("CRASH", 4, first_number=8500000)
+    assert _wait(client, _post(client, "holders", _csv(lines)).json()["id"])["status"] == "done"
+    refs = [f"CRASH-{i}" for i in range(4)]
+    imports.mark_passes(store, refs, ChainState.SENT)  # mined, but not recorded as such
+    result = import_services.register_pending_passes(runtime)
+    assert (result["registered"], result["transactions"]) == (0, [])
+    assert imports.migrated_counts(store).get("passes_sent", 0) == 0
+
+    data = "".join(f"CRASH-{i},{300 + i}\n" for i in range(4)).encode()
+    job = _wait(
+        client,
+        _post(client, "balances", b"external_reference,amount\n" + data, scheme_id=1).json()["id"],
+    )
+    assert job["status"] == "done", job
+    pids = [
+        bytes.fromhex(runtime.store.registry.pass_by_number(f"GR{8500000 + i:07d}").pass_id[2:])
+        for i in range(4)
+    ]
+    balances = [runtime.client.balance_of(1, pid) for pid in pids]
+    rows = [
+        row
+        for row in imports.balances_in_state(store, ChainState.DONE)
+        if row.reference.startswith("CRASH-")
+    ]
+    assert len(rows) == 4
+    issued_by = {row.transaction_hash for row in rows}
+    keys = [(row.scheme_id, row.pass_id) for row in rows]
+    imports.mark_balances(store, keys, ChainState.SENT)  # mined, not recorded
+    settled = import_services.issue_pending_balances(runtime)
+    assert settled["transactions"] == []
+    assert [runtime.client.balance_of(1, pid) for pid in pids] == balances
+    again = [
+        r
+        for r in imports.balances_in_state(store, ChainState.DONE)
+        if r.reference.startswith("CRASH-")
+    ]
+    assert {row.transaction_hash for row in again} == issued_by
+
+    # two balances marked sent in a batch that never reached the relayer (no outbox row, as
+    # when the service died between the two): they are sent now, once
+    with store.session() as session:
+        session.execute(
+            update(MigratedBalance)
+            .where(col(MigratedBalance.pass_id).in_([k[1] for k in keys[:2]]))
+            .values(chain_state=ChainState.SENT, amount=7, batch=10**9, transaction_hash=None)
+        )
+        session.commit()
+    resent = import_services.issue_pending_balances(runtime)
+    assert len(resent["transactions"]) == 1
+    assert resent["issued"] == 2
+    after = [runtime.client.balance_of(1, pid) for pid in pids]
+    assert sum(after) - sum(balances) == 14
