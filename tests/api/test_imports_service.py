@@ -27,6 +27,8 @@ from ledger.store.db import StoreConfig, default_sqlite_url, open_store
 from ledger.store.imports import ChainState, MigratedHolder
 from ledger.store.registry import PassRecord
 
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
 HOLDERS = 3_000
 PASSWORD = "development-only-admin-password"
 PASS_REGISTERED = "0x" + keccak(text="PassRegistered(bytes32,address,uint64)").hex()
