@@ -134,7 +134,7 @@ async def import_balances(
 
 @router.get(
     "/jobs/{job_id}",
-    dependencies=_ADMIN,
+    dependencies=_ISSUE,
     summary="An import's progress and result",
     responses=problem_responses(*_AUTH, (404, "import_unknown", "no import has id 'abc'")),
 )
