@@ -17,7 +17,8 @@ import io
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -69,7 +70,7 @@ from ledger import registry as reg
 from ledger.audit import AuditError, audit
 from ledger.client import ROLES, SchemeKind, SchemeState, SchemeTerms
 from ledger.merkle import CohortLeaf, MerkleTree, cohort_leaf_hash
-from ledger.relayer import TxReceipt, TxRequest
+from ledger.relayer import TxHandle, TxReceipt, TxRequest
 from ledger.reports.periods import Period, PeriodError
 from ledger.settlement import (
     ClientSettlementChain,
@@ -773,6 +774,66 @@ def _parse_csv(runtime: Runtime, data: bytes) -> list[_Line]:
     return lines
 
 
+IssueItem = tuple[bytes, int]
+
+
+def issue_in_batches(
+    runtime: Runtime,
+    scheme_id: int,
+    items: Sequence[IssueItem],
+    *,
+    batch_size: int | None = None,
+    in_flight: int = 1,
+    label: str = "",
+    on_sending: Callable[[int, Sequence[IssueItem]], tuple[int, ...]] | None = None,
+    on_mined: Callable[[Sequence[IssueItem], TxReceipt], None] | None = None,
+) -> list[TxReceipt]:
+    """``issueBatch`` ``items`` (pass id, amount) in chunks of ``batch_size``, with up to
+    ``in_flight`` transactions waiting for their receipts at once (each preflighted: a refusal
+    raises the contract's typed error and sends nothing). ``on_sending(index, chunk)`` runs
+    before a chunk is handed to the relayer and returns the outbox refs to record with it;
+    ``on_mined(chunk, receipt)`` after its receipt. A revert raises its typed error after the
+    chunks before it are done. ``batch_size`` defaults to :data:`BATCH_SIZE`."""
+    size = batch_size or BATCH_SIZE
+    relayer = runtime.issuer()
+    client = runtime.client
+    waiting: deque[tuple[Sequence[IssueItem], TxRequest, TxHandle]] = deque()
+    receipts: list[TxReceipt] = []
+
+    def finish() -> None:
+        chunk, request, handle = waiting.popleft()
+        receipt = handle.result(timeout=runtime.settings.receipt_timeout_s)
+        if not receipt.ok:
+            raise client.revert_of(bytes(relayer.revert_data(request, receipt) or b""))
+        receipts.append(receipt)
+        if on_mined is not None:
+            on_mined(chunk, receipt)
+
+    try:
+        for index, start in enumerate(range(0, len(items), size)):
+            chunk = items[start : start + size]
+            data = client.call_data(
+                "issueBatch", scheme_id, [pid for pid, _ in chunk], [amount for _, amount in chunk]
+            )
+            estimate = client.preflight(sender=relayer.address, data=data)
+            refs = on_sending(index, chunk) if on_sending is not None else ()
+            request = TxRequest(
+                to=client.address, data=data, gas=_gas(estimate), label=label, refs=refs
+            )
+            waiting.append((chunk, request, relayer.submit(request)))
+            if len(waiting) >= in_flight:
+                finish()
+        while waiting:
+            finish()
+    finally:
+        for _chunk, _request, handle in waiting:  # an error above: let sent ones settle
+            try:
+                handle.result(timeout=runtime.settings.receipt_timeout_s)
+            except Exception:  # the first error is the one raised
+                log.warning("a batch sent before an error did not settle in time")
+    return receipts
+
+
 def start_csv_issuance(runtime: Runtime, *, scheme_id: int, data: bytes) -> Job:
     """Validate the whole CSV and the scheme's budget, then issue in chunks of
     :data:`BATCH_SIZE` (``issueBatch``) as a job. A chunk refused later (e.g. the budget was
@@ -784,18 +845,13 @@ def start_csv_issuance(runtime: Runtime, *, scheme_id: int, data: bytes) -> Job:
 
     def work(progress: Progress) -> dict[str, Any]:
         progress.set_total(len(lines))
-        transactions: list[str] = []
-        for start in range(0, len(lines), BATCH_SIZE):
-            chunk = lines[start : start + BATCH_SIZE]
-            receipt = _transact(
-                runtime,
-                "issueBatch",
-                scheme_id,
-                [line.pass_id for line in chunk],
-                [line.amount for line in chunk],
-            )
-            transactions.append(receipt.tx_hash.to_0x_hex())
-            progress.advance(len(chunk))
+        receipts = issue_in_batches(
+            runtime,
+            scheme_id,
+            [(line.pass_id, line.amount) for line in lines],
+            on_mined=lambda chunk, _receipt: progress.advance(len(chunk)),
+        )
+        transactions = [receipt.tx_hash.to_0x_hex() for receipt in receipts]
         return {
             "scheme_id": scheme_id,
             "lines": len(lines),

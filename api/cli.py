@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from api import partners_cli
+from api import import_cli, partners_cli
 from api.settings import PROJECT_ROOT, Settings
 from ledger import audit_cli
 from ledger.audit import DEFAULT_STUCK_AFTER_S
@@ -324,7 +324,7 @@ app.command("export")(audit_cli.export_command)
 app.command("verify-export")(audit_cli.verify_export_command)
 
 # ---------------------------------------------------------------- imports
-import_app = typer.Typer(help="Import files: holders, partners, postcodes.", no_args_is_help=True)
+import_app = import_cli.app
 app.add_typer(import_app, name="import")
 import_app.command("partners")(partners_cli.import_partners_command)
 

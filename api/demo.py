@@ -293,7 +293,7 @@ def seed_demo(runtime: Runtime, *, report: Callable[[str], None] | None = None) 
 
     unregistered = [pid for pid in pass_ids if not client.pass_of(pid).registered]
     for chunk in _chunks(unregistered):
-        client.transact(issuer, "registerPasses", chunk)
+        client.transact(issuer, "registerPasses", chunk, [])
 
     for scheme, scheme_id in zip(DEMO_SCHEMES, scheme_ids, strict=True):
         empty = [pid for pid in pass_ids if client.balance_of(scheme_id, pid) == 0]

@@ -519,6 +519,33 @@ _NL.update(
         "admin.job.kind": "Taak",
         "admin.job.kind.entitlements_csv": "Uitgifte uit CSV",
         "admin.job.kind.cohort": "Uitgifte aan een groep",
+        "admin.job.kind.holders_import": "Pashouders overzetten",
+        "admin.job.kind.balances_import": "Saldi overzetten",
+        "admin.job.kind.resume_import": "Onderbroken overzetting afmaken",
+        "admin.nav.imports": "Overzetten",
+        "admin.nav.imports.hint": "Pashouders, passen en saldi uit het oude systeem overzetten.",
+        "admin.col.column": "Kolom",
+        "admin.imports.holders": "Pashouders overzetten met een CSV-bestand",
+        "admin.imports.holders_hint": (
+            "Eén regel per pashouder, met de referentie uit het oude systeem. Bestaande "
+            "pasnummers en kaartnummers blijven geldig. Alle regels worden eerst gecontroleerd: "
+            "bij één probleem wordt niets overgezet. Hetzelfde bestand opnieuw uploaden zet "
+            "niets dubbel over en maakt een onderbroken overzetting af. Komma of puntkomma, "
+            "UTF-8 of Windows-1252, hoogstens {mb} MB."
+        ),
+        "admin.imports.balances": "Saldi overzetten met een CSV-bestand",
+        "admin.imports.balances_hint": (
+            "Het resterende saldo per pashouder (external_reference of pass_number) in centen. "
+            "Rapportages tonen deze saldi apart als overgezet. Eén saldo per pashouder en "
+            "regeling: hetzelfde bestand opnieuw uploaden geeft niets dubbel uit. "
+            "Hoogstens {mb} MB."
+        ),
+        "admin.imports.file": "CSV-bestand",
+        "admin.imports.submit_holders": "Uploaden en overzetten",
+        "admin.imports.submit_balances": "Uploaden en saldi uitgeven",
+        "admin.imports.missing": "Kies een CSV-bestand (en voor saldi een regeling).",
+        "admin.imports.too_large": "Het bestand is te groot",
+        "admin.imports.line_errors": "Problemen per regel (er is niets overgezet)",
         "admin.job.progress": "Voortgang",
         "admin.job.count": "{done} van {total} verwerkt",
         "admin.job.status.queued": "In de wachtrij…",
@@ -822,6 +849,31 @@ _EN.update(
         "admin.job.kind": "Job",
         "admin.job.kind.entitlements_csv": "Issuance from CSV",
         "admin.job.kind.cohort": "Issuance to a cohort",
+        "admin.job.kind.holders_import": "Holders migration",
+        "admin.job.kind.balances_import": "Balances migration",
+        "admin.job.kind.resume_import": "Finishing an interrupted migration",
+        "admin.nav.imports": "Migration",
+        "admin.nav.imports.hint": "Move holders, passes and balances over from the old system.",
+        "admin.col.column": "Column",
+        "admin.imports.holders": "Migrate holders from a CSV file",
+        "admin.imports.holders_hint": (
+            "One line per holder, with its reference in the old system. Existing pass numbers "
+            "and card serials stay valid. Every line is checked first: with one problem nothing "
+            "is imported. Uploading the same file again imports nothing twice and finishes an "
+            "interrupted import. Comma or semicolon, UTF-8 or Windows-1252, at most {mb} MB."
+        ),
+        "admin.imports.balances": "Migrate balances from a CSV file",
+        "admin.imports.balances_hint": (
+            "The remaining balance per holder (external_reference or pass_number) in cents. "
+            "Reports show these balances apart as migrated. One balance per holder and scheme: "
+            "uploading the same file again issues nothing twice. At most {mb} MB."
+        ),
+        "admin.imports.file": "CSV file",
+        "admin.imports.submit_holders": "Upload and migrate",
+        "admin.imports.submit_balances": "Upload and issue the balances",
+        "admin.imports.missing": "Choose a CSV file (and, for balances, a scheme).",
+        "admin.imports.too_large": "The file is too large",
+        "admin.imports.line_errors": "Problems by line (nothing was imported)",
         "admin.job.progress": "Progress",
         "admin.job.count": "{done} of {total} done",
         "admin.job.status.queued": "Queued…",

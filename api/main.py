@@ -7,6 +7,7 @@ the CLI decide its lifetime.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +17,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
 
 from api import __version__, docs
+from api import imports as import_services
 from api.auth import Auth
 from api.middleware import UNLIMITED_PATHS, install_middleware
 from api.problems import document_problems, install_problem_handlers
@@ -26,6 +28,8 @@ from api.routes import (
     auth,
     health,
     holder,
+    import_pages,
+    imports,
     merchant,
     pages,
     partner_pages,
@@ -37,6 +41,8 @@ from api.schemas import TokenIn
 from api.settings import DEV_MERCHANT_COUNT, Settings
 
 __all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 Stadjerspas Ledger: entitlements and redemptions of the city pass on a permissioned Ethereum
@@ -108,6 +114,10 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
         # Sync routes run in anyio's thread pool (40 threads by default); a redemption holds its
         # thread while its batch is mined, so concurrent terminals need more of them.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
+        try:  # an import interrupted by a restart: finish its chain part (api.imports)
+            await anyio.to_thread.run_sync(import_services.resume_unfinished, runtime)
+        except Exception:
+            log.exception("could not resume an interrupted import; run its file again")
         yield
 
     app = FastAPI(
@@ -137,6 +147,8 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     app.include_router(reports.router)
     app.include_router(admin_registry.router)
     app.include_router(partners.router)
+    app.include_router(imports.router)
+    app.include_router(import_pages.router)
     app.include_router(admin_pages.router)
     app.include_router(partner_pages.router)
     app.include_router(pages.router)

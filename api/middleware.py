@@ -14,7 +14,8 @@ One pure ASGI middleware (:class:`HardeningMiddleware`, outermost) does, per HTT
   (:mod:`api.throttle`; in-process only where that module says).
 - Request size: a ``Content-Length`` over ``max_request_body_bytes`` answers 413
   ``body_too_large`` before the body is read; a chunked body is counted as it streams and
-  refused the moment it passes the limit (the rest is never buffered).
+  refused the moment it passes the limit (the rest is never buffered). The import uploads
+  (``/admin/imports/...``, the import page) have their own limit, ``import_max_bytes``.
 - Security headers on every response: a strict Content-Security-Policy (the docs page
   ``/docs`` loads Swagger UI from this service, see :mod:`api.docs`), nosniff,
   ``Referrer-Policy: no-referrer``, ``Permissions-Policy: camera=(self)`` (the scanner),
@@ -111,6 +112,15 @@ class MiddlewareConfig:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     #: Where the rate-limit buckets live (None: in this process).
     throttle: ThrottleState | None = None
+    #: Paths that take file uploads (imports) and their larger limit.
+    upload_prefixes: tuple[str, ...] = ("/admin/imports/", "/admin/web/imports/")
+    max_upload_bytes: int = 20 * 1024 * 1024
+
+    def body_limit(self, path: str) -> int:
+        """The body limit of ``path``: the upload limit for the import paths."""
+        if path.startswith(self.upload_prefixes):
+            return max(self.max_body_bytes, self.max_upload_bytes)
+        return self.max_body_bytes
 
     @classmethod
     def from_settings(
@@ -126,6 +136,7 @@ class MiddlewareConfig:
                 static[token.get_secret_value()] = "terminal"
         return cls(
             max_body_bytes=settings.max_request_body_bytes,
+            max_upload_bytes=settings.import_max_bytes,
             rate_per_s=settings.rate_limit_per_s,
             burst=settings.rate_limit_burst,
             production=not settings.is_development,
@@ -250,22 +261,22 @@ class HardeningMiddleware:
             declared = _header(scope, b"content-length")
             if declared is not None:
                 try:
-                    too_large = int(declared) > self.config.max_body_bytes
+                    too_large = int(declared) > self.config.body_limit(path)
                 except ValueError:
                     too_large = False  # the server rejects a malformed length itself
                 if too_large:
-                    await self._too_large(scope, receive, send_wrapper)
+                    await self._too_large(scope, receive, send_wrapper, path)
                     return
             try:
-                await self.app(scope, self._limited(receive), send_wrapper)
+                await self.app(scope, self._limited(receive, path), send_wrapper)
             except BodyTooLarge:
                 if not state["started"]:
-                    await self._too_large(scope, receive, send_wrapper)
+                    await self._too_large(scope, receive, send_wrapper, path)
         finally:
             log_request(scope, state["status"] or 500, kind, request_id, started)
 
-    def _limited(self, receive: Receive) -> Receive:
-        limit = self.config.max_body_bytes
+    def _limited(self, receive: Receive, path: str) -> Receive:
+        limit = self.config.body_limit(path)
         seen = 0
 
         async def limited_receive() -> Message:
@@ -294,7 +305,7 @@ class HardeningMiddleware:
             headers.append((b"cache-control", b"no-store"))
         return headers
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         await self._problem(
             scope,
             receive,
@@ -302,7 +313,7 @@ class HardeningMiddleware:
             status=413,
             code="body_too_large",
             title="The request body is too large",
-            detail=f"the request body is larger than {self.config.max_body_bytes} bytes",
+            detail=f"the request body is larger than {self.config.body_limit(path)} bytes",
             headers={"Connection": "close"},
         )
 

@@ -202,6 +202,15 @@ class Settings(BaseSettings):
         ),
     )
     receipt_timeout_s: float = Field(default=30.0, gt=0)
+    import_max_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest holders or balances CSV an import accepts (bytes): a larger upload is "
+            "refused (413 upload_too_large) from its Content-Length, or once that many bytes "
+            "arrived, before the file is read."
+        ),
+    )
     relayer_linger_ms: float = Field(default=2.0, ge=0)
     batch_linger_ms: float = Field(
         default=20.0,

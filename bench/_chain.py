@@ -215,7 +215,7 @@ class BenchChain:
         """Register passes (without holder key or card) in chunks of ``chunk`` per transaction."""
         for start in range(0, len(pass_ids), chunk):
             self.ledger_tx(
-                self.accounts.issuer, "registerPasses", list(pass_ids[start : start + chunk])
+                self.accounts.issuer, "registerPasses", list(pass_ids[start : start + chunk]), []
             )
 
     def redemption(

@@ -73,6 +73,7 @@ FIGURE_KEYS = (
     "redeem_batched_per_item_100",
     "issue_single",
     "issue_batched_per_holder_100",
+    "register_passes_batched_per_pass_100",
     "cohort_root_100",
     "cohort_root_100000",
     "first_use_claim_redeem",
@@ -168,7 +169,7 @@ class GasRun:
     def keys(self) -> list[str]:
         """Measured keys in table order (redemption first, the ERC-20 baseline last)."""
         order = {key: i for i, key in enumerate(FIGURE_KEYS)}
-        sizes = {f"cohort_root_{self.small_cohort}": 4, f"cohort_root_{self.large_cohort}": 5}
+        sizes = {f"cohort_root_{self.small_cohort}": 5, f"cohort_root_{self.large_cohort}": 6}
         return sorted(self.measurements, key=lambda k: order.get(k, sizes.get(k, len(order))))
 
     def figures(self) -> dict[str, int]:
@@ -309,6 +310,19 @@ def run(
     result.add(
         f"issue_batched_per_holder_{BATCH_SIZE}",
         chain.ledger_tx(issuer, "issueBatch", scheme, batch_passes, [ISSUE_AMOUNT] * BATCH_SIZE),
+        items=BATCH_SIZE,
+    )
+
+    # ---- migration: passes registered in a batch with the card serials of an old system
+    say("registerPasses")
+    result.add(
+        f"register_passes_batched_per_pass_{BATCH_SIZE}",
+        chain.ledger_tx(
+            issuer,
+            "registerPasses",
+            bench_pass_ids("M", BATCH_SIZE),
+            [10**12 + i for i in range(BATCH_SIZE)],
+        ),
         items=BATCH_SIZE,
     )
 

@@ -129,12 +129,23 @@ contract StadjerspasLedger is IStadjerspasLedger, AccessControl, Pausable, EIP71
     }
 
     /// @inheritdoc IStadjerspasLedger
-    function registerPasses(bytes32[] calldata passIds) external onlyRole(ISSUER_ROLE) whenNotPaused {
+    function registerPasses(bytes32[] calldata passIds, uint64[] calldata cardSerials)
+        external
+        onlyRole(ISSUER_ROLE)
+        whenNotPaused
+    {
+        if (cardSerials.length != 0 && cardSerials.length != passIds.length) {
+            revert PassesLengthMismatch(passIds.length, cardSerials.length);
+        }
+        bool withSerials = cardSerials.length != 0;
         for (uint256 i = 0; i < passIds.length; ++i) {
             PassRecord storage pass = _passes[passIds[i]];
             if (pass.registered) revert PassAlreadyRegistered(passIds[i]);
+            uint64 cardSerial = withSerials ? cardSerials[i] : 0;
+            if (cardSerial > MAX_AMOUNT) revert CardSerialInvalid(passIds[i], cardSerial);
             pass.registered = true;
-            emit PassRegistered(passIds[i], address(0), 0);
+            if (cardSerial != 0) pass.cardSerial = cardSerial;
+            emit PassRegistered(passIds[i], address(0), cardSerial);
         }
     }
 

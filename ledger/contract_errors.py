@@ -137,6 +137,10 @@ class CardSerialInvalid(PassRefused):
     rule = "a card serial must differ from the current one and not exceed 2**63 - 1"
 
 
+class PassesLengthMismatch(PassRefused):
+    rule = "a batch of passes needs no card serials or one card serial per pass id"
+
+
 # ---------------------------------------------------------------- schemes and issuance
 
 

@@ -55,6 +55,7 @@ from ledger.errors import LedgerError
 from ledger.passid import new_pass_secret, pass_id
 from ledger.secrets_hash import check_secret, hash_secret, needs_rehash
 from ledger.store.db import Store
+from ledger.store.imports import MigratedHolder
 from ledger.store.registry import (
     CardStatus,
     District,
@@ -105,6 +106,8 @@ __all__ = [
     "UnknownMerchant",
     "UnknownPass",
     "UnknownPostcode",
+    "decode_csv",
+    "detect_delimiter",
     "format_postcode",
     "merchant_location",
     "normalize_postcode",
@@ -556,6 +559,36 @@ def _now() -> datetime:
 # -- CSV reading ----------------------------------------------------------------------------------
 
 
+def decode_csv(data: bytes, what: str, *, legacy: bool = False) -> tuple[str, str]:
+    """The text of a CSV file and the encoding it was read in: UTF-8 (a byte order mark is
+    dropped), or with ``legacy`` Windows-1252 (Latin-1 with the euro sign, as old Windows
+    exports write) when the bytes are not UTF-8. Anything else: :class:`CsvImportError`."""
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        bad = data[exc.start]
+    if legacy:
+        try:
+            return data.decode("cp1252"), "cp1252"
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            bad = data[exc.start]
+            raise CsvImportError(
+                what,
+                [LineError(line, f"neither UTF-8 nor Windows-1252 text (byte 0x{bad:02x})")],
+            ) from None
+    raise CsvImportError(what, [LineError(line, f"not UTF-8 text (byte 0x{bad:02x})")])
+
+
+def detect_delimiter(text: str, candidates: str = ",;") -> str:
+    """The delimiter of a CSV text: the candidate found most often in its first non-blank line
+    (the header; ``,`` on a tie). Spreadsheets in Dutch locales write ``;``."""
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    counts = [(header.count(candidate), -i, candidate) for i, candidate in enumerate(candidates)]
+    return max(counts)[2] if counts else ","
+
+
 def _csv_text(source: CsvSource, what: str) -> str:
     data: bytes
     if isinstance(source, Path):
@@ -569,21 +602,23 @@ def _csv_text(source: CsvSource, what: str) -> str:
         data = source
     else:
         return source.removeprefix("\ufeff")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise CsvImportError(
-            what, [LineError(line, f"not UTF-8 text (byte 0x{data[exc.start]:02x})")]
-        ) from None
+    return decode_csv(data, what)[0]
 
 
 def _read_csv(
-    source: CsvSource, what: str, required: Sequence[str], optional: Sequence[str] = ()
+    source: CsvSource,
+    what: str,
+    required: Sequence[str],
+    optional: Sequence[str] = (),
+    *,
+    delimiters: str = ",",
 ) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield ``(line, row)``; raise :class:`CsvImportError` for a bad header or malformed CSV
-    (after collecting the field-count problems of every row)."""
-    reader = csv.reader(io.StringIO(_csv_text(source, what), newline=""), strict=True)
+    (after collecting the field-count problems of every row). With several ``delimiters`` the
+    file's is detected from its header (:func:`detect_delimiter`)."""
+    text = _csv_text(source, what)
+    delimiter = detect_delimiter(text, delimiters) if len(delimiters) > 1 else delimiters
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
     errors: list[LineError] = []
     rows: list[tuple[int, dict[str, str]]] = []
     try:
@@ -1484,6 +1519,7 @@ class Registry:
                 session.exec(select(PassRecord.id).where(PassRecord.holder_id == holder_id)).all()
             )
             cards = 0
+            session.exec(delete(MigratedHolder).where(col(MigratedHolder.holder_id) == holder_id))
             if pass_ids:
                 cards = _rowcount(
                     session.exec(

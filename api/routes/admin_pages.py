@@ -94,6 +94,7 @@ log = logging.getLogger(__name__)
 SECTIONS: Final = (
     ("admin.nav.schemes", "/admin/web/schemes", Scope.ISSUE),
     ("admin.nav.issuance", "/admin/web/issuance", Scope.ISSUE),
+    ("admin.nav.imports", "/admin/web/imports", Scope.ISSUE),
     ("admin.nav.holders", "/admin/web/holders", Scope.ADMIN),
     ("admin.nav.merchants", "/admin/web/merchants", Scope.ADMIN),
     ("admin.nav.reports", "/admin/web/reports", Scope.AUDIT),

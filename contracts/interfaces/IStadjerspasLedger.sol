@@ -140,6 +140,7 @@ interface IStadjerspasLedger {
     error PassUnknown(bytes32 passId);
     error PassBlockStatusUnchanged(bytes32 passId, bool blocked);
     error CardSerialInvalid(bytes32 passId, uint64 serial);
+    error PassesLengthMismatch(uint256 passIds, uint256 cardSerials);
 
     // ---------------------------------------------------------------- errors: schemes and issuance
 
@@ -201,8 +202,9 @@ interface IStadjerspasLedger {
 
     /// @notice Registers a pass pseudonym. `holderKey` may be zero; `cardSerial` 0 means no card yet.
     function registerPass(bytes32 passId, address holderKey, uint64 cardSerial) external;
-    /// @notice Registers many passes without holder keys or cards (enrolment of a cohort).
-    function registerPasses(bytes32[] calldata passIds) external;
+    /// @notice Registers many passes without holder keys (enrolment of a cohort, migration of an old
+    /// system). `cardSerials` is empty (no cards yet) or holds one serial per pass, 0 meaning no card.
+    function registerPasses(bytes32[] calldata passIds, uint64[] calldata cardSerials) external;
     /// @notice Sets (or clears, with zero) the key the holder's app signs pass tokens with.
     function setHolderKey(bytes32 passId, address holderKey) external;
     /// @notice Replaces the printed card: tokens with any other serial stop working. 0 revokes every card.

@@ -47,6 +47,9 @@ class SchemeRow:
     remaining: int  # at the end of the bucket
     holders_entitled: int  # passes with an entitlement issued up to the end of the bucket
     holders_used: int  # passes that redeemed in the bucket (uptake)
+    #: the part of ``issued`` that is opening balances migrated from an old system
+    #: (``ledger.imports``); ``issued - migrated`` is new issuance
+    migrated: int = 0
 
     @property
     def uptake(self) -> float | None:

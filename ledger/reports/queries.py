@@ -65,6 +65,7 @@ from ledger.reports.periods import (
 )
 from ledger.reports.suppression import DEFAULT_K, Equation
 from ledger.reports.suppression import suppress as suppress_cells
+from ledger.store import imports as _import_tables  # noqa: F401 - registers the tables
 from ledger.store import index as _index_tables  # noqa: F401 - registers the tables
 from ledger.store import registry as _registry_tables  # noqa: F401 - registers the tables
 from ledger.store import report_indexes as _report_indexes  # noqa: F401 - declares indexes
@@ -333,6 +334,21 @@ def scheme_report(
             rows[(sid, bi)]["issued"] += _i(issued)
             rows[(sid, bi)]["issued_unlimited"] += _i(unlimited)
 
+        # the part of ``issued`` that opening balances migrated from an old system are
+        # (ledger.imports): the entitlements of the transactions recorded for them
+        mig = _t("index_migrated_balance")
+        migration_txs = (
+            select(mig.c.transaction_hash).where(mig.c.transaction_hash.is_not(None)).distinct()
+        )
+        for sid, bi, migrated in conn.execute(
+            select(ent.c.scheme_id, b, func.sum(ent.c.amount))
+            .where(only(ent))
+            .where(ent.c.transaction_hash.in_(migration_txs))
+            .where(ent.c.unlimited.is_(False))
+            .group_by(ent.c.scheme_id, b)
+        ):
+            rows[(sid, bi)]["migrated"] += _i(migrated)
+
         first = (
             select(
                 ent.c.scheme_id.label("scheme_id"),
@@ -422,6 +438,7 @@ def scheme_report(
                     end=bucket.end,
                     issued=row.get("issued", 0),
                     issued_unlimited=row.get("issued_unlimited", 0),
+                    migrated=row.get("migrated", 0),
                     redemptions=row.get("redemptions", 0),
                     redeemed=row.get("redeemed", 0),
                     credited=row.get("credited", 0),

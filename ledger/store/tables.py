@@ -13,13 +13,20 @@ from types import ModuleType
 from sqlalchemy import MetaData, Table
 from sqlmodel import SQLModel
 
-from ledger.store import index, outbox, payouts, registry, report_indexes
+from ledger.store import imports, index, outbox, payouts, registry, report_indexes
 from ledger.store.base import metadata
 
 __all__ = ["TABLE_MODULES", "ledger_metadata", "ledger_table_names", "metadata"]
 
 #: The modules whose tables the ledger's migrations create.
-TABLE_MODULES: tuple[ModuleType, ...] = (registry, index, payouts, report_indexes, outbox)
+TABLE_MODULES: tuple[ModuleType, ...] = (
+    registry,
+    index,
+    payouts,
+    report_indexes,
+    outbox,
+    imports,
+)
 
 
 def _tables_of(module: ModuleType) -> list[Table]:

@@ -342,6 +342,20 @@ ROUTES: dict[tuple[str, str], Route] = {
         unknown=[(Call("/admin/jobs/no-such-job"), "job_unknown")],
         malformed=[Call(f"/admin/jobs/{'j' * 65}")],
     ),
+    # -- migration from an old system (an empty file is refused and changes nothing) --
+    ("POST", "/admin/imports/holders"): Route(
+        Scope.ADMIN, Call("/admin/imports/holders"), (422, "csv_lines_invalid")
+    ),
+    ("POST", "/admin/imports/balances"): Route(
+        Scope.ISSUE, Call("/admin/imports/balances"), (422, "csv_lines_invalid")
+    ),
+    ("GET", "/admin/imports/jobs/{job_id}"): Route(
+        Scope.ISSUE,
+        Call("/admin/imports/jobs/no-such-job"),
+        (404, "import_unknown"),
+        unknown=[(Call("/admin/imports/jobs/no-such-job"), "import_unknown")],
+        malformed=[Call(f"/admin/imports/jobs/{'j' * 65}")],
+    ),
     # -- merchants --
     ("POST", "/admin/merchants"): Route(Scope.ADMIN, Call("/admin/merchants", json={}), _INVALID),
     ("GET", "/admin/merchants"): Route(Scope.ADMIN, Call("/admin/merchants"), (200, None)),

@@ -52,6 +52,8 @@ SEMANTIC_422: dict[str, str] = {
     "POST /admin/entitlements/csv": "the file is CSV with the header pass_number,amount",
     "POST /admin/imports/partners": "the file is CSV with the header name,kvk_number,...; "
     "every line valid (KvK, IBAN mod-97, location)",
+    "POST /admin/imports/holders": "the file is a holders CSV whose every line is valid",
+    "POST /admin/imports/balances": "the file is a balances CSV of imported holders",
     "POST /admin/payouts": "the debtor IBAN's check digits; " + _PERIOD,
     "GET /admin/reports/schemes": _PERIOD,
     "GET /admin/reports/merchants": _PERIOD,

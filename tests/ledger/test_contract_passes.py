@@ -56,7 +56,7 @@ def test_register_pass_twice_is_refused_and_keeps_the_record(ledger: LedgerEnv) 
 
 def test_register_passes_in_bulk(ledger: LedgerEnv) -> None:
     pids = [bytes([i]) * 32 for i in range(1, 6)]
-    result = ledger.client.transact(ledger.issuer, "registerPasses", pids)
+    result = ledger.client.transact(ledger.issuer, "registerPasses", pids, [])
 
     assert [e.args["passId"] for e in result.named("PassRegistered")] == pids
     for pid in pids:
@@ -68,13 +68,35 @@ def test_register_passes_is_all_or_nothing(ledger: LedgerEnv) -> None:
     fresh = b"\x77" * 32
 
     with pytest.raises(errors.PassAlreadyRegistered) as refused:
-        ledger.client.transact(ledger.issuer, "registerPasses", [fresh, existing])
+        ledger.client.transact(ledger.issuer, "registerPasses", [fresh, existing], [])
     assert refused.value.values == {"passId": existing}
     assert not ledger.client.pass_of(fresh).registered
 
     with pytest.raises(errors.PassAlreadyRegistered):
-        ledger.client.transact(ledger.issuer, "registerPasses", [fresh, fresh])
+        ledger.client.transact(ledger.issuer, "registerPasses", [fresh, fresh], [])
     assert not ledger.client.pass_of(fresh).registered
+
+
+def test_register_passes_with_card_serials(ledger: LedgerEnv) -> None:
+    pids = [bytes([0x60 + i]) * 32 for i in range(3)]
+    serials = [12345, 0, 2**63 - 1]
+    result = ledger.client.transact(ledger.issuer, "registerPasses", pids, serials)
+
+    assert [e.args["cardSerial"] for e in result.named("PassRegistered")] == serials
+    for pid, serial in zip(pids, serials, strict=True):
+        assert ledger.client.pass_of(pid) == PassState(True, False, ZERO_ADDRESS, serial)
+
+
+def test_register_passes_needs_one_serial_per_pass(ledger: LedgerEnv) -> None:
+    pids = [b"\x81" * 32, b"\x82" * 32]
+
+    with pytest.raises(errors.PassesLengthMismatch) as refused:
+        ledger.client.transact(ledger.issuer, "registerPasses", pids, [7])
+    assert refused.value.values == {"passIds": 2, "cardSerials": 1}
+    with pytest.raises(errors.CardSerialInvalid) as too_big:
+        ledger.client.transact(ledger.issuer, "registerPasses", pids, [7, 2**63])
+    assert too_big.value.values == {"passId": pids[1], "serial": 2**63}
+    assert not any(ledger.client.pass_of(pid).registered for pid in pids)
 
 
 # ---------------------------------------------------------------- holder keys

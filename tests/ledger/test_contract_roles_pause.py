@@ -123,7 +123,7 @@ CALLS = [
         "merchant",
         lambda c: (b"\xf1" * 32, c.env.holder.address, 0),
     ),
-    Call("registerPasses", "issuer", "issuer", "settler", lambda c: ([b"\xf2" * 32],)),
+    Call("registerPasses", "issuer", "issuer", "settler", lambda c: ([b"\xf2" * 32], [])),
     Call(
         "setHolderKey", "issuer", "issuer", "pass_signer", lambda c: (c.pid, c.env.holder.address)
     ),

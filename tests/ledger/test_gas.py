@@ -30,6 +30,7 @@ PINNED: dict[str, int] = {
     "redeem_batched_per_item_100": 29_599,
     "issue_single": 59_303,
     "issue_batched_per_holder_100": 24_872,
+    "register_passes_batched_per_pass_100": 25_517,
     "cohort_root_100": 59_996,
     "cohort_root_1000": 60_008,
     "first_use_claim_redeem": 150_899,
