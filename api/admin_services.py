@@ -108,6 +108,7 @@ __all__ = [
     "create_payout",
     "create_scheme",
     "delete_household",
+    "draw_qr",
     "enrol_holder",
     "erase_holder",
     "get_holder",
@@ -525,6 +526,30 @@ def _fit(text: str, font: str, size: float, width: float) -> tuple[str, float]:
     return text, _MIN_FONT_SIZE
 
 
+def draw_qr(
+    pdf: Canvas, matrix: list[list[bool]], *, left: float, bottom: float, side: float
+) -> None:
+    """Draw a QR ``matrix`` as vector modules in a ``side`` x ``side`` square (points) whose
+    lower left corner is (``left``, ``bottom``), with the 4-module quiet zone inside it."""
+    modules = len(matrix) + 2 * DEFAULT_BORDER
+    module = side / modules
+    pdf.setFillColorRGB(0, 0, 0)
+    path = pdf.beginPath()  # one path: no seams between adjacent modules when rasterised
+    for row_index, row in enumerate(matrix):
+        y = bottom + side - (row_index + DEFAULT_BORDER + 1) * module
+        column = 0
+        while column < len(row):
+            if not row[column]:
+                column += 1
+                continue
+            start = column
+            while column < len(row) and row[column]:
+                column += 1
+            x = left + (start + DEFAULT_BORDER) * module
+            path.rect(x, y, (column - start) * module, module)
+    pdf.drawPath(path, stroke=0, fill=1)
+
+
 def card_pdf(runtime: Runtime, pass_number: str) -> bytes:
     """The printable card as a one-page PDF of ID-1 size (85.6 x 54 mm): the card's QR as vector
     modules (level M, 4-module white quiet zone, 46 mm square with it, so the code itself is
@@ -543,25 +568,8 @@ def card_pdf(runtime: Runtime, pass_number: str) -> bytes:
     pdf.rect(0, 0, width, height, stroke=0, fill=1)  # opaque white card and quiet zone
 
     side = _QR_SIDE_MM * mm
-    modules = len(matrix) + 2 * DEFAULT_BORDER
-    module = side / modules
     left = _MARGIN_MM * mm
-    bottom = (height - side) / 2
-    pdf.setFillColorRGB(0, 0, 0)
-    path = pdf.beginPath()  # one path: no seams between adjacent modules when rasterised
-    for row_index, row in enumerate(matrix):
-        y = bottom + side - (row_index + DEFAULT_BORDER + 1) * module
-        column = 0
-        while column < len(row):
-            if not row[column]:
-                column += 1
-                continue
-            start = column
-            while column < len(row) and row[column]:
-                column += 1
-            x = left + (start + DEFAULT_BORDER) * module
-            path.rect(x, y, (column - start) * module, module)
-    pdf.drawPath(path, stroke=0, fill=1)
+    draw_qr(pdf, matrix, left=left, bottom=(height - side) / 2, side=side)
 
     text_left = left + side + 2 * mm
     text_width = width - text_left - _MARGIN_MM * mm

@@ -507,8 +507,8 @@ class Auth:
         registry = self.store.registry
         record = registry.find_pass(name) if name.isalnum() and len(name) <= 32 else None
         if record is None:
-            check_secret(password, None)
-            check_secret(password, None)
+            check_secret(password, None, key=registry.code_key)  # as an activation code
+            check_secret(password, None)  # as a PIN
             return None
         number = record.pass_number
         code_ok = registry.verify_activation_code(number, password)

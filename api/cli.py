@@ -13,6 +13,8 @@
   ``make run`` (``var/``: its deployment record, its SQLite database, its node; see
   :func:`audit`).
 - ``stadjerspas export`` / ``verify-export``: the whole ledger and registry in open formats.
+- ``stadjerspas letters``: activation letters (PDF, CSV) with new codes (:mod:`api.letters_cli`).
+- ``stadjerspas import postcodes FILE``: the CBS postcode-to-wijk table (:mod:`api.letters_cli`).
 
 Errors print one line (``error: ...``) and exit with 2 for bad input, 1 for anything else.
 """
@@ -38,6 +40,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from api import letters_cli
 from api.settings import PROJECT_ROOT, Settings
 from ledger import audit_cli
 from ledger.audit import DEFAULT_STUCK_AFTER_S
@@ -321,6 +324,12 @@ app.command("index")(index_cli.index)
 app.add_typer(reports_cli.app, name="report")
 app.command("export")(audit_cli.export_command)
 app.command("verify-export")(audit_cli.verify_export_command)
+
+# ---------------------------------------------------------------- letters and imports
+import_app = typer.Typer(help="Import files: holders, partners, postcodes.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+app.command("letters")(letters_cli.letters)
+import_app.command("postcodes")(letters_cli.import_postcodes)
 
 
 # ---------------------------------------------------------------- audit

@@ -39,6 +39,7 @@ from eth_hash.auto import keccak
 from pydantic import SecretStr
 from web3 import HTTPProvider, Web3
 
+from api.code_keys import activation_code_key
 from api.demo import demo_merchant, seed_demo
 from api.settings import DEV_MERCHANT_COUNT, Settings
 from api.store import ApiStore
@@ -274,6 +275,7 @@ class Runtime:
             store = ApiStore.open(settings.sqlalchemy_url)
         except StoreError as exc:
             raise StartupError(f"{exc} (set STADJERSPAS_DATABASE_URL)") from None
+        store.registry.code_key = activation_code_key(settings)
         say(f"store at {store.url} migrated")
         node: AnvilNode | None = None
         try:
