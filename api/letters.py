@@ -48,6 +48,7 @@ from sqlmodel import col, select
 from api.jobs import Job, Progress, jobs_of
 from api.problems import ApiProblem
 from api.runtime import Runtime
+from api.schemas import JSON_INT_MAX
 from ledger import activation as act
 from ledger.csv_safe import csv_row
 from ledger.registry import Registry, RegistryError, UnknownDistrict, format_postcode
@@ -120,7 +121,7 @@ class PassesSelection(_Strict):
 
 class HoldersSelection(_Strict):
     kind: Literal["holders"]
-    holder_ids: list[Annotated[int, Field(ge=1, le=2**62)]] = Field(
+    holder_ids: list[Annotated[int, Field(ge=1, le=JSON_INT_MAX)]] = Field(
         max_length=act.MAX_EXPLICIT, examples=[[1, 2]]
     )
 

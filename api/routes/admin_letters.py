@@ -7,8 +7,8 @@ API (bearer token of a staff user):
   skipped and the download links ``GET /admin/letters/{batch}.pdf`` and ``.csv`` (each served
   once, then deleted; see :mod:`api.letters`).
 - ``POST /admin/postcodes`` (scope ``admin``): a CBS postcode-to-wijk file (multipart ``file``;
-  optionally ``names``, the wijk names file, and ``municipality``): the table of the file's
-  municipalities is replaced and every holder's district derived again (:mod:`ledger.geography`).
+  optionally ``municipality``): the table of the file's municipalities is replaced and every
+  holder's district derived again (:mod:`ledger.geography`).
 
 Pages: ``/admin/web/letters`` (choose, produce, download) and ``/admin/web/postcodes`` (upload).
 """
@@ -169,18 +169,16 @@ def import_postcodes(
 def postcodes_import(
     runtime: RuntimeDep,
     file: Annotated[UploadFile, File(description="CSV: pc6;wijkcode;wijknaam[;gemeentenaam]")],
-    names: Annotated[
-        UploadFile | None, File(description="optional: CBS wijk names (wijkcode;wijknaam)")
-    ] = None,
     municipality: Annotated[str | None, Form(max_length=120)] = None,
 ) -> PostcodeImportOut:
     """Everything is checked first; one problem refuses the file with errors by line and
     changes nothing. Then, in one transaction, the table of every municipality in the file is
     replaced and every holder's district derived again; holders whose postcode is not in the
-    table are listed (their district is unknown, never guessed)."""
+    table are listed (their district is unknown, never guessed). CBS's two-file form (codes
+    only, plus the wijk names) is read by the admin page and ``stadjerspas import postcodes
+    --names``."""
     data = file.file.read(_MAX_UPLOAD + 1)
-    names_data = names.file.read(_MAX_UPLOAD + 1) if names is not None else None
-    return import_postcodes(runtime, data, names_data, municipality or None)
+    return import_postcodes(runtime, data, None, municipality or None)
 
 
 # -- letters: pages -----------------------------------------------------------------------------
@@ -209,7 +207,7 @@ def _letters_page(
     )
 
 
-@router.get("/admin/web/letters")
+@router.get("/admin/web/letters", include_in_schema=False)
 def letters_page(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     principal = _staff(request, settings, Scope.ISSUE)
     return _letters_page(request, settings, runtime, principal)
@@ -230,7 +228,7 @@ def _body_of(form: dict[str, str]) -> svc.LettersIn:
     )
 
 
-@router.post("/admin/web/letters")
+@router.post("/admin/web/letters", include_in_schema=False)
 async def letters_start(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     principal = _staff(request, settings, Scope.ISSUE)
     async with request.form(max_files=0, max_fields=10) as raw:
@@ -269,7 +267,7 @@ async def letters_start(request: Request, settings: SettingsDep, runtime: Runtim
     return _redirect(f"/admin/web/letters/jobs/{job.id}")
 
 
-@router.get("/admin/web/letters/jobs/{job_id}")
+@router.get("/admin/web/letters/jobs/{job_id}", include_in_schema=False)
 def letters_job_page(
     job_id: Annotated[str, Path(max_length=64)],
     request: Request,
@@ -295,7 +293,7 @@ def letters_job_page(
     )
 
 
-@router.get("/admin/web/letters/{batch}.{kind}")
+@router.get("/admin/web/letters/{batch}.{kind}", include_in_schema=False)
 def letters_page_file(
     batch: Batch,
     kind: Literal["pdf", "csv"],
@@ -343,13 +341,13 @@ def _postcodes_page(
     )
 
 
-@router.get("/admin/web/postcodes")
+@router.get("/admin/web/postcodes", include_in_schema=False)
 def postcodes_page(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     principal = _staff(request, settings, Scope.ADMIN)
     return _postcodes_page(request, settings, runtime, principal)
 
 
-@router.post("/admin/web/postcodes")
+@router.post("/admin/web/postcodes", include_in_schema=False)
 async def postcodes_upload(
     request: Request, settings: SettingsDep, runtime: RuntimeDep
 ) -> Response:

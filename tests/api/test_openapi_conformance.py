@@ -51,6 +51,8 @@ SEMANTIC_422: dict[str, str] = {
     "POST /admin/cohorts": "an age band or districts; districts that exist; passes that match",
     "POST /admin/entitlements/csv": "the file is CSV with the header pass_number,amount",
     "POST /admin/payouts": "the debtor IBAN's check digits; " + _PERIOD,
+    "POST /admin/letters": "a district, passes and holders that exist; at least one letter",
+    "POST /admin/postcodes": "the file is CSV with the columns pc6, wijkcode and wijknaam",
     "GET /admin/reports/schemes": _PERIOD,
     "GET /admin/reports/merchants": _PERIOD,
     "GET /admin/reports/districts": _PERIOD,
