@@ -27,12 +27,15 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import multiprocessing
+import os
 import secrets
 import threading
 import time
 import unicodedata
 import weakref
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Final, Literal
@@ -169,6 +172,37 @@ class LetterContent:
     target: act.LetterTarget
     code: str
     card_token: str | None = None
+    #: the card token's QR matrix, if computed ahead (:func:`qr_matrices`)
+    card_qr: list[list[bool]] | None = None
+
+
+def _packed_qr(token: str) -> tuple[int, bytes]:
+    """The QR matrix of ``token`` as (side, bits packed row by row): small to send between
+    processes."""
+    matrix = qr_matrix(token, mask_pattern=_QR_MASK)
+    bits = "".join("1" if value else "0" for row in matrix for value in row)
+    return len(matrix), int(bits, 2).to_bytes((len(bits) + 7) // 8, "big")
+
+
+def _unpacked_qr(side: int, packed: bytes) -> list[list[bool]]:
+    bits = bin(int.from_bytes(packed, "big"))[2:].zfill(side * side)
+    return [[bit == "1" for bit in bits[row * side : (row + 1) * side]] for row in range(side)]
+
+
+#: From this many card QR codes on, they are computed by a pool of processes (one per core):
+#: encoding a 200-character token is pure-Python Reed-Solomon work, ~5 ms each.
+QR_POOL_FROM: Final = 400
+
+
+def qr_matrices(tokens: Sequence[str]) -> list[list[list[bool]]]:
+    """The QR matrices of ``tokens`` (fixed mask), on every core for many of them."""
+    if len(tokens) < QR_POOL_FROM or (os.cpu_count() or 1) < 2:
+        return [qr_matrix(token, mask_pattern=_QR_MASK) for token in tokens]
+    context = multiprocessing.get_context("spawn")  # no fork of a threaded service
+    workers = min(os.cpu_count() or 2, 4)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        chunk = max(50, len(tokens) // (workers * 8))
+        return [_unpacked_qr(*packed) for packed in pool.map(_packed_qr, tokens, chunksize=chunk)]
 
 
 def dutch_date(day: date) -> str:
@@ -327,10 +361,11 @@ def _draw_letter(
 
         draw_qr(
             pdf,
-            qr_matrix(letter.card_token, mask_pattern=_QR_MASK),
+            letter.card_qr or qr_matrix(letter.card_token, mask_pattern=_QR_MASK),
             left=qr_left,
             bottom=qr_bottom,
             side=side,
+            raster=True,
         )
         caption = "Uw Stadjerspas: laat deze code scannen bij de kassa."
         pdf.setFont(regular, 8)
@@ -457,8 +492,15 @@ def produce(
                 without_card.append(target.pass_number)
             else:
                 tokens[target.pass_record_id] = card_token(*pair)
+    ordered = [tokens[t.pass_record_id] for t in chosen.letters if t.pass_record_id in tokens]
+    matrices = iter(qr_matrices(ordered))
     contents = [
-        LetterContent(t, codes[t.pass_record_id], tokens.get(t.pass_record_id))
+        LetterContent(
+            t,
+            codes[t.pass_record_id],
+            tokens.get(t.pass_record_id),
+            next(matrices) if t.pass_record_id in tokens else None,
+        )
         for t in chosen.letters
     ]
     pdf = render_pdf(contents, login_url=login_url, today=today, progress=progress)
