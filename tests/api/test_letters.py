@@ -395,3 +395,14 @@ def test_cli_letters_use_the_services_key(
     refused = runner.invoke(cli_app, ["import", "postcodes", str(table)])
     assert refused.exit_code == 2
     assert "line 2" in refused.output
+
+
+def test_card_qr_codes_from_the_process_pool_equal_the_ones_made_here() -> None:
+    from api.letters import _QR_MASK, QR_POOL_FROM, qr_matrices
+    from wallet.qr import qr_matrix
+
+    tokens = [f"stadjerspas:1:{n:04d}" + "Q" * 150 for n in range(QR_POOL_FROM)]
+    pooled = qr_matrices(tokens)
+    assert len(pooled) == len(tokens)
+    for index in (0, 1, len(tokens) // 2, len(tokens) - 1):
+        assert pooled[index] == qr_matrix(tokens[index], mask_pattern=_QR_MASK)
