@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,34 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from api.cli import app as cli_app
+from api.main import create_app
 from api.runtime import Runtime
 from ledger import activation as act
-from tests.api.conftest import admin
+from tests.api.conftest import admin, dev_settings
 from wallet import decode_token_uri
 from wallet.verify import verify_pass_token
 
 FIRST, LAST = "Ëlisabeth-Maria", "van der Heijden-IJsbrandtsz Straße de la Fontaine-Őrsi"
 LONG_NAME = f"{FIRST} {LAST}"
+
+
+@pytest.fixture(scope="module")
+def runtime(
+    module_database: str | None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Runtime]:
+    """A runtime of this module's own (SQLite, then PostgreSQL): letters renew the demo passes'
+    codes and these tests enrol holders, which other modules' shared runtime must not see."""
+    settings = dev_settings(tmp_path_factory.mktemp("letters-var"), database_url=module_database)
+    with Runtime.start(settings) as rt:
+        yield rt
+
+
+@pytest.fixture(scope="module")
+def client(runtime: Runtime) -> Iterator[TestClient]:
+    with TestClient(create_app(runtime.settings, runtime), raise_server_exceptions=False) as tc:
+        yield tc
+
+
 DIACRITIC_STREET = "Oude Ebbingestraat 12-Ë bis"
 
 
@@ -294,7 +315,6 @@ CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
 
 def _page_login(runtime: Runtime) -> TestClient:
     from api.auth import DEV_STAFF
-    from api.main import create_app
 
     client = TestClient(create_app(runtime.settings, runtime), raise_server_exceptions=False)
     page = client.get("/admin/login?lang=nl")
