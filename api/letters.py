@@ -25,6 +25,7 @@ empty box; the CSV carries the exact text.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import multiprocessing
@@ -241,6 +242,18 @@ def _fit(text: str, font: str, size: float, width: float) -> tuple[str, float]:
     return fit(_printable(text, font), font, size, width)
 
 
+@functools.lru_cache(maxsize=64)
+def _static_split(text: str, font: str, size: float, width: float) -> tuple[str, ...]:
+    """The lines of a text that is the same on every letter (computed once, not per letter;
+    never a holder's name or address: those are not cached)."""
+    return tuple(simpleSplit(_printable(text, font), font, size, width))
+
+
+@functools.lru_cache(maxsize=64)
+def _static_fit(text: str, font: str, size: float, width: float) -> tuple[str, float]:
+    return _fit(text, font, size, width)
+
+
 def _wrapped(text: str, font: str, width: float) -> tuple[list[str], float]:
     """An address line in at most two lines of 11, 10 or 9 pt (PostNL reads 9 pt and more);
     only a longer one is shortened (with an ellipsis) at 9 pt."""
@@ -275,20 +288,22 @@ def _draw_letter(
     def top(y_mm: float) -> float:
         return _PAGE_H - y_mm * mm
 
-    def line(text: str, x: float, y: float, font: str, size: float, width: float) -> None:
-        shown, fitted = _fit(text, font, size, width)
+    def line(
+        text: str, x: float, y: float, font: str, size: float, width: float, *, same: bool = False
+    ) -> None:
+        """``same``: the text is the same on every letter (its fitting is computed once)."""
+        shown, fitted = (_static_fit if same else _fit)(text, font, size, width)
         pdf.setFont(font, fitted)
         pdf.drawString(x, y, shown)
 
     # sender (top right)
     sender_x = 120 * mm
-    line(SENDER[0], sender_x, top(20), bold, 13, _RIGHT - sender_x)
-    line(SENDER[1], sender_x, top(26), regular, 11, _RIGHT - sender_x)
+    line(SENDER[0], sender_x, top(20), bold, 13, _RIGHT - sender_x, same=True)
+    line(SENDER[1], sender_x, top(26), regular, 11, _RIGHT - sender_x, same=True)
 
     # window: return line, then name and address
-    line(
-        f"{SENDER[0]} · {SENDER[1]}", _WINDOW_LEFT, top(_WINDOW_TOP / mm), regular, 7, _WINDOW_WIDTH
-    )
+    return_line = f"{SENDER[0]} · {SENDER[1]}"
+    line(return_line, _WINDOW_LEFT, top(_WINDOW_TOP / mm), regular, 7, _WINDOW_WIDTH, same=True)
     address = [
         target.name,
         target.street,
@@ -306,7 +321,7 @@ def _draw_letter(
     width = _RIGHT - _LEFT
     line(f"Datum: {dutch_date(today)}", _LEFT, top(100), regular, 10, width)
     line(f"Pasnummer: {target.pass_number}", _LEFT, top(105), regular, 10, width)
-    line("Onderwerp: uw Stadjerspas activeren", _LEFT, top(115), bold, 11, width)
+    line("Onderwerp: uw Stadjerspas activeren", _LEFT, top(115), bold, 11, width, same=True)
 
     y = top(128)
     pdf.setFont(regular, 11)
@@ -320,7 +335,7 @@ def _draw_letter(
         "hieronder."
     )
     pdf.setFont(regular, 11)
-    for text in simpleSplit(paragraph, regular, 11, width):
+    for text in _static_split(paragraph, regular, 11, width):
         pdf.drawString(_LEFT, y, text)
         y -= 14
 
@@ -329,14 +344,14 @@ def _draw_letter(
     box_h = 26 * mm
     pdf.setLineWidth(1)
     pdf.rect(_LEFT, y - box_h, width, box_h, stroke=1, fill=0)
-    line("Uw pasnummer", _LEFT + 6 * mm, y - 9 * mm, regular, 10, 50 * mm)
+    line("Uw pasnummer", _LEFT + 6 * mm, y - 9 * mm, regular, 10, 50 * mm, same=True)
     line(target.pass_number, _LEFT + 60 * mm, y - 9 * mm, bold, 16, width - 66 * mm)
-    line("Uw activeringscode", _LEFT + 6 * mm, y - 19 * mm, regular, 10, 50 * mm)
+    line("Uw activeringscode", _LEFT + 6 * mm, y - 19 * mm, regular, 10, 50 * mm, same=True)
     line(letter.code, _LEFT + 60 * mm, y - 19 * mm, bold, 16, width - 66 * mm)
     y -= box_h + 12 * mm
 
     # how to log in
-    line("Zo logt u in", _LEFT, y, bold, 11, width)
+    line("Zo logt u in", _LEFT, y, bold, 11, width, same=True)
     y -= 16
     text_width = width - (_QR_SIDE + 6 * mm if letter.card_token else 0)
     steps = [
@@ -349,7 +364,7 @@ def _draw_letter(
     for number, step in enumerate(steps, start=1):
         pdf.setFont(regular, 10.5)
         pdf.drawString(_LEFT, y, f"{number}.")
-        for text in simpleSplit(_printable(step, regular), regular, 10.5, text_width - 8 * mm):
+        for text in _static_split(step, regular, 10.5, text_width - 8 * mm):
             pdf.drawString(_LEFT + 8 * mm, y, text)
             y -= 13.5
         y -= 3
@@ -370,7 +385,7 @@ def _draw_letter(
         caption = "Uw Stadjerspas: laat deze code scannen bij de kassa."
         pdf.setFont(regular, 8)
         cy = qr_bottom - 10
-        for text in simpleSplit(caption, regular, 8, side):
+        for text in _static_split(caption, regular, 8, side):
             pdf.drawString(qr_left, cy, text)
             cy -= 10
         y = min(y, cy - 6)
@@ -385,7 +400,7 @@ def _draw_letter(
     pdf.setFont(regular, 9)
     fy = 30 * mm
     for note in reversed(notes):
-        for text in reversed(simpleSplit(note, regular, 9, width)):
+        for text in reversed(_static_split(note, regular, 9, width)):
             pdf.drawString(_LEFT, fy, text)
             fy += 11.5
     pdf.showPage()
