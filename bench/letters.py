@@ -112,7 +112,7 @@ def _run(url: str, *, qr: bool) -> tuple[float, int, int]:
             NotActivated(),
             key=KEY,
             login_url="https://stadjerspas.groningen.nl/holder/login",
-            today=date.today(),
+            today=datetime.now(UTC).date(),
             card_token=_card_token if qr else None,
         )
         return time.perf_counter() - started, produced.letters, len(produced.pdf)
