@@ -18,8 +18,9 @@ and the rule:
   (:class:`CsvImportError`); a file with any problem imports nothing;
 - pass numbers are ``GR`` + 7 digits, unique; a pass gets 32 random secret bytes
   (:func:`ledger.passid.new_pass_secret`) and, optionally, an activation code that is returned in
-  the clear once and stored only as an Argon2id hash (:mod:`ledger.secrets_hash`; older scrypt
-  hashes still verify and are replaced by Argon2id at their first successful check);
+  the clear once and stored only as a hash: HMAC-SHA256 under the service's key when the registry
+  has one (:attr:`Registry.code_key`; codes are random, 60 bits), else Argon2id
+  (:mod:`ledger.secrets_hash`); older Argon2id and scrypt hashes still verify;
 - merchants have an 8-digit KvK number, a chain address and optionally an IBAN validated with
   ``schwifty`` (country format, length and mod-97 check digits); a merchant without an IBAN is
   allowed (payouts report it);
