@@ -65,6 +65,7 @@ from api.audit_promises import load_promises
 from api.jobs import Job, Progress, jobs_of
 from api.problems import ApiProblem
 from api.runtime import Runtime
+from ledger import activation
 from ledger import registry as reg
 from ledger.audit import AuditError, audit
 from ledger.client import ROLES, SchemeKind, SchemeState, SchemeTerms
@@ -247,11 +248,23 @@ def _holder_out(runtime: Runtime, holder: Holder, *, with_passes: bool) -> Holde
         possible_duplicate_of=holder.possible_duplicate_of,
         created_at=holder.created_at,
         passes=passes,
+        street=holder.street,
+        town=holder.town,
     )
 
 
 def enrol_holder(runtime: Runtime, body: HolderIn) -> HolderOut:
+    """Enrol the holder; with ``street`` and ``town`` also their postal address (both or
+    neither, checked before anything is stored)."""
+    if (body.street is None) != (body.town is None):
+        raise ApiProblem(
+            422,
+            "holder_invalid",
+            "street and town make a postal address together: give both or neither",
+        )
     with registry_errors():
+        if body.street is not None and body.town is not None:
+            activation.check_address(street=body.street, town=body.town)
         holder = runtime.store.registry.enrol_holder(
             first_name=body.first_name,
             last_name=body.last_name,
@@ -260,6 +273,11 @@ def enrol_holder(runtime: Runtime, body: HolderIn) -> HolderOut:
             household_reference=body.household_reference,
             household_role=body.household_role,
         )
+        if body.street is not None and body.town is not None:
+            assert holder.id is not None
+            holder = activation.set_address(
+                runtime.store.registry, holder.id, street=body.street, town=body.town
+            )
     return _holder_out(runtime, holder, with_passes=False)
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "Selected",
     "Skipped",
     "UnknownInSelection",
+    "check_address",
     "new_codes",
     "select_letters",
     "set_address",
@@ -153,12 +154,17 @@ def _address_line(value: str, what: str, max_length: int) -> str:
     return cleaned
 
 
+def check_address(*, street: str, town: str) -> tuple[str, str]:
+    """The cleaned street and town; :class:`InvalidHolder` for an empty, too long or
+    non-printable one."""
+    return _address_line(street, "street", 200), _address_line(town, "town", 100)
+
+
 def set_address(registry: Registry, holder_id: int, *, street: str, town: str) -> Holder:
     """Set a holder's postal address (street and house number, town; the postcode is the
     holder's). Raises :class:`InvalidHolder` for an empty or too long value,
     :class:`UnknownHolder` for an unknown id."""
-    cleaned_street = _address_line(street, "street", 200)
-    cleaned_town = _address_line(town, "town", 100)
+    cleaned_street, cleaned_town = check_address(street=street, town=town)
     with registry.store.session() as session:
         holder = session.get(Holder, holder_id)
         if holder is None:

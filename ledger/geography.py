@@ -146,7 +146,8 @@ def _rows(
             rows.append((line, cells))
     except csv.Error as exc:
         raise CsvImportError(what, [LineError(reader.line_num, f"malformed CSV: {exc}")]) from None
-    assert header is not None
+    if header is None:  # only blank cells (e.g. separators and spaces)
+        raise CsvImportError(what, [LineError(1, "the file is empty (no header row)")])
     if not rows:
         raise CsvImportError(what, [LineError(header_line + 1, "no rows after the header")])
     return header, header_line, rows

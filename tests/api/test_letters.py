@@ -426,3 +426,33 @@ def test_card_qr_codes_from_the_process_pool_equal_the_ones_made_here() -> None:
     assert len(pooled) == len(tokens)
     for index in (0, 1, len(tokens) // 2, len(tokens) - 1):
         assert pooled[index] == qr_matrix(tokens[index], mask_pattern=_QR_MASK)
+
+
+def test_holders_enrolled_through_the_api_carry_their_address(client: TestClient) -> None:
+    body = {
+        "first_name": "Adres",
+        "last_name": "Houder",
+        "birth_date": "1966-06-06",
+        "postcode": "9713 EA",
+        "street": "  Zuiderdiep   24 ",
+        "town": "Groningen",
+    }
+    half = client.post("/admin/holders", json={**body, "town": None}, headers=admin(client))
+    assert half.status_code == 422
+    assert half.json()["code"] == "holder_invalid"
+    controls = client.post(
+        "/admin/holders", json={**body, "street": "Zuiderdiep\x0724"}, headers=admin(client)
+    )
+    assert controls.status_code == 422
+    assert controls.json()["code"] == "holder_invalid"
+    assert "control characters" in controls.json()["detail"]
+    enrolled = client.post("/admin/holders", json=body, headers=admin(client))
+    assert enrolled.status_code == 201, enrolled.text
+    assert (enrolled.json()["street"], enrolled.json()["town"]) == ("Zuiderdiep 24", "Groningen")
+    number = _issue(client, enrolled.json()["id"])
+    result = _letters(
+        client, {"selection": {"kind": "holders", "holder_ids": [enrolled.json()["id"]]}}
+    )
+    page = _pages(_download(client, result["pdf"]))[0]
+    assert "Zuiderdiep 24" in page
+    assert number in page

@@ -180,6 +180,7 @@ def test_bad_lines_are_reported_by_line_and_nothing_changes(registry: Registry) 
     ("data", "message"),
     [
         (b"", "the file is empty"),
+        (b";;\n \x0c\n", "the file is empty"),
         (b"pc6;wijkcode;wijknaam\n", "no rows after the header"),
         (b"postcode,district\n9711AA,WK001400\n", "columns pc6 (or postcode), wijkcode"),
         (b"pc6;wijkcode\n9711AA;WK001400\n", "wijknaam are needed"),
