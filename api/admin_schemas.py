@@ -133,6 +133,14 @@ class HolderIn(_In):
     postcode: str = Field(json_schema_extra={"pattern": POSTCODE_PATTERN})
     household_reference: str | None = Field(default=None, min_length=1, max_length=64)
     household_role: Literal["parent", "child", "other"] | None = None
+    street: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Street and house number of the postal address (for activation letters); "
+        "given with town, or neither",
+    )
+    town: str | None = Field(default=None, min_length=1, max_length=100)
 
 
 class PassSummary(BaseModel):
@@ -159,6 +167,8 @@ class HolderOut(BaseModel):
     possible_duplicate_of: int | None
     created_at: UtcDatetime
     passes: list[PassSummary] = Field(default_factory=list)
+    street: str | None = None
+    town: str | None = None
 
 
 HouseholdRoleName = Literal["parent", "child", "other"]

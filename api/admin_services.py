@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from PIL import Image, ImageDraw, ImageFont
 from reportlab.lib.units import mm
+from reportlab.lib.utils import ImageReader
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
@@ -66,6 +67,7 @@ from api.jobs import Job, Progress, jobs_of
 from api.partners import enrol_partner
 from api.problems import ApiProblem
 from api.runtime import Runtime
+from ledger import activation
 from ledger import registry as reg
 from ledger.audit import AuditError, audit
 from ledger.client import ROLES, SchemeKind, SchemeState, SchemeTerms
@@ -110,6 +112,7 @@ __all__ = [
     "create_payout",
     "create_scheme",
     "delete_household",
+    "draw_qr",
     "enrol_holder",
     "erase_holder",
     "get_holder",
@@ -247,11 +250,23 @@ def _holder_out(runtime: Runtime, holder: Holder, *, with_passes: bool) -> Holde
         possible_duplicate_of=holder.possible_duplicate_of,
         created_at=holder.created_at,
         passes=passes,
+        street=holder.street,
+        town=holder.town,
     )
 
 
 def enrol_holder(runtime: Runtime, body: HolderIn) -> HolderOut:
+    """Enrol the holder; with ``street`` and ``town`` also their postal address (both or
+    neither, checked before anything is stored)."""
+    if (body.street is None) != (body.town is None):
+        raise ApiProblem(
+            422,
+            "holder_invalid",
+            "street and town make a postal address together: give both or neither",
+        )
     with registry_errors():
+        if body.street is not None and body.town is not None:
+            activation.check_address(street=body.street, town=body.town)
         holder = runtime.store.registry.enrol_holder(
             first_name=body.first_name,
             last_name=body.last_name,
@@ -260,6 +275,11 @@ def enrol_holder(runtime: Runtime, body: HolderIn) -> HolderOut:
             household_reference=body.household_reference,
             household_role=body.household_role,
         )
+        if body.street is not None and body.town is not None:
+            assert holder.id is not None
+            holder = activation.set_address(
+                runtime.store.registry, holder.id, street=body.street, town=body.town
+            )
     return _holder_out(runtime, holder, with_passes=False)
 
 
@@ -527,6 +547,49 @@ def _fit(text: str, font: str, size: float, width: float) -> tuple[str, float]:
     return text, _MIN_FONT_SIZE
 
 
+def draw_qr(
+    pdf: Canvas,
+    matrix: list[list[bool]],
+    *,
+    left: float,
+    bottom: float,
+    side: float,
+    raster: bool = False,
+) -> None:
+    """Draw a QR ``matrix`` in a ``side`` x ``side`` square (points) whose lower left corner is
+    (``left``, ``bottom``), with the 4-module quiet zone inside it: as vector modules, or with
+    ``raster`` as a 1-bit image of one pixel per module (scaled without interpolation, so the
+    edges stay sharp; about five times faster to write, for thousands of letters)."""
+    modules = len(matrix) + 2 * DEFAULT_BORDER
+    if raster:
+        image = Image.new("1", (modules, modules), 1)
+        dark = {
+            (column + DEFAULT_BORDER, row_index + DEFAULT_BORDER)
+            for row_index, row in enumerate(matrix)
+            for column, value in enumerate(row)
+            if value
+        }
+        image.putdata([0 if (x, y) in dark else 1 for y in range(modules) for x in range(modules)])
+        pdf.drawImage(ImageReader(image), left, bottom, side, side)
+        return
+    module = side / modules
+    pdf.setFillColorRGB(0, 0, 0)
+    path = pdf.beginPath()  # one path: no seams between adjacent modules when rasterised
+    for row_index, row in enumerate(matrix):
+        y = bottom + side - (row_index + DEFAULT_BORDER + 1) * module
+        column = 0
+        while column < len(row):
+            if not row[column]:
+                column += 1
+                continue
+            start = column
+            while column < len(row) and row[column]:
+                column += 1
+            x = left + (start + DEFAULT_BORDER) * module
+            path.rect(x, y, (column - start) * module, module)
+    pdf.drawPath(path, stroke=0, fill=1)
+
+
 def card_pdf(runtime: Runtime, pass_number: str) -> bytes:
     """The printable card as a one-page PDF of ID-1 size (85.6 x 54 mm): the card's QR as vector
     modules (level M, 4-module white quiet zone, 46 mm square with it, so the code itself is
@@ -545,25 +608,8 @@ def card_pdf(runtime: Runtime, pass_number: str) -> bytes:
     pdf.rect(0, 0, width, height, stroke=0, fill=1)  # opaque white card and quiet zone
 
     side = _QR_SIDE_MM * mm
-    modules = len(matrix) + 2 * DEFAULT_BORDER
-    module = side / modules
     left = _MARGIN_MM * mm
-    bottom = (height - side) / 2
-    pdf.setFillColorRGB(0, 0, 0)
-    path = pdf.beginPath()  # one path: no seams between adjacent modules when rasterised
-    for row_index, row in enumerate(matrix):
-        y = bottom + side - (row_index + DEFAULT_BORDER + 1) * module
-        column = 0
-        while column < len(row):
-            if not row[column]:
-                column += 1
-                continue
-            start = column
-            while column < len(row) and row[column]:
-                column += 1
-            x = left + (start + DEFAULT_BORDER) * module
-            path.rect(x, y, (column - start) * module, module)
-    pdf.drawPath(path, stroke=0, fill=1)
+    draw_qr(pdf, matrix, left=left, bottom=(height - side) / 2, side=side)
 
     text_left = left + side + 2 * mm
     text_width = width - text_left - _MARGIN_MM * mm

@@ -9,9 +9,10 @@ Three kinds of principal log in at ``POST /auth/token`` and get a signed bearer 
 - **holder**: a pass number plus the activation code sent by letter (in the registry) or a PIN
   (``api_holder_pin``).
 
-Passwords, secrets, PINs and activation codes are stored as Argon2id hashes
-(:mod:`ledger.secrets_hash`, shared with the registry); the scrypt hashes of older databases
-still verify and are replaced by Argon2id at the first successful login.
+Passwords, secrets and PINs are stored as Argon2id hashes (:mod:`ledger.secrets_hash`, shared
+with the registry); the scrypt hashes of older databases still verify and are replaced by
+Argon2id at the first successful login. Activation codes (random, 60 bits) are keyed HMAC-SHA256
+hashes (:mod:`api.code_keys`); their older Argon2id hashes still verify.
 
 Tokens are JWTs made and checked by PyJWT, signed with HMAC-SHA256: header ``{"alg": "HS256",
 "typ": "JWT"}``; claims ``iss``, ``aud``, ``sub``, ``kind``, ``scope`` (space separated), ``mid``
@@ -507,8 +508,8 @@ class Auth:
         registry = self.store.registry
         record = registry.find_pass(name) if name.isalnum() and len(name) <= 32 else None
         if record is None:
-            check_secret(password, None)
-            check_secret(password, None)
+            check_secret(password, None, key=registry.code_key)  # as an activation code
+            check_secret(password, None)  # as a PIN
             return None
         number = record.pass_number
         code_ok = registry.verify_activation_code(number, password)

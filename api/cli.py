@@ -13,6 +13,8 @@
   ``make run`` (``var/``: its deployment record, its SQLite database, its node; see
   :func:`audit`).
 - ``stadjerspas export`` / ``verify-export``: the whole ledger and registry in open formats.
+- ``stadjerspas letters``: activation letters (PDF, CSV) with new codes (:mod:`api.letters_cli`).
+- ``stadjerspas import postcodes FILE``: the CBS postcode-to-wijk table (:mod:`api.letters_cli`).
 
 Errors print one line (``error: ...``) and exit with 2 for bad input, 1 for anything else.
 """
@@ -38,7 +40,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from api import import_cli, partners_cli
+from api import import_cli, letters_cli, partners_cli
 from api.settings import PROJECT_ROOT, Settings
 from ledger import audit_cli
 from ledger.audit import DEFAULT_STUCK_AFTER_S
@@ -327,6 +329,10 @@ app.command("verify-export")(audit_cli.verify_export_command)
 import_app = import_cli.app
 app.add_typer(import_app, name="import")
 import_app.command("partners")(partners_cli.import_partners_command)
+import_app.command("postcodes")(letters_cli.import_postcodes)
+
+# ---------------------------------------------------------------- letters
+app.command("letters")(letters_cli.letters)
 
 
 # ---------------------------------------------------------------- audit

@@ -208,6 +208,21 @@ def locate_demo_merchants(registry: Registry) -> int:
     return located
 
 
+#: Streets of Groningen for the demo holders' addresses (illustrative).
+_STREETS = (
+    "Herestraat",
+    "Oude Ebbingestraat",
+    "Nieuwe Boteringestraat",
+    "Korreweg",
+    "Paterswoldseweg",
+    "Hoornsediep",
+    "Vinkhuizenstraat",
+    "Zonnelaan",
+    "Peizerweg",
+    "Helperzoom",
+)
+
+
 def enrol_demo_holders(registry: Registry, count: int = DEMO_HOLDER_COUNT) -> int:
     """Enrol the demo holders that are missing, each with its pass; returns how many now."""
     if not registry.postcodes():
@@ -233,6 +248,9 @@ def enrol_demo_holders(registry: Registry, count: int = DEMO_HOLDER_COUNT) -> in
                 household_role="child" if child else "parent" if parent else None,
             )
             assert holder.id is not None
+            # a postal address, so the demo can print activation letters (api.letters)
+            holder.street = f"{_STREETS[(i - 1) % len(_STREETS)]} {1 + (i * 7) % 120}"
+            holder.town = "Groningen"
             registry.issue_pass(holder.id, pass_number=number, activation_code=False)
         enrolled += 1
     return enrolled

@@ -1072,6 +1072,168 @@ _EN.update(
     }
 )
 
+# Activation letters and the postcode table (api.routes.admin_letters).
+_NL.update(
+    {
+        "admin.nav.letters": "Activeringsbrieven",
+        "admin.nav.letters.hint": (
+            "Brieven met een nieuwe activeringscode maken (PDF en CSV voor de drukker)."
+        ),
+        "admin.nav.postcodes": "Postcodes en wijken",
+        "admin.nav.postcodes.hint": (
+            "De postcode-wijktabel van het CBS inlezen; wijken van pashouders opnieuw bepalen."
+        ),
+        "admin.letters.title": "Activeringsbrieven",
+        "admin.letters.lead": (
+            "Elke brief krijgt een nieuwe activeringscode. Een eerdere code van dezelfde pas "
+            "werkt daarna niet meer. De code staat alleen in de PDF en de CSV; download ze "
+            "meteen (elk bestand kan één keer worden gedownload en wordt na 30 minuten "
+            "gewist)."
+        ),
+        "admin.letters.selection": "Voor wie?",
+        "admin.letters.kind.not_activated": "Iedereen die zijn pas nog niet heeft geactiveerd",
+        "admin.letters.kind.district": "Iedereen in een wijk",
+        "admin.letters.kind.passes": "Deze pasnummers",
+        "admin.letters.kind.holders": "Deze pashouders (nummers)",
+        "admin.letters.district": "Wijk",
+        "admin.letters.pass_numbers": "Pasnummers (gescheiden door spaties, komma's of regels)",
+        "admin.letters.holder_ids": "Nummers van pashouders (gescheiden door spaties of komma's)",
+        "admin.letters.with_card_qr": (
+            "Met de QR-code van de gedrukte kaart (alleen voor passen met een kaart; er wordt "
+            "geen nieuwe kaart gemaakt)"
+        ),
+        "admin.letters.submit": "Brieven maken",
+        "admin.letters.invalid": "Controleer het formulier: {detail}",
+        "admin.letters.gone": (
+            "Dit bestand is al gedownload of verlopen. Maak de brieven opnieuw (dat geeft "
+            "nieuwe codes)."
+        ),
+        "admin.letters.job": "Brieven worden gemaakt",
+        "admin.letters.progress": "{done} van {total} brieven",
+        "admin.letters.refresh": "Deze pagina ververst vanzelf.",
+        "admin.letters.done": "De brieven zijn klaar",
+        "admin.letters.count": "Aantal brieven",
+        "admin.letters.download_pdf": "PDF downloaden",
+        "admin.letters.download_csv": "CSV voor de drukker downloaden",
+        "admin.letters.once": (
+            "Elk bestand kan één keer worden gedownload en wordt na 30 minuten gewist."
+        ),
+        "admin.letters.skipped": "Overgeslagen (geen brief)",
+        "admin.letters.without_card": "Brief zonder kaart-QR (geen gedrukte kaart)",
+        "admin.letters.reason.blocked": "pas geblokkeerd",
+        "admin.letters.reason.no_address": "geen adres bekend",
+        "admin.letters.reason.no_pass": "geen pas",
+        "admin.letters.failed": "Het maken van de brieven is mislukt; er is niets veranderd.",
+        "admin.col.holder": "Pashouder",
+        "admin.col.pass": "Pas",
+        "admin.col.reason": "Reden",
+        "admin.col.postcode": "Postcode",
+        "admin.postcodes.title": "Postcodes en wijken",
+        "admin.postcodes.current": "Nu in de tabel: {districts} wijken en {postcodes} postcodes.",
+        "admin.postcodes.hint": (
+            "Een CSV-bestand van het CBS met de kolommen pc6, wijkcode en wijknaam (optioneel "
+            "gemeentenaam), gescheiden door ; of , (UTF-8 of Windows-1252). Of het "
+            "CBS-bestand pc6-gwb met een tweede bestand met de wijknamen. Het bestand "
+            "vervangt de tabel van de gemeente. Hoogstens {mb} MB."
+        ),
+        "admin.postcodes.file": "Postcode-wijkbestand",
+        "admin.postcodes.names": "Wijknamen (alleen bij het CBS-bestand zonder namen)",
+        "admin.postcodes.municipality": "Gemeentenaam (als het bestand die niet heeft)",
+        "admin.postcodes.submit": "Inlezen",
+        "admin.postcodes.missing": "Kies een bestand.",
+        "admin.postcodes.line_errors": "Problemen per regel (er is niets veranderd)",
+        "admin.postcodes.done": (
+            "Ingelezen: {districts} wijken en {postcodes} postcodes; {removed} oude wijken "
+            "verwijderd. Wijk opnieuw bepaald voor {holders} pashouders ({changed} "
+            "gewijzigd)."
+        ),
+        "admin.postcodes.unknown": (
+            "Pashouders met een postcode die niet in de tabel staat ({count}): hun wijk is onbekend"
+        ),
+        "admin.postcodes.none_unknown": "Alle pashouders hebben een wijk.",
+    }
+)
+
+# Activation letters and the postcode table (api.routes.admin_letters).
+_EN.update(
+    {
+        "admin.nav.letters": "Activation letters",
+        "admin.nav.letters.hint": (
+            "Letters with a new activation code (PDF, and CSV for the print house)."
+        ),
+        "admin.nav.postcodes": "Postcodes and districts",
+        "admin.nav.postcodes.hint": (
+            "Import CBS's postcode-to-wijk table; derive holders' districts again."
+        ),
+        "admin.letters.title": "Activation letters",
+        "admin.letters.lead": (
+            "Every letter gets a new activation code; an earlier code of the same pass stops "
+            "working. The code is only in the PDF and the CSV: download them at once (each "
+            "file can be downloaded once and is deleted after 30 minutes)."
+        ),
+        "admin.letters.selection": "For whom?",
+        "admin.letters.kind.not_activated": "Everyone who has not activated their pass yet",
+        "admin.letters.kind.district": "Everyone in a district",
+        "admin.letters.kind.passes": "These pass numbers",
+        "admin.letters.kind.holders": "These holders (ids)",
+        "admin.letters.district": "District",
+        "admin.letters.pass_numbers": "Pass numbers (separated by spaces, commas or lines)",
+        "admin.letters.holder_ids": "Holder ids (separated by spaces or commas)",
+        "admin.letters.with_card_qr": (
+            "With the printed card's QR code (only passes with a card; no new card is made)"
+        ),
+        "admin.letters.submit": "Produce letters",
+        "admin.letters.invalid": "Check the form: {detail}",
+        "admin.letters.gone": (
+            "This file was downloaded already or has expired. Produce the letters again (that "
+            "makes new codes)."
+        ),
+        "admin.letters.job": "Producing letters",
+        "admin.letters.progress": "{done} of {total} letters",
+        "admin.letters.refresh": "This page refreshes by itself.",
+        "admin.letters.done": "The letters are ready",
+        "admin.letters.count": "Letters",
+        "admin.letters.download_pdf": "Download the PDF",
+        "admin.letters.download_csv": "Download the CSV for the print house",
+        "admin.letters.once": "Each file can be downloaded once and is deleted after 30 minutes.",
+        "admin.letters.skipped": "Skipped (no letter)",
+        "admin.letters.without_card": "Letter without card QR (no printed card)",
+        "admin.letters.reason.blocked": "pass blocked",
+        "admin.letters.reason.no_address": "no address known",
+        "admin.letters.reason.no_pass": "no pass",
+        "admin.letters.failed": "Producing the letters failed; nothing changed.",
+        "admin.col.holder": "Holder",
+        "admin.col.pass": "Pass",
+        "admin.col.reason": "Reason",
+        "admin.col.postcode": "Postcode",
+        "admin.postcodes.title": "Postcodes and districts",
+        "admin.postcodes.current": (
+            "In the table now: {districts} districts and {postcodes} postcodes."
+        ),
+        "admin.postcodes.hint": (
+            "A CBS CSV file with the columns pc6, wijkcode and wijknaam (optionally "
+            "gemeentenaam), separated by ; or , (UTF-8 or Windows-1252). Or CBS's pc6-gwb "
+            "file with a second file of wijk names. The file replaces the municipality's "
+            "table. At most {mb} MB."
+        ),
+        "admin.postcodes.file": "Postcode-to-wijk file",
+        "admin.postcodes.names": "Wijk names (only with the CBS file without names)",
+        "admin.postcodes.municipality": "Municipality name (if the file has none)",
+        "admin.postcodes.submit": "Import",
+        "admin.postcodes.missing": "Choose a file.",
+        "admin.postcodes.line_errors": "Problems by line (nothing changed)",
+        "admin.postcodes.done": (
+            "Imported: {districts} districts and {postcodes} postcodes; {removed} old "
+            "districts removed. District derived again for {holders} holders ({changed} "
+            "changed)."
+        ),
+        "admin.postcodes.unknown": (
+            "Holders whose postcode is not in the table ({count}): their district is unknown"
+        ),
+        "admin.postcodes.none_unknown": "Every holder has a district.",
+    }
+)
+
 MESSAGES: Final[Mapping[str, Mapping[str, str]]] = {"nl": _NL, "en": _EN}
 
 

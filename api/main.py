@@ -23,6 +23,7 @@ from api.middleware import UNLIMITED_PATHS, install_middleware
 from api.problems import document_problems, install_problem_handlers
 from api.routes import (
     admin,
+    admin_letters,
     admin_pages,
     admin_registry,
     auth,
@@ -151,6 +152,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     app.include_router(import_pages.router)
     app.include_router(admin_pages.router)
     app.include_router(partner_pages.router)
+    app.include_router(admin_letters.router)
     app.include_router(pages.router)
     app.include_router(docs.router)
 

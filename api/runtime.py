@@ -45,6 +45,7 @@ from eth_hash.auto import keccak
 from pydantic import SecretStr
 from web3 import HTTPProvider, Web3
 
+from api.code_keys import activation_code_key
 from api.demo import seed_demo
 from api.partner_keystore import KeystoreError, PartnerKeystore
 from api.settings import Settings
@@ -300,6 +301,7 @@ class Runtime:
             store = ApiStore.open(settings.sqlalchemy_url)
         except StoreError as exc:
             raise StartupError(f"{exc} (set STADJERSPAS_DATABASE_URL)") from None
+        store.registry.code_key = activation_code_key(settings)
         say(f"store at {store.url} migrated")
         node: AnvilNode | None = None
         try:

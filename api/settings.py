@@ -192,6 +192,16 @@ class Settings(BaseSettings):
         le=20_000,
         description="How many demo holders the development seed enrols (benchmarks use more).",
     )
+    holder_login_url: str = Field(
+        default="http://127.0.0.1:8000/holder/login",
+        min_length=8,
+        max_length=200,
+        pattern=r"^https?://[^\s]+$",
+        description=(
+            "The holder page's login address as printed on activation letters (the municipality's "
+            "public URL in production, e.g. https://stadjerspas.groningen.nl/holder/login)."
+        ),
+    )
     card_pin_limit: int = Field(
         default=2_500,
         ge=1,

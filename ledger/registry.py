@@ -18,8 +18,9 @@ and the rule:
   (:class:`CsvImportError`); a file with any problem imports nothing;
 - pass numbers are ``GR`` + 7 digits, unique; a pass gets 32 random secret bytes
   (:func:`ledger.passid.new_pass_secret`) and, optionally, an activation code that is returned in
-  the clear once and stored only as an Argon2id hash (:mod:`ledger.secrets_hash`; older scrypt
-  hashes still verify and are replaced by Argon2id at their first successful check);
+  the clear once and stored only as a hash: HMAC-SHA256 under the service's key when the registry
+  has one (:attr:`Registry.code_key`; codes are random, 60 bits), else Argon2id
+  (:mod:`ledger.secrets_hash`); older Argon2id and scrypt hashes still verify;
 - merchants have an 8-digit KvK number, a chain address and optionally an IBAN validated with
   ``schwifty`` (country format, length and mod-97 check digits); a merchant without an IBAN is
   allowed (payouts report it);
@@ -53,7 +54,7 @@ from sqlmodel import Session, col, delete, select, update
 
 from ledger.errors import LedgerError
 from ledger.passid import new_pass_secret, pass_id
-from ledger.secrets_hash import check_secret, hash_secret, needs_rehash
+from ledger.secrets_hash import check_secret, hash_secret, keyed_hash, needs_rehash
 from ledger.store.db import Store
 from ledger.store.imports import MigratedHolder
 from ledger.store.registry import (
@@ -537,8 +538,14 @@ def _pass_id_hex(value: bytes | str) -> str:
     return "0x" + raw.hex()
 
 
-def _hash_activation_code(code: str) -> str:
-    return hash_secret(_code_text(code))
+def _hash_activation_code(code: str, key: bytes | None = None) -> str:
+    """A keyed HMAC-SHA256 of the code under ``key`` (the service's activation-code key), or,
+    without a key, an Argon2id hash. Codes are random (12 symbols of 32, 60 bits): a keyed fast
+    hash is as strong as a slow one for them, and 20,000 letters take milliseconds, not minutes
+    (see docs/security.md, "Activation codes")."""
+    if key is None:
+        return hash_secret(_code_text(code))
+    return keyed_hash(_code_text(code), key)
 
 
 def _code_text(code: str) -> str:
@@ -678,9 +685,13 @@ class Registry:
     Thread-safe: every call uses its own session (or the calling thread's
     :meth:`transaction`)."""
 
-    def __init__(self, store: Store, *, today: date | None = None) -> None:
+    def __init__(
+        self, store: Store, *, today: date | None = None, code_key: bytes | None = None
+    ) -> None:
         self.store = store
         self._today = today
+        #: The key activation codes are hashed under (HMAC-SHA256); None: Argon2id (slow).
+        self.code_key = code_key
         self._tx: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
             f"registry_tx_{id(self)}", default=None
         )
@@ -1214,7 +1225,7 @@ class Registry:
                 pass_id="0x" + pass_id(pass_secret=secret, pass_number=number).hex(),
                 holder_key=key,
                 status=PassStatus.ACTIVE,
-                activation_code_hash=_hash_activation_code(code) if code else None,
+                activation_code_hash=(_hash_activation_code(code, self.code_key) if code else None),
                 created_at=_now(),
             )
             session.add(record)
@@ -1284,18 +1295,27 @@ class Registry:
     def verify_activation_code(self, pass_number: str, code: str) -> bool:
         """Whether ``code`` is the activation code of ``pass_number``. An unknown pass, or one
         without a code, costs the same hash work and returns False. A code that verifies
-        against an older hash (scrypt) has that hash replaced by Argon2id."""
+        against an older hash (scrypt, or Argon2 with old parameters) has that hash replaced
+        (by the keyed hash when :attr:`code_key` is set). The first success sets the pass's
+        ``activated_at``."""
         record = self.find_pass(pass_number)
         stored = record.activation_code_hash if record is not None else None
-        if not check_secret(_code_text(code), stored):
+        if not check_secret(_code_text(code), stored, key=self.code_key):
             return False
-        if record is not None and stored is not None and needs_rehash(stored):
+        assert record is not None
+        assert stored is not None
+        changes: dict[str, object] = {}
+        if needs_rehash(stored):
+            changes["activation_code_hash"] = _hash_activation_code(code, self.code_key)
+        if record.activated_at is None:
+            changes["activated_at"] = _now()
+        if changes:
             with self._unit() as session:
                 session.exec(
                     update(PassRecord)
                     .where(col(PassRecord.id) == record.id)
                     .where(col(PassRecord.activation_code_hash) == stored)
-                    .values(activation_code_hash=_hash_activation_code(code))
+                    .values(**changes)
                 )
         return True
 

@@ -33,8 +33,10 @@ __all__ = [
     "ARGON2_MEMORY_KIB",
     "ARGON2_PARALLELISM",
     "ARGON2_TIME_COST",
+    "KEYED_PREFIX",
     "check_secret",
     "hash_secret",
+    "keyed_hash",
     "legacy_scrypt_hash",
     "needs_rehash",
     "verification_count",
@@ -43,6 +45,8 @@ __all__ = [
 ARGON2_TIME_COST: Final = 2
 ARGON2_MEMORY_KIB: Final = 19 * 1024
 ARGON2_PARALLELISM: Final = 1
+#: Prefix of a keyed hash (:func:`keyed_hash`).
+KEYED_PREFIX: Final = "hmac-sha256$"
 
 _HASHER: Final = PasswordHasher(
     time_cost=ARGON2_TIME_COST,
@@ -67,13 +71,32 @@ def hash_secret(secret: str) -> str:
     return _HASHER.hash(secret)
 
 
-def check_secret(secret: str, stored: str | None) -> bool:
-    """Whether ``secret`` matches ``stored`` (an Argon2 or legacy scrypt hash). With
-    ``stored=None`` it verifies against a dummy hash (the same work) and returns False. A
-    malformed ``stored`` is a mismatch, never an exception."""
+def keyed_hash(secret: str, key: bytes) -> str:
+    """``hmac-sha256$<hex>``: HMAC-SHA256 of ``secret`` under ``key``. Only for secrets that are
+    random and high-entropy (activation codes: 60 bits): guessing them is hopeless without a
+    slow hash, and the key (not in the database) keeps a stolen database from checking guesses
+    offline at all. Never for passwords or PINs."""
+    return KEYED_PREFIX + hmac.new(key, secret.encode(), hashlib.sha256).hexdigest()
+
+
+def check_secret(secret: str, stored: str | None, *, key: bytes | None = None) -> bool:
+    """Whether ``secret`` matches ``stored`` (a keyed HMAC under ``key``, an Argon2 or a legacy
+    scrypt hash), compared in constant time. With ``stored=None`` it verifies against a dummy
+    (a keyed one when ``key`` is given, else Argon2: the work a real check of new hashes costs)
+    and returns False. A malformed ``stored``, or a keyed hash without the key, is a mismatch,
+    never an exception."""
     if stored is None:
+        if key is not None:
+            _count()
+            hmac.compare_digest(keyed_hash(secret, key), KEYED_PREFIX + "0" * 64)
+            return False
         _verify_argon2(secret, _dummy())
         return False
+    if stored.startswith(KEYED_PREFIX):
+        _count()
+        if key is None:
+            return False
+        return hmac.compare_digest(keyed_hash(secret, key).encode(), stored.encode())
     if stored.startswith("$argon2"):
         return _verify_argon2(secret, stored)
     if stored.startswith("scrypt$"):
@@ -84,7 +107,10 @@ def check_secret(secret: str, stored: str | None) -> bool:
 
 def needs_rehash(stored: str) -> bool:
     """Whether ``stored`` should be replaced by :func:`hash_secret` of the secret that has just
-    verified against it: a legacy scrypt hash, or Argon2 with other parameters."""
+    verified against it: a legacy scrypt hash, or Argon2 with other parameters (a keyed hash
+    never: it is the newest format of the secrets that use it)."""
+    if stored.startswith(KEYED_PREFIX):
+        return False
     if not stored.startswith("$argon2"):
         return True
     try:

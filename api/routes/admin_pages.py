@@ -96,6 +96,8 @@ SECTIONS: Final = (
     ("admin.nav.issuance", "/admin/web/issuance", Scope.ISSUE),
     ("admin.nav.imports", "/admin/web/imports", Scope.ISSUE),
     ("admin.nav.holders", "/admin/web/holders", Scope.ADMIN),
+    ("admin.nav.letters", "/admin/web/letters", Scope.ISSUE),
+    ("admin.nav.postcodes", "/admin/web/postcodes", Scope.ADMIN),
     ("admin.nav.merchants", "/admin/web/merchants", Scope.ADMIN),
     ("admin.nav.reports", "/admin/web/reports", Scope.AUDIT),
     ("admin.nav.payouts", "/admin/web/payouts", Scope.FINANCE),

@@ -109,6 +109,10 @@ class Holder(SQLModel, table=True):
     district_code: str | None = Field(
         default=None, foreign_key="registry_district.code", index=True, max_length=16
     )
+    #: postal address for letters (revision ``r0009``): street and house number, and town; the
+    #: postcode is :attr:`postcode`. Optional: a holder without them gets no activation letter.
+    street: str | None = Field(default=None, max_length=200)
+    town: str | None = Field(default=None, max_length=100)
     household_id: int | None = Field(default=None, foreign_key="registry_household.id", index=True)
     household_role: HouseholdRole = Field(
         default=HouseholdRole.OTHER, sa_type=_enum(HouseholdRole, "household_role")
@@ -133,6 +137,9 @@ class PassRecord(SQLModel, table=True):
     status: PassStatus = Field(default=PassStatus.ACTIVE, sa_type=_enum(PassStatus, "pass_status"))
     activation_code_hash: str | None = Field(default=None, max_length=128)
     created_at: datetime = Field(sa_type=_utc())
+    #: when the holder first logged in with an activation code (revision ``r0009``); None: not
+    #: yet activated (letters for "everyone not yet activated" select these)
+    activated_at: datetime | None = Field(default=None, sa_type=_utc())
 
 
 class PrintedCard(SQLModel, table=True):

@@ -388,6 +388,16 @@ ROUTES: dict[tuple[str, str], Route] = {
         )
         for kind in ("schemes", "merchants", "districts", "governance")
     },
+    # -- activation letters and the postcode table --
+    ("POST", "/admin/letters"): Route(Scope.ISSUE, Call("/admin/letters", json={}), _INVALID),
+    ("GET", "/admin/letters/{batch}.{kind}"): Route(
+        Scope.ISSUE,
+        Call("/admin/letters/no-such-batch.pdf"),
+        (404, "letters_unknown"),
+        unknown=[(Call("/admin/letters/no-such-batch.csv"), "letters_unknown")],
+        malformed=[Call("/admin/letters/short.pdf"), Call("/admin/letters/no-such-batch.xls")],
+    ),
+    ("POST", "/admin/postcodes"): Route(Scope.ADMIN, Call("/admin/postcodes", json={}), _INVALID),
     # -- payouts --
     ("POST", "/admin/payouts"): Route(Scope.FINANCE, Call("/admin/payouts", json={}), _INVALID),
     **{

@@ -551,7 +551,10 @@ def test_scrypt_hashes_of_older_databases_verify_and_become_argon2(
     ]
     for kind, username, secret_ in logins_:
         assert _login(client, kind, username, secret_).status_code == 200, username
-    assert all(h is not None and h.startswith("$argon2id$") for h in stored())
+    *secrets_, code = stored()
+    assert all(h is not None and h.startswith("$argon2id$") for h in secrets_)
+    assert code is not None
+    assert code.startswith("hmac-sha256$")  # activation codes: the service's keyed hash
     for kind, username, secret_ in logins_:  # and they still log in
         assert _login(client, kind, username, secret_).status_code == 200, username
 

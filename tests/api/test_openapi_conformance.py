@@ -55,6 +55,8 @@ SEMANTIC_422: dict[str, str] = {
     "POST /admin/imports/holders": "the file is a holders CSV whose every line is valid",
     "POST /admin/imports/balances": "the file is a balances CSV of imported holders",
     "POST /admin/payouts": "the debtor IBAN's check digits; " + _PERIOD,
+    "POST /admin/letters": "a district, passes and holders that exist; at least one letter",
+    "POST /admin/postcodes": "the file is CSV with the columns pc6, wijkcode and wijknaam",
     "GET /admin/reports/schemes": _PERIOD,
     "GET /admin/reports/merchants": _PERIOD,
     "GET /admin/reports/districts": _PERIOD,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from ledger.secrets_hash import (
+    KEYED_PREFIX,
     check_secret,
     hash_secret,
+    keyed_hash,
     legacy_scrypt_hash,
     needs_rehash,
     verification_count,
@@ -72,3 +74,21 @@ def test_an_unknown_account_costs_one_verification_against_a_dummy() -> None:
     assert not check_secret("wrong", known)
     assert after_unknown - before == 1
     assert verification_count() - after_unknown == 1
+
+
+def test_keyed_hashes_for_random_codes() -> None:
+    key, other = b"k" * 32, b"o" * 32
+    stored = keyed_hash("ABCDEFGHJKLM", key)
+    assert stored.startswith(KEYED_PREFIX)
+    assert len(stored) == len(KEYED_PREFIX) + 64
+    assert keyed_hash("ABCDEFGHJKLM", key) == stored  # no salt: the key is the secret
+    assert check_secret("ABCDEFGHJKLM", stored, key=key)
+    assert not check_secret("ABCDEFGHJKLN", stored, key=key)
+    assert not check_secret("ABCDEFGHJKLM", stored, key=other)
+    assert not check_secret("ABCDEFGHJKLM", stored)  # no key: never a match
+    assert not needs_rehash(stored)
+    before = verification_count()
+    assert not check_secret("ABCDEFGHJKLM", None, key=key)  # the same work as a real check
+    assert verification_count() == before + 1
+    # an Argon2 hash still verifies when a key is given
+    assert check_secret("pin 1234", hash_secret("pin 1234"), key=key)

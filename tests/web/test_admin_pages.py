@@ -262,6 +262,8 @@ def test_pages_fit_a_phone(new_page: Any, base_url: str) -> None:
         "/admin/web/reports",
         "/admin/web/payouts",
         "/admin/web/audit",
+        "/admin/web/letters",
+        "/admin/web/postcodes",
     ):
         page.goto(base_url + path)
         width = page.evaluate("document.documentElement.scrollWidth")
