@@ -10,8 +10,9 @@ temporary state directory), then runs, through the API as an operator would:
    the job registers the passes on chain in batches (``registerPasses``);
 2. ``balances``: an opening balance per holder in a new budget scheme
    (``POST /admin/imports/balances``, ``issueBatch`` in batches, marked as migrated);
-3. ``letters``: ``POST /admin/letters`` for the imported holders. Not part of this branch: a
-   404 skips the phase with a note.
+3. ``letters``: ``POST /admin/letters`` for everyone not yet activated (the imported holders and
+   the three demo holders): a new activation code per pass, one A4 PDF and the print house's
+   CSV, both downloaded (without the printed-card QR; ``bench.letters`` measures that).
 
 Prints a table of the phases; ``--json`` prints one JSON object as the last line with
 ``holders``, ``total_s``, ``phases`` (seconds per phase), ``transactions`` and
@@ -47,6 +48,7 @@ PASSWORD = "development-only-admin-password"  # noqa: S105 - the development log
 _FIRST = ("Anna", "Bram", "Chantal", "Daan", "Eva", "Fenna", "Gijs", "Hanna", "Iris", "Joris")
 _LAST = ("de Vries", "Bakker", "Jansen", "Visser", "Smit", "Meijer", "Mulder", "de Boer", "Bos")
 _FIRST_NUMBER = 3_000_000
+_STREETS = ("Oosterstraat", "Nieuwe Ebbingestraat", "Paterswoldseweg", "Korreweg", "Helperzoom")
 
 
 def holders_csv(count: int, *, seed: int = 11) -> tuple[bytes, list[str]]:
@@ -67,6 +69,8 @@ def holders_csv(count: int, *, seed: int = 11) -> tuple[bytes, list[str]]:
             "household_role",
             "pass_number",
             "card_serial",
+            "street",
+            "town",
         ]
     )
     references = []
@@ -85,15 +89,19 @@ def holders_csv(count: int, *, seed: int = 11) -> tuple[bytes, list[str]]:
                 "parent" if i % 4 == 0 else "child",
                 f"GR{_FIRST_NUMBER + i:07d}",
                 str(10**11 + i) if i % 5 else "",
+                f"{_STREETS[household % len(_STREETS)]} {1 + household % 180}",
+                "Groningen",
             ]
         )
     return out.getvalue().encode("utf-8"), references
 
 
-def _wait_job(http: httpx.Client, job_id: str, timeout: float) -> dict[str, Any]:
+def _wait_job(
+    http: httpx.Client, job_id: str, timeout: float, *, path: str = "/admin/imports/jobs"
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        job: dict[str, Any] = http.get(f"/admin/imports/jobs/{job_id}").json()
+        job: dict[str, Any] = http.get(f"{path}/{job_id}").json()
         if job["status"] == "done":
             return job
         if job["status"] == "failed":
@@ -187,11 +195,25 @@ def run(holders: int, *, tmp: Path, say: Any = print) -> dict[str, Any]:
 
                 say("letters: POST /admin/letters")
                 t3 = time.perf_counter()
-                letters = http.post("/admin/letters", json={"all_not_activated": True})
-                if letters.status_code == 404:
-                    notes.append("letters skipped: POST /admin/letters is not in this build")
-                else:
-                    phases["letters"] = time.perf_counter() - t3
+                response = http.post(
+                    "/admin/letters",
+                    json={"selection": {"kind": "not_activated"}, "with_card_qr": False},
+                )
+                if response.status_code != 202:
+                    raise RuntimeError(f"letters refused: {response.text[:500]}")
+                letters_job = _wait_job(http, response.json()["id"], 1800, path="/admin/jobs")
+                result = letters_job["result"]
+                pdf = http.get(result["pdf"])
+                sheet = http.get(result["csv"])
+                if pdf.status_code != 200 or not pdf.content.startswith(b"%PDF"):
+                    raise RuntimeError(f"letters PDF not downloaded: {pdf.status_code}")
+                if sheet.status_code != 200:
+                    raise RuntimeError(f"letters CSV not downloaded: {sheet.status_code}")
+                phases["letters"] = time.perf_counter() - t3
+                letters = int(result["letters"])
+                if letters < holders:
+                    raise RuntimeError(f"{letters} letters for {holders} imported holders")
+                letters_mb = round(len(pdf.content) / 1e6, 1)
                 total = time.perf_counter() - started
         finally:
             svc.stop()
@@ -209,6 +231,8 @@ def run(holders: int, *, tmp: Path, say: Any = print) -> dict[str, Any]:
         "block_time_s": BLOCK_TIME_S,
         "target_s": TARGET_S,
         "met": total <= TARGET_S,
+        "letters": letters,
+        "letters_pdf_mb": letters_mb,
         "notes": notes,
     }
 

@@ -2,7 +2,8 @@
 
 **Holders** (:func:`import_holders`): a CSV with ``external_reference,first_name,last_name,
 birth_date,postcode`` and optionally ``household_reference,household_role,pass_number,
-card_serial``. The file is read as UTF-8 (a byte order mark is dropped) or, when it is not
+card_serial`` and the postal address ``street,town`` (for the activation letters; both or
+neither). The file is read as UTF-8 (a byte order mark is dropped) or, when it is not
 UTF-8, as Windows-1252 (old Windows exports); ``,`` or ``;`` delimited (detected from the
 header); Windows line ends are fine. Every line is checked first, against the file and against
 the registry loaded in bulk (no query per line):
@@ -14,7 +15,9 @@ the registry loaded in bulk (no query per line):
 - a person (same name, birth date and postcode) twice in the file or already in the registry
   under another reference: an error (never a second holder);
 - a pass number: ``GR`` + 7 digits, once in the file, not issued to anyone else;
-- a card serial: a whole number from 1 to 2**63 - 1 (the contract's limit).
+- a card serial: a whole number from 1 to 2**63 - 1 (the contract's limit);
+- a postal address: street (and house number) and town together, as
+  :func:`ledger.activation.check_address` checks them.
 
 Any problem rejects the file (:class:`ledger.registry.CsvImportError`, errors by line and
 column) and nothing is written. Otherwise holders, households, passes (no activation code:
@@ -48,6 +51,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from ledger import registry as reg
+from ledger.activation import check_address
 from ledger.passid import new_pass_secret, pass_id
 from ledger.store.db import Store
 from ledger.store.imports import ChainState, MigratedBalance, MigratedHolder
@@ -81,7 +85,14 @@ __all__ = [
 ]
 
 HOLDER_COLUMNS = ("external_reference", "first_name", "last_name", "birth_date", "postcode")
-HOLDER_OPTIONAL = ("household_reference", "household_role", "pass_number", "card_serial")
+HOLDER_OPTIONAL = (
+    "household_reference",
+    "household_role",
+    "pass_number",
+    "card_serial",
+    "street",
+    "town",
+)
 BALANCE_COLUMNS = ("amount",)
 BALANCE_OPTIONAL = ("external_reference", "pass_number", "scheme")
 #: The contract's limit on a card serial (``MAX_AMOUNT``, a signed 64-bit integer's maximum).
@@ -184,6 +195,7 @@ class _Line:
     pass_number: str | None
     card_serial: int
     fingerprint: str
+    address: tuple[str, str] | None = None
 
 
 def import_holders(registry: reg.Registry, data: bytes) -> HolderImportResult:
@@ -239,6 +251,23 @@ def import_holders(registry: reg.Registry, data: bytes) -> HolderImportResult:
                 )
             else:
                 serial = int(raw_serial)
+        address: tuple[str, str] | None = None
+        raw_street, raw_town = row.get("street", "").strip(), row.get("town", "").strip()
+        if raw_street or raw_town:
+            if not (raw_street and raw_town):
+                column = "town" if raw_street else "street"
+                problems.append(
+                    ImportProblem(
+                        number,
+                        column,
+                        "street and town make a postal address together: give both or neither",
+                    )
+                )
+            else:
+                try:
+                    address = check_address(street=raw_street, town=raw_town)
+                except reg.RegistryError as exc:
+                    problems.append(ImportProblem(number, "street", str(exc)))
         fingerprint = _fingerprint(
             holder.first_name,
             holder.last_name,
@@ -248,8 +277,9 @@ def import_holders(registry: reg.Registry, data: bytes) -> HolderImportResult:
             holder.household_role.value,
             pass_number,
             serial,
+            *(address or ()),
         )
-        lines.append(_Line(number, reference, holder, pass_number, serial, fingerprint))
+        lines.append(_Line(number, reference, holder, pass_number, serial, fingerprint, address))
 
     with registry.transaction(), registry._unit() as session:
         migrated = {
@@ -403,6 +433,8 @@ def _write_holders(session: Session, lines: Sequence[_Line], *, taken: set[str])
             district_code=i.holder.district_code,
             household_id=households.get(i.holder.household_reference or ""),
             household_role=i.holder.household_role,
+            street=i.address[0] if i.address else None,
+            town=i.address[1] if i.address else None,
             created_at=now,
         )
         for i in lines
