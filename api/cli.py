@@ -40,7 +40,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from api import import_cli, letters_cli, partners_cli
+from api import import_cli, letters_cli
 from api.settings import PROJECT_ROOT, Settings
 from ledger import audit_cli
 from ledger.audit import DEFAULT_STUCK_AFTER_S
@@ -328,7 +328,6 @@ app.command("verify-export")(audit_cli.verify_export_command)
 # ---------------------------------------------------------------- imports
 import_app = import_cli.app
 app.add_typer(import_app, name="import")
-import_app.command("partners")(partners_cli.import_partners_command)
 import_app.command("postcodes")(letters_cli.import_postcodes)
 
 # ---------------------------------------------------------------- letters

@@ -1,12 +1,15 @@
-"""``stadjerspas import holders FILE`` and ``stadjerspas import balances FILE``.
+"""``stadjerspas import holders FILE``, ``import balances FILE`` and ``import partners FILE``.
 
 The commands post the file to the **running service** (``POST /admin/imports/...``) and follow
 the job until it is done. They do not sign anything themselves: the service's issuer relayer
 owns the issuer account's nonces, so a second process signing with the same key while the
 service runs would collide with it. The service's URL and a staff login come from options or
 the environment (``STADJERSPAS_API_URL``, ``STADJERSPAS_IMPORT_USERNAME``,
-``STADJERSPAS_IMPORT_PASSWORD``); the holders import needs the ``admin`` scope, balances
-``issue``.
+``STADJERSPAS_IMPORT_PASSWORD``); the holders and partners imports need the ``admin`` scope,
+balances ``issue``. A partner enrolled through the service gets its relayer there at once; a
+second process enrolling partners would also race the service for the admin account's nonces.
+The partners file is checked here first (every line, :func:`ledger.partner_import.read_partners`),
+so a bad file is refused without a service.
 
 Exit 0 with a one-line summary; a rejected file exits 2 with one line per problem
 (``line N, column: message``); anything else exits 1 with one line.
@@ -21,6 +24,9 @@ from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
+
+from ledger.partner_import import read_partners
+from ledger.registry import CsvImportError
 
 __all__ = ["app"]
 
@@ -179,4 +185,53 @@ def balances(
         f"{r['lines']} lines: {r['imported']} opening balances imported, {r['skipped']} already "
         f"there; {r['issued']} issued ({r['total_amount']} cents) in "
         f"{len(r['transactions'])} transactions"
+    )
+
+
+#: The service's limit for a partners CSV (``api.admin_services.MAX_CSV_BYTES``).
+PARTNERS_MAX_BYTES = 5 * 1024 * 1024
+
+
+@app.command("partners")
+def partners(
+    file: Annotated[Path, typer.Argument(help="CSV: name,kvk_number,category,iban[,location].")],
+    url: Url = None,
+    username: Username = None,
+    password_env: PasswordEnv = PASSWORD_ENV,
+) -> None:
+    """Enrol partners: each gets a signing key in the service's encrypted keystore, the merchant
+    role and a relayer at once; a KvK number already registered is skipped."""
+    try:
+        size = file.stat().st_size
+    except OSError as exc:
+        _fail(f"cannot read {file}: {exc.strerror}", EXIT_BAD_INPUT)
+    if size > PARTNERS_MAX_BYTES:
+        _fail(
+            f"{file} is {size} bytes; a partners CSV may be at most {PARTNERS_MAX_BYTES}",
+            EXIT_BAD_INPUT,
+        )
+    data = file.read_bytes()
+    try:  # every line checked before anything is sent
+        read_partners(data)
+    except CsvImportError as exc:
+        for error in exc.errors:
+            typer.echo(f"{file}:{error.line}: {error.message}", err=True)
+        _fail(f"{file} refused: {len(exc.errors)} problem(s); no partner enrolled", EXIT_BAD_INPUT)
+    base = url or os.environ.get(URL_ENV) or "http://127.0.0.1:8000"
+    try:
+        with httpx.Client(base_url=base, timeout=600.0) as http:
+            _login(http, username, password_env)
+            response = http.post(
+                "/admin/imports/partners", files={"file": (file.name, data, "text/csv")}
+            )
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the service at {base}: {exc}")
+    if response.status_code != 200:
+        _problem(response)
+    result: dict[str, Any] = response.json()
+    enrolled: list[int] = result["enrolled"]
+    typer.echo(
+        f"{len(enrolled)} partners enrolled"
+        + (f" (merchant ids {', '.join(map(str, enrolled))})" if enrolled else "")
+        + f", {len(result['skipped'])} already registered (skipped)"
     )

@@ -3,10 +3,14 @@ with a key the service created and sealed in its keystore; nothing personal goes
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
@@ -14,7 +18,7 @@ from api.main import create_app
 from api.partner_keystore import PartnerKey
 from api.runtime import Runtime, StartupError
 from ledger.passid import pass_id
-from tests.api.conftest import PROJECT_ROOT, dev_settings, logins, signed_uri
+from tests.api.conftest import dev_settings, logins, signed_uri
 
 BUDGET = 1  # the demo's budget scheme, open to every merchant
 PROBLEM = "application/problem+json"
@@ -207,43 +211,76 @@ def test_a_partner_csv_is_checked_first_and_imported_once(
         assert too_big.status_code == 413
 
 
-def test_the_cli_imports_partners_once_and_refuses_a_bad_file(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def served(runtime: Runtime) -> Iterator[str]:
+    """The app of the shared runtime, served by uvicorn in a thread (the CLI's service)."""
+    config = uvicorn.Config(
+        create_app(runtime.settings, runtime), host="127.0.0.1", port=0, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="partners-cli-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_the_cli_imports_partners_once_and_refuses_a_bad_file(
+    tmp_path: Path, runtime: Runtime, served: str
+) -> None:
     from typer.testing import CliRunner
 
     from api.cli import app
 
     runner = CliRunner()
     env = {
-        "STADJERSPAS_VAR_DIR": str(tmp_path / "var"),
-        "STADJERSPAS_BUILD_DIR": str(PROJECT_ROOT / "var" / "build"),
-        "STADJERSPAS_ANVIL_PORT": "0",
-        "STADJERSPAS_DEMO_SEED": "false",
-        "STADJERSPAS_RUN_INDEXER": "false",
+        "STADJERSPAS_API_URL": served,
+        "STADJERSPAS_IMPORT_USERNAME": "admin",
+        "STADJERSPAS_IMPORT_PASSWORD": "development-only-admin-password",
     }
     bad = tmp_path / "bad.csv"
     bad.write_text(
         "name,kvk_number,category,iban\nClub,1234,sport,NL20INGB0001234567\n", encoding="utf-8"
     )
+    before = len(runtime.store.registry.merchants())
     refused = runner.invoke(app, ["import", "partners", str(bad)], env=env)
     assert refused.exit_code == 2, refused.output
     assert f"{bad}:2: KvK number '1234' must be exactly 8 digits" in refused.output
     assert "no partner enrolled" in refused.output
+    assert len(runtime.store.registry.merchants()) == before
 
     good = tmp_path / "partners.csv"
-    good.write_text(_GOOD, encoding="utf-8")
+    good.write_text(_GOOD.replace("7123456", "7323456"), encoding="utf-8")
     first = runner.invoke(app, ["import", "partners", str(good)], env=env)
     assert first.exit_code == 0, first.output
-    assert "2 partners enrolled (merchant ids 4, 5), 0 already registered" in first.output
+    assert "2 partners enrolled (merchant ids" in first.output
+    added = [m for m in runtime.store.registry.merchants() if m.kvk_number.startswith("7323456")]
+    assert len(added) == 2
     again = runner.invoke(app, ["import", "partners", str(good)], env=env)
     assert again.exit_code == 0, again.output
     assert "0 partners enrolled, 2 already registered (skipped)" in again.output
-    # the service started later finds both partners with their keys
-    with Runtime.start(dev_settings(tmp_path / "var", demo_seed=False, run_indexer=False)) as rt:
-        assert {4, 5} <= set(rt.merchant_relayers)
-        for merchant_id in (4, 5):
-            account = rt.keys.merchant(merchant_id)
-            assert account is not None
-            assert rt.client.has_role("merchant", account.address)
+    # the running service has each partner's relayer at once, and its key has the role on chain
+    for merchant in added:
+        assert merchant.id is not None
+        assert merchant.id in runtime.merchant_relayers
+        account = runtime.keys.merchant(merchant.id)
+        assert account is not None
+        assert runtime.client.has_role("merchant", account.address)
+
+    wrong = runner.invoke(
+        app,
+        ["import", "partners", str(good)],
+        env={**env, "STADJERSPAS_IMPORT_PASSWORD": "not-the-password"},
+    )
+    assert wrong.exit_code != 0
+    assert len(wrong.output.strip().splitlines()) == 1, wrong.output
 
 
 def test_enrolment_text_longer_than_declared_is_refused_as_sent(
