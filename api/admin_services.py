@@ -25,6 +25,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
+from eth_utils import to_checksum_address
 from PIL import Image, ImageDraw, ImageFont
 from reportlab.lib.units import mm
 from reportlab.lib.utils import ImageReader
@@ -196,17 +197,9 @@ def _gas(estimate: int) -> int:
 
 
 def _transact(runtime: Runtime, function: str, *args: Any) -> TxReceipt:
-    """Preflight (a refusal raises the contract's typed error, sends nothing), send through the
-    issuer relayer, wait for the receipt; a revert on chain raises the same typed error."""
-    relayer = runtime.issuer()
-    client = runtime.client
-    data = client.call_data(function, *args)
-    estimate = client.preflight(sender=relayer.address, data=data)
-    request = TxRequest(to=client.address, data=data, gas=_gas(estimate))
-    receipt = relayer.submit(request).result(timeout=runtime.settings.receipt_timeout_s)
-    if not receipt.ok:
-        raise client.revert_of(bytes(relayer.revert_data(request, receipt) or b""))
-    return receipt
+    """One call from the issuer account, through its relayer and the outbox
+    (:meth:`Runtime.transact`)."""
+    return runtime.transact(runtime.issuer(), function, *args)
 
 
 def _pid(record: PassRecord) -> bytes:
@@ -1212,6 +1205,21 @@ def payout_document(runtime: Runtime, reference: str) -> bytes:
     return bytes(run.document)
 
 
+class _RelayedSettlementChain(ClientSettlementChain):
+    """Settlements sent by the admin account's relayer, so stored in the outbox first (a node
+    restored from older state gets them back from the reconciler)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime.client, runtime.keys.admin)
+        self.runtime = runtime
+
+    def settle(self, merchant: str, amount: int, reference: bytes) -> str:
+        receipt = self.runtime.transact(
+            self.runtime.admin(), "settle", to_checksum_address(merchant), amount, reference
+        )
+        return receipt.tx_hash.to_0x_hex()
+
+
 def confirm_payout(runtime: Runtime, reference: str) -> ConfirmOut:
     """The bank paid the run: record ``settle`` per line on chain (idempotent). The admin
     account settles (it is given the settler role on first use)."""
@@ -1220,10 +1228,10 @@ def confirm_payout(runtime: Runtime, reference: str) -> ConfirmOut:
         with _settlement_errors():
             run_lines(runtime.store.db.engine, reference)  # unknown -> 404 before any grant
         if not runtime.client.has_role("settler", admin.address):
-            runtime.client.transact(admin, "grantRole", ROLES["settler"], admin.address)
+            runtime.transact(runtime.admin(), "grantRole", ROLES["settler"], admin.address)
         with _settlement_errors():
             result = confirm_run(
-                runtime.store.db.engine, reference, ClientSettlementChain(runtime.client, admin)
+                runtime.store.db.engine, reference, _RelayedSettlementChain(runtime)
             )
     return ConfirmOut(
         reference=result.reference,

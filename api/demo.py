@@ -1,6 +1,8 @@
 """Demo data for development: a municipality, three schemes, ~50 holders, three merchants.
 
-Seeded once, on the first start, single-threaded with the issuer key (before the relayers start).
+Seeded once, on the first start, one transaction at a time through the issuer's relayer, so
+each is stored in the outbox before it is sent (a node restored from older state gets the seed
+back from the reconciler, as it gets every other transaction of the service).
 Every step checks what is already there (registry rows, passes registered on chain, balances),
 and a marker records completion, so a restart never seeds twice and an interrupted seed resumes.
 
@@ -264,7 +266,7 @@ def _chunks(items: list[bytes], size: int = 400) -> list[list[bytes]]:
 def seed_demo(runtime: Runtime, *, report: Callable[[str], None] | None = None) -> bool:
     """Seed the demo data unless done before; returns True if it seeded now."""
     say = report or (lambda message: log.info("%s", message))
-    store, client, issuer = runtime.store, runtime.client, runtime.keys.issuer
+    store, client, issuer = runtime.store, runtime.client, runtime.issuer()
     locate_demo_merchants(store.registry)  # also for a demo seeded before merchants had places
     if store.marker(_MARKER) is not None:
         return False
@@ -295,8 +297,9 @@ def seed_demo(runtime: Runtime, *, report: Callable[[str], None] | None = None) 
                 reimburse_bps=scheme.reimburse_bps,
                 open_to_all_merchants=scheme.open_to_all_merchants,
             )
-            result = client.transact(issuer, "createScheme", terms.as_tuple())
-            existing = int(result.named("SchemeCreated")[0].args["schemeId"])
+            receipt = runtime.transact(issuer, "createScheme", terms.as_tuple())
+            (created,) = [e for e in client.receipt_events(receipt) if e.name == "SchemeCreated"]
+            existing = int(created.args["schemeId"])
             store.set_scheme_label(existing, scheme.name)
         scheme_ids.append(existing)
         for merchant_id in scheme.allowed_merchants:
@@ -307,16 +310,16 @@ def seed_demo(runtime: Runtime, *, report: Callable[[str], None] | None = None) 
                     existing, merchant.address
                 ).call()
             ):
-                client.transact(issuer, "setMerchantAllowed", existing, merchant.address, True)
+                runtime.transact(issuer, "setMerchantAllowed", existing, merchant.address, True)
 
     unregistered = [pid for pid in pass_ids if not client.pass_of(pid).registered]
     for chunk in _chunks(unregistered):
-        client.transact(issuer, "registerPasses", chunk, [])
+        runtime.transact(issuer, "registerPasses", chunk, [])
 
     for scheme, scheme_id in zip(DEMO_SCHEMES, scheme_ids, strict=True):
         empty = [pid for pid in pass_ids if client.balance_of(scheme_id, pid) == 0]
         for chunk in _chunks(empty):
-            client.transact(
+            runtime.transact(
                 issuer, "issueBatch", scheme_id, chunk, [scheme.per_holder] * len(chunk)
             )
 

@@ -71,10 +71,7 @@ def enrol_partner(
                 location=location,
                 merchant_id=merchant_id,
             )
-            with runtime.key_locks.hold("admin-account"):
-                runtime.client.transact(
-                    runtime.keys.admin, "grantRole", ROLES["merchant"], account.address
-                )
+            runtime.transact(runtime.admin(), "grantRole", ROLES["merchant"], account.address)
     except BaseException:
         runtime.keystore.discard(account.address)
         raise
@@ -142,10 +139,7 @@ def enrol_demo_partners(runtime: Runtime, *, report: Callable[[str], None]) -> i
         else:
             account = runtime.keystore.create()
             registry.set_merchant_address(merchant_id, account.address)
-            with runtime.key_locks.hold("admin-account"):
-                runtime.client.transact(
-                    runtime.keys.admin, "grantRole", ROLES["merchant"], account.address
-                )
+            runtime.transact(runtime.admin(), "grantRole", ROLES["merchant"], account.address)
             runtime.start_merchant(merchant_id, account)
         enrolled += 1
     if enrolled:

@@ -52,14 +52,13 @@ from api.settings import Settings
 from api.store import ApiStore
 from ledger.batcher import RedemptionBatcher
 from ledger.batcher import RedemptionOutcome as BatchOutcome
-from ledger.client import LedgerClient
+from ledger.client import ROLES, LedgerClient
 from ledger.compiler import Artifacts, compile_contracts
 from ledger.deploy import (
     Deployment,
     RoleGrant,
     check_deployment,
     deploy_ledger,
-    grant_roles,
     load_deployment,
     save_deployment,
 )
@@ -70,7 +69,7 @@ from ledger.indexer.follow import Indexer, IndexerConfig
 from ledger.node import DEV_MNEMONIC, AnvilConfig, AnvilNode
 from ledger.outbox import open_outbox
 from ledger.reconciler import Reconciler, ReconcileRefused
-from ledger.relayer import Relayer
+from ledger.relayer import Relayer, TxReceipt, TxRequest
 from ledger.rpc import RpcClient
 from ledger.state_cache import LedgerStateCache
 from ledger.store.base import StoreError
@@ -92,6 +91,10 @@ DEV_ACCOUNT_INDEX = {"admin": 0, "issuer": 1, "pass_signer": 2}
 
 Reporter = Callable[[str], None]
 _FINISHED_KEPT = 10_000
+
+
+#: The first start waits for the node's state file only if the node writes it this often.
+_PERSIST_WAIT_MAX_INTERVAL_S = 5
 
 
 class StartupError(Exception):
@@ -260,6 +263,9 @@ class Runtime:
         self.deployed_now = deployed_now
         self.demo_seeded_now = False
         self.issuer_relayer: Relayer | None = None
+        #: The admin account's relayer (role grants, settlements): its transactions go through
+        #: the outbox too, so a node restored from older state gets them back.
+        self.admin_relayer: Relayer | None = None
         self.merchant_relayers: dict[int, Relayer] = {}
         self.merchant_batchers: dict[int, RedemptionBatcher] = {}
         #: Guards adding a merchant's relayer and batcher while the service runs.
@@ -358,8 +364,6 @@ class Runtime:
                     ) from None
                 say(f"using the ledger at {deployment.ledger_address}")
             client = LedgerClient(w3, address=deployment.ledger_address, abi=artifact.abi)
-            if not deployed_now:  # e.g. a merchant keystore was added since the deployment
-                grant_roles(w3, client, admin=keys.admin, grants=_grants(keys))
             runtime = cls(
                 settings=settings,
                 store=store,
@@ -382,13 +386,18 @@ class Runtime:
         try:
             runtime._reconcile_at_start(say)
             runtime._register_merchants()
+            runtime.state.start()
+            # every transaction from here on is signed by a relayer and stored in the outbox
+            # first (role grants, the demo seed, partners enrolled at start included)
+            runtime._start_relayers()
+            runtime._adopt_unmined()
+            runtime._grant_missing_roles()
             if settings.is_development:
                 _partners().enrol_demo_partners(runtime, report=say)
             if settings.seeds_demo:
                 runtime.demo_seeded_now = seed_demo(runtime, report=say)
-            runtime.state.start()
-            runtime._start_relayers()
-            runtime._adopt_unmined()
+            if runtime.deployed_now or runtime.demo_seeded_now:
+                runtime._wait_persisted(say)
             if settings.run_indexer:
                 runtime._start_indexer()
             runtime._supervise()
@@ -478,14 +487,17 @@ class Runtime:
         chain_id = self.client.chain_id
         linger = self.settings.relayer_linger_ms
         observe = self.state.observe_receipt
-        self.issuer_relayer = Relayer(
-            self.rpc,
-            account=self.keys.issuer,
-            chain_id=chain_id,
-            linger_ms=linger,
-            on_receipt=observe,
-            journal=self.outbox,
-        ).start()
+        self.issuer_relayer, self.admin_relayer = (
+            Relayer(
+                self.rpc,
+                account=account,
+                chain_id=chain_id,
+                linger_ms=linger,
+                on_receipt=observe,
+                journal=self.outbox,
+            ).start()
+            for account in (self.keys.issuer, self.keys.admin)
+        )
         with self._merchants_lock:
             for merchant_id, account in sorted(self.keys.partners.items()):
                 self._start_merchant_relayer(merchant_id, account)
@@ -524,10 +536,49 @@ class Runtime:
         return relayer
 
     def relayers(self) -> list[Relayer]:
-        """The issuer's relayer and every merchant's (a copy: merchants are added at run time)."""
+        """The issuer's and the admin's relayers and every merchant's (a copy: merchants are
+        added at run time)."""
         with self._merchants_lock:
             merchants = list(self.merchant_relayers.values())
-        return [r for r in (self.issuer_relayer, *merchants) if r is not None]
+        return [r for r in (self.issuer_relayer, self.admin_relayer, *merchants) if r is not None]
+
+    def _wait_persisted(self, say: Reporter) -> None:
+        """A first start: wait (a second or two) until the embedded node's state file holds
+        the deployment and the seed, which the outbox cannot replay if they are lost (the
+        deployment is not in it)."""
+        interval = self.settings.anvil_state_interval_s
+        if self.node is None or interval > _PERSIST_WAIT_MAX_INTERVAL_S:
+            return  # a node told to write rarely is not waited for
+        nonces: dict[str, int] = {
+            str(account.address): int(
+                str(self.rpc.call("eth_getTransactionCount", account.address, "latest")), 16
+            )
+            for account in (self.keys.admin, self.keys.issuer)
+        }
+        if not self.node.wait_persisted(nonces, timeout_s=3.0 * interval + 2.0):
+            say("the node has not written its state file yet; a kill now loses the deployment")
+
+    def _grant_missing_roles(self) -> None:
+        """The service's accounts hold their roles (a merchant keystore added since the
+        deployment, or a grant a restored node lost): each missing grant is sent by the admin
+        relayer, after the reconciler replayed what the outbox holds, so no grant takes a
+        nonce an earlier admin transaction still needs."""
+        for grant in _grants(self.keys):
+            if not self.client.has_role(grant.role, grant.account):
+                self.transact(self.admin(), "grantRole", ROLES[grant.role], grant.account)
+
+    def transact(self, relayer: Relayer, function: str, *args: Any) -> TxReceipt:
+        """One contract call sent by ``relayer`` (so stored in the outbox before it is sent):
+        preflight first (a refusal raises the contract's typed error and sends nothing), then
+        wait for the receipt; a revert on chain raises the same typed error."""
+        client = self.client
+        data = client.call_data(function, *args)
+        estimate = client.preflight(sender=relayer.address, data=data)
+        request = TxRequest(to=client.address, data=data, gas=estimate + estimate // 4 + 20_000)
+        receipt = relayer.submit(request).result(timeout=self.settings.receipt_timeout_s)
+        if not receipt.ok:
+            raise client.revert_of(bytes(relayer.revert_data(request, receipt) or b""))
+        return receipt
 
     def _adopt_unmined(self) -> None:
         """Each relayer takes over its account's outbox rows the chain has not mined (a replay
@@ -676,6 +727,11 @@ class Runtime:
         if self.issuer_relayer is None:
             raise RuntimeError("the runtime's relayers are not started")
         return self.issuer_relayer
+
+    def admin(self) -> Relayer:
+        if self.admin_relayer is None:
+            raise RuntimeError("the runtime's relayers are not started")
+        return self.admin_relayer
 
 
 def _load_partner_keys(

@@ -13,16 +13,22 @@ seeds ``--seed``, ``--seed + 1``, ... Each run:
    connection failure, a timeout, a 5xx, 408 or 429 a worker retries **the same key and body**
    (as a real terminal does) until it gets 201 or another 4xx; every 201 is recorded
    (redemption id, merchant, credited, transaction hash);
+   beside them the municipality's office issues 1-cent entitlements to random passes
+   (``POST /admin/entitlements``, the issuer's relayer) and enrols a partner every fourth
+   request (``POST /admin/merchants``, the admin's relayer grants the merchant role), five a
+   second, never retried (neither is idempotent);
 3. at a seeded moment (25-60 % into the load) the scenario's fault is injected;
 4. after the load (and every retry) has ended, the bench waits until ``/health`` is ``ok`` and the
    outbox has no open row (``signed``, ``sent``, ``mined``), then checks from the chain itself
    (``eth_getLogs`` of the ledger, decoded by :mod:`ledger.events`, and the contract's views):
 
    - ``lost``: a 201 whose redemption id has no ``Redeemed`` log, or one with another merchant
-     or credited amount;
+     or credited amount; a pass with fewer new 1-cent ``EntitlementIssued`` logs than its
+     issuances answered 201; a partner answered 201 whose address lacks the merchant role;
    - ``doubled``: a redemption id logged twice, or more new ``Redeemed`` logs than keys that
      were answered 201 plus keys left without an answer (``unanswered``; such a key may still
-     have landed: that is ``unanswered_landed``, neither lost nor doubled);
+     have landed: that is ``unanswered_landed``, neither lost nor doubled); a pass with more
+     new 1-cent issuances than answered plus unanswered ones;
    - per merchant: credited on chain == credited in the 201 answers + what unanswered keys
      landed (``merchant_mismatch``);
    - per scheme: issued + claimed - redeemed + reversed - expired == the sum of the contract's
@@ -62,7 +68,7 @@ from typing import Any
 
 import httpx
 
-from api.auth import dev_terminal_id, dev_terminal_secret
+from api.auth import DEV_STAFF, dev_terminal_id, dev_terminal_secret
 from api.demo import demo_pass_number
 from api.settings import PROJECT_ROOT
 from bench._http import Connection, HttpError
@@ -269,6 +275,13 @@ class LoadTally:
     unanswered: list[tuple[str, int, int, str]] = field(default_factory=list)
     keys: int = 0
     attempts: int = 0
+    #: the office's 201 answers: pass index -> 1-cent issuances confirmed, and the addresses
+    #: of partners whose enrolment was confirmed
+    issued: Counter[int] = field(default_factory=Counter)
+    enrolled: list[str] = field(default_factory=list)
+    #: office requests without a definitive answer (they may still have landed)
+    office_unanswered: Counter[int] = field(default_factory=Counter)
+    office_refused: Counter[str] = field(default_factory=Counter)
 
 
 #: demo holders the service enrols for a run: with one checkout per pass at a time, each
@@ -396,6 +409,52 @@ async def run_load(
             finally:
                 await connection.close()
 
+        async def office() -> None:
+            """The municipality's office at work during the fault: 1-cent issuances to random
+            passes (the issuer's relayer) and, every fourth request from the second on, a
+            partner enrolled (the admin's relayer grants its role). Neither is idempotent, so
+            never retried: a request without a definitive answer is counted as unanswered (it
+            may have landed)."""
+            staff = await _login(client, "staff", "admin", DEV_STAFF["admin"][1])
+            headers = {"Authorization": f"Bearer {staff}"}
+            connection = Connection(base_url, timeout=REQUEST_TIMEOUT_S)
+            try:
+                for n in itertools.count():
+                    if time.monotonic() >= load_end:
+                        return
+                    index = rng.randrange(len(tokens.pass_ids))
+                    try:
+                        if n % 4 == 1:
+                            body: dict[str, Any] = {
+                                "name": f"Partner {run_id} {n}",
+                                "kvk_number": f"{70_000_000 + n:08d}",
+                                "category": "sport",
+                            }
+                            response = await connection.post("/admin/merchants", body, headers)
+                        else:
+                            body = {
+                                "pass_number": demo_pass_number(index + 1),
+                                "scheme_id": scheme_id,
+                                "amount": 1,
+                            }
+                            response = await connection.post("/admin/entitlements", body, headers)
+                    except HttpError:
+                        tally.office_unanswered[-1 if n % 4 == 1 else index] += 1
+                        await asyncio.sleep(0.5)  # the service is down: as staff would wait
+                        continue
+                    if response.status_code == 201:
+                        if n % 4 == 1:
+                            tally.enrolled.append(str(response.json()["address"]))
+                        else:
+                            tally.issued[index] += 1
+                    elif 400 <= response.status_code < 500:
+                        tally.office_refused[str(response.status_code)] += 1
+                    else:
+                        tally.office_unanswered[-1 if n % 4 == 1 else index] += 1
+                    await asyncio.sleep(0.2)
+            finally:
+                await connection.close()
+
         async def injector() -> None:
             if fault is None:
                 return
@@ -407,7 +466,8 @@ async def run_load(
         injecting = asyncio.create_task(injector())
         try:
             await asyncio.gather(
-                *(worker(m) for m in range(MERCHANTS) for _ in range(TERMINALS_PER_MERCHANT))
+                office(),
+                *(worker(m) for m in range(MERCHANTS) for _ in range(TERMINALS_PER_MERCHANT)),
             )
             await injecting
         finally:
@@ -426,11 +486,16 @@ class ChainView:
     redeemed: dict[int, list[tuple[str, int]]]  # redemption id -> [(merchant, credited)]
     scheme_mismatch: list[str]
     head: int
+    #: pass id -> single 1-cent ``EntitlementIssued`` logs (the office's issuances)
+    issued_cents: Counter[bytes] = field(default_factory=Counter)
+    #: addresses asked about (``enrolled``) that do not hold the merchant role
+    without_role: list[str] = field(default_factory=list)
 
 
-def read_chain(rpc_url: str, var_dir: Path) -> ChainView:
-    """Every ``Redeemed`` log of the ledger, and per scheme the recomputed remainder against
-    the contract's ``balanceOf``."""
+def read_chain(rpc_url: str, var_dir: Path, *, enrolled: Sequence[str] = ()) -> ChainView:
+    """Every ``Redeemed`` log of the ledger, the single 1-cent issuances per pass, per scheme
+    the recomputed remainder against the contract's ``balanceOf``, and which of the
+    ``enrolled`` addresses lack the merchant role."""
     from web3 import HTTPProvider, Web3
 
     from ledger.audit import fetch_events, recompute
@@ -451,11 +516,15 @@ def read_chain(rpc_url: str, var_dir: Path) -> ChainView:
         head = int(str(rpc.call("eth_blockNumber")), 16)
         events = fetch_events(rpc, client, from_block=deployment.deployed_block, to_block=head)
         redeemed: dict[int, list[tuple[str, int]]] = {}
+        issued_cents: Counter[bytes] = Counter()
         for event in events:
             if event.name == "Redeemed":
                 rid = int(event.args["redemptionId"])
                 merchant = str(event.args["merchant"]).lower()
                 redeemed.setdefault(rid, []).append((merchant, int(event.args["credited"])))
+            elif event.name == "EntitlementIssued" and int(event.args["amount"]) == 1:
+                issued_cents[bytes(event.args["passId"])] += 1
+        without_role = [a for a in enrolled if not client.has_role("merchant", a)]
         state = recompute(events)
         views: Counter[int] = Counter()
         recomputed: Counter[int] = Counter()
@@ -474,7 +543,35 @@ def read_chain(rpc_url: str, var_dir: Path) -> ChainView:
         mismatch += [f"{d.kind} {d.key}" for d in state.anomalies]
     finally:
         rpc.close()
-    return ChainView(redeemed=redeemed, scheme_mismatch=mismatch, head=head)
+    return ChainView(
+        redeemed=redeemed,
+        scheme_mismatch=mismatch,
+        head=head,
+        issued_cents=issued_cents,
+        without_role=without_role,
+    )
+
+
+def office_verdict(
+    tally: LoadTally, before: Counter[bytes], chain: ChainView, *, pass_ids: Sequence[bytes]
+) -> tuple[list[str], list[str]]:
+    """(lost, doubled) of the office's answers: per pass, the 1-cent issuances new on chain
+    must be at least those answered 201 and at most those plus the unanswered ones; every
+    partner enrolment answered 201 holds the merchant role on chain."""
+    lost: list[str] = []
+    doubled: list[str] = []
+    for index, pid in enumerate(pass_ids):
+        landed = chain.issued_cents[pid] - before[pid]
+        answered = tally.issued[index]
+        if landed < answered:
+            lost.append(f"pass {index + 1}: {answered} issuances answered 201, {landed} on chain")
+        elif landed > answered + tally.office_unanswered[index]:
+            doubled.append(
+                f"pass {index + 1}: {landed} issuances on chain, {answered} answered 201 and "
+                f"{tally.office_unanswered[index]} unanswered"
+            )
+    lost += [f"partner {address}: enrolled 201, no merchant role" for address in chain.without_role]
+    return lost, doubled
 
 
 def verdict(
@@ -705,7 +802,9 @@ def run_scenario(name: str, seed: int, duration_s: float, *, keep: bool = False)
                 setup.after_start(svc)
             rpc_url = setup.rpc_url or svc.rpc_url
             database_url = setup.database_url or f"sqlite:///{(svc.var_dir / 'stadjerspas.db')}"
-            before = set(read_chain(rpc_url, svc.var_dir).redeemed)
+            tokens = _checkout_tokens(svc.var_dir, database_url)
+            start_view = read_chain(rpc_url, svc.var_dir)
+            before = set(start_view.redeemed)
             notes: list[str] = []
             current = svc
 
@@ -717,7 +816,7 @@ def run_scenario(name: str, seed: int, duration_s: float, *, keep: bool = False)
             tally = asyncio.run(
                 run_load(
                     svc.base_url,
-                    tokens=_checkout_tokens(svc.var_dir, database_url),
+                    tokens=tokens,
                     duration_s=duration_s,
                     rng=rng,
                     fault=inject,
@@ -733,7 +832,7 @@ def run_scenario(name: str, seed: int, duration_s: float, *, keep: bool = False)
             result["quiet_after_s"] = None if quiet is None else round(quiet, 1)
             result["outbox"] = (health or {}).get("outbox")
             result["service_restarts"] = svc.starts - 1
-            chain = read_chain(rpc_url, svc.var_dir)
+            chain = read_chain(rpc_url, svc.var_dir, enrolled=tally.enrolled)
             result.update(
                 verdict(
                     tally,
@@ -742,6 +841,17 @@ def run_scenario(name: str, seed: int, duration_s: float, *, keep: bool = False)
                     merchant_addresses=demo_merchant_addresses(database_url, MERCHANTS),
                 )
             )
+            office_lost, office_doubled = office_verdict(
+                tally, start_view.issued_cents, chain, pass_ids=tokens.pass_ids
+            )
+            result["lost"] += len(office_lost)
+            result["doubled"] += len(office_doubled)
+            result["lost_detail"] = (office_lost + result["lost_detail"])[:20]
+            result["doubled_detail"] = (office_doubled + result["doubled_detail"])[:20]
+            result["issued"] = sum(tally.issued.values())
+            result["enrolled"] = len(tally.enrolled)
+            result["office_unanswered"] = sum(tally.office_unanswered.values())
+            result["office_refused"] = dict(tally.office_refused)
             result["keys"] = tally.keys
             result["attempts"] = tally.attempts
             result["refused"] = dict(tally.refused)
@@ -798,6 +908,8 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "runs": len(group),
             "faults_injected": sum(1 for r in group if r.get("fault_injected")),
             "confirmed": sum(int(r.get("confirmed", 0)) for r in group),
+            "issued": sum(int(r.get("issued", 0)) for r in group),
+            "enrolled": sum(int(r.get("enrolled", 0)) for r in group),
             "lost": sum(int(r.get("lost", 0)) for r in group),
             "doubled": sum(int(r.get("doubled", 0)) for r in group),
             "unanswered": sum(int(r.get("unanswered", 0)) for r in group),

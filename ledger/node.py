@@ -56,7 +56,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -623,6 +623,37 @@ class AnvilNode:
             except Exception:
                 log.exception("an anvil on_restart callback failed")
         return watch.interval_s
+
+    def wait_persisted(self, nonces: Mapping[str, int], *, timeout_s: float = 10.0) -> bool:
+        """Wait until the state file is a complete dump in which each account of ``nonces``
+        (address -> nonce) has sent at least that many transactions; False after
+        ``timeout_s``. For the first start, whose deployment is not in the outbox: a node
+        killed right after it then comes back with the contract. Correctness does not depend
+        on it (the outbox replays every later transaction); False only means it is not yet."""
+        if not self.config.persist_state:
+            return False
+        wanted = {address.lower(): nonce for address, nonce in nonces.items()}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._dump_holds(wanted):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
+    def _dump_holds(self, wanted: Mapping[str, int]) -> bool:
+        try:
+            dump = json.loads(self.state_file.read_bytes())
+        except (OSError, ValueError):
+            return False  # not written yet, or read while anvil was writing it
+        if state_inconsistency(dump) is not None:
+            return False
+        accounts = {str(a).lower(): v for a, v in dict(dump.get("accounts") or {}).items()}
+        for address, nonce in wanted.items():
+            account = accounts.get(address)
+            if not isinstance(account, dict) or int(account.get("nonce", 0)) < nonce:
+                return False
+        return True
 
     def _answers(self, timeout_s: float) -> bool:
         try:

@@ -828,7 +828,7 @@ def test_cohort_by_age_and_district_is_claimable(client: TestClient, runtime: Ru
         leaf["amount"],
         [bytes.fromhex(p[2:]) for p in leaf["proof"]],
     )
-    runtime.client.transact(runtime.keys.admin, "claim", claim)
+    runtime.transact(runtime.admin(), "claim", claim)
     assert runtime.client.balance_of(scheme_id, pid) == 2_500
 
     # the same cohort again is refused on chain inside the job: the job fails with a problem

@@ -343,7 +343,7 @@ def test_claimed_elsewhere_is_seen_and_not_counted_twice(
         leaf["amount"],
         [bytes.fromhex(p[2:]) for p in leaf["proof"]],
     )
-    runtime.client.transact(runtime.keys.admin, "claim", claim)
+    runtime.transact(runtime.admin(), "claim", claim)
     deadline = time.monotonic() + 10
     while cohort_claims.unclaimed_amount(runtime, _pid(runtime, member), cohort.scheme_id):
         assert time.monotonic() < deadline

@@ -296,9 +296,8 @@ def test_reversal_and_refusals(client: TestClient, runtime: Runtime) -> None:
 
 
 def test_reversal_after_the_window(client: TestClient, runtime: Runtime) -> None:
-    admin_key = runtime.keys.admin
     window = runtime.client.reversal_window()
-    runtime.client.transact(admin_key, "setReversalWindow", 0)
+    runtime.transact(runtime.admin(), "setReversalWindow", 0)
     try:
         redeemed = _redeem(client, runtime, 2, "GR0000033", 100, "rev-window")
         assert redeemed.status_code == 201, redeemed.text
@@ -308,7 +307,7 @@ def test_reversal_after_the_window(client: TestClient, runtime: Runtime) -> None
         _problem(late, 409, "reversal_window_closed")
         assert not runtime.client.is_reversed(rid)
     finally:
-        runtime.client.transact(admin_key, "setReversalWindow", window)
+        runtime.transact(runtime.admin(), "setReversalWindow", window)
 
 
 def test_failed_redemption_cannot_be_reversed(client: TestClient, runtime: Runtime) -> None:

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from api.main import create_app
 from api.runtime import Runtime
 from api.store import RedemptionStatus
 from ledger.rpc import RpcClient, RpcRequest
-from tests.api.conftest import dev_settings, holder, merchant
+from tests.api.conftest import admin, dev_settings, holder, logins, merchant
 
 _REDEEMED = "Redeemed"
 
@@ -72,6 +73,28 @@ def _onchain_redemptions(runtime: Runtime) -> dict[int, list[dict[str, Any]]]:
         if event.name == _REDEEMED:
             found.setdefault(int(event.args["redemptionId"]), []).append(dict(event.args))
     return found
+
+
+def _onchain_events(runtime: Runtime, name: str) -> list[dict[str, Any]]:
+    """The arguments of every ``name`` event, read from the node's logs."""
+    with RpcClient(runtime.rpc_url) as rpc:
+        logs = rpc.call(
+            "eth_getLogs",
+            {
+                "address": runtime.deployment.ledger_address,
+                "fromBlock": hex(runtime.deployment.deployed_block),
+                "toBlock": "latest",
+            },
+        )
+    assert isinstance(logs, list)
+    decoded = runtime.client.decode_logs([dict(item) for item in logs])
+    return [dict(event.args) for event in decoded if event.name == name]
+
+
+def _demo_pass_id(runtime: Runtime, number: str) -> bytes:
+    record = runtime.store.registry.find_pass(number)
+    assert record is not None
+    return bytes.fromhex(record.pass_id.removeprefix("0x"))
 
 
 def _redeem_many(client: TestClient, count: int, *, prefix: str = "rel") -> list[dict[str, Any]]:
@@ -160,6 +183,138 @@ def test_node_and_service_both_gone_the_next_start_replays(tmp_path: Path) -> No
         assert second.reconciler is not None
         assert second.reconciler.last_report is not None
         assert second.reconciler.last_report.replayed > 0
+
+
+@pytest.mark.slow
+def test_grants_schemes_budgets_and_settlements_a_restored_node_lost_are_replayed(
+    tmp_path: Path,
+) -> None:
+    """Not only redemptions: every transaction of the service goes through the outbox. After
+    the last state file, a partner is enrolled (the admin account grants its merchant role), a
+    scheme is created and a pass gets a budget in it (issuer account), and a payout run is
+    confirmed (the admin account settles). The node is SIGKILLed and comes back without them:
+    the reconciler replays them all, so the partner redeems, the scheme and the budget are
+    there, and the merchant's settlement is on chain exactly once."""
+    settings = dev_settings(tmp_path / "var", anvil_state_interval_s=3600)
+    with Runtime.start(settings) as runtime, TestClient(create_app(settings, runtime)) as client:
+        assert runtime.node is not None
+        _persist_now(runtime)
+        staff = admin(client)
+        enrolled = client.post(
+            "/admin/merchants",
+            json={"name": "Hockeyclub Stad", "kvk_number": "41234568", "category": "sport"},
+            headers=staff,
+        )
+        assert enrolled.status_code == 201, enrolled.text
+        partner = enrolled.json()
+        issuer = logins(client).staff("issuer")
+        now = int(time.time())
+        scheme = client.post(
+            "/admin/schemes",
+            json={
+                "name": "Zwemles na herstel",
+                "kind": "budget",
+                "valid_from": now - 60,
+                "valid_until": now + 86_400,
+                "budget_cap": 100_000,
+                "per_redemption_cap": 5_000,
+                "open_to_all_merchants": True,
+            },
+            headers=issuer,
+        )
+        assert scheme.status_code == 201, scheme.text
+        scheme_id = scheme.json()["scheme_id"]
+        pid = _demo_pass_id(runtime, "GR0000009")
+        funded = client.post(
+            "/admin/entitlements",
+            json={"pass_number": "GR0000009", "scheme_id": scheme_id, "amount": 2_500},
+            headers=issuer,
+        )
+        assert funded.status_code == 201, funded.text
+        _wait("the budget", lambda: runtime.client.balance_of(scheme_id, pid) == 2_500)
+        answers = _redeem_many(client, 6, prefix="before-settle")
+        merchant_one = runtime.keys.merchants[0].address
+        _wait("the index", lambda: runtime.index_lag() == 0)
+        time.sleep(0.3)  # the indexer commits the block it has reached
+        finance = logins(client).staff("finance")
+        today = datetime.now(UTC).date()
+        period = f"{today - timedelta(days=1)}..{today + timedelta(days=1)}"
+        run = client.post("/admin/payouts", json={"period": period}, headers=finance)
+        assert run.status_code == 201, run.text
+        reference = run.json()["reference"]
+        confirmed = client.post(f"/admin/payouts/{reference}/confirm", headers=finance)
+        assert confirmed.status_code == 200, confirmed.text
+        assert runtime.client.merchant_totals(merchant_one).owed == 0
+
+        os.kill(runtime.node.pid or 0, signal.SIGKILL)
+        _wait(
+            "the supervisor's restart",
+            lambda: runtime.node is not None and runtime.node.restarts == 1,
+        )
+        _wait("/health ok", lambda: client.get("/health").json()["status"] == "ok")
+
+        def replayed() -> bool:
+            return (
+                runtime.client.has_role("merchant", partner["address"])
+                and runtime.client.scheme_count() >= scheme_id
+                and runtime.client.balance_of(scheme_id, pid) == 2_500
+                and runtime.client.merchant_totals(merchant_one).owed == 0
+                and all(a["redemption_id"] in _onchain_redemptions(runtime) for a in answers)
+            )
+
+        _wait("the lost transactions back on chain", replayed)
+        settled = [e for e in _onchain_events(runtime, "Settled") if e["merchant"] == merchant_one]
+        assert len(settled) == 1, settled
+        _assert_chain_keeps_every_answer(runtime, answers)
+
+        # the partner enrolled before the kill redeems from the new scheme's budget
+        issued = client.post("/auth/terminals", json={"merchant_id": partner["id"]}, headers=staff)
+        assert issued.status_code == 201, issued.text
+        terminal = logins(client).token(
+            "terminal", issued.json()["terminal_id"], issued.json()["secret"]
+        )
+        token = client.get(
+            "/holder/passes/GR0000009/token", headers=holder(client, "GR0000009")
+        ).json()["token_uri"]
+        redeemed = client.post(
+            "/merchant/redemptions",
+            json={"token": token, "scheme_id": scheme_id, "amount": 1_000},
+            headers={"Authorization": "Bearer " + terminal, "Idempotency-Key": "partner-after"},
+        )
+        assert redeemed.status_code == 201, redeemed.text
+        assert runtime.client.balance_of(scheme_id, pid) == 1_500
+
+
+@pytest.mark.slow
+def test_a_demo_seed_the_node_lost_with_the_service_comes_back_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """The demo seed is sent through the issuer's relayer like everything else: the node's
+    state file holds the deployment but not the seed when service and node die together, and
+    the next start replays the seed from the outbox before it signs anything new."""
+    var = tmp_path / "var"
+    with Runtime.start(dev_settings(var, demo_seed=False, anvil_state_interval_s=3600)) as first:
+        _persist_now(first)  # the deployment and the partners' grants, no demo data
+        assert first.client.scheme_count() == 0
+    seeding = dev_settings(var, anvil_state_interval_s=3600)
+    with Runtime.start(seeding) as second:
+        assert second.demo_seeded_now
+        schemes = second.client.scheme_count()
+        pid = _demo_pass_id(second, "GR0000001")
+        balance = second.client.balance_of(1, pid)
+        assert schemes > 0
+        assert balance > 0
+        assert second.node is not None
+        second.node._stop_supervising()  # the service is gone: nobody restarts the node
+        os.kill(second.node.pid or 0, signal.SIGKILL)
+    with Runtime.start(seeding) as third:
+        assert not third.demo_seeded_now  # the marker says seeded: only the replay brings it
+        assert third.reconciler is not None
+        assert third.reconciler.last_report is not None
+        assert third.reconciler.last_report.replayed > 0
+        assert third.client.scheme_count() == schemes
+        assert third.client.pass_of(pid).registered
+        assert third.client.balance_of(1, pid) == balance
 
 
 def _free_port() -> int:

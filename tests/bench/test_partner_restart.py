@@ -69,13 +69,6 @@ def _sender(svc: ServiceProcess, tx_hash: str) -> str:
     return str(found["from"]).lower()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug, seen once in CI (2026-12-05): after a SIGKILL of service and node together "
-    "the node came back without the demo passes' registration (RedemptionPassUnknown); the demo "
-    "seed and the partner's role grant are sent outside the outbox, so the reconciler cannot "
-    "replay them",
-)
 def test_a_partner_enrolled_at_run_time_survives_a_service_and_node_kill(
     service: ServiceProcess,
 ) -> None:
