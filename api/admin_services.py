@@ -67,7 +67,7 @@ from api.audit_promises import load_promises
 from api.jobs import Job, Progress, jobs_of
 from api.partners import enrol_partner
 from api.problems import ApiProblem
-from api.runtime import Runtime
+from api.runtime import Runtime, gas_limit
 from ledger import activation
 from ledger import registry as reg
 from ledger.audit import AuditError, audit
@@ -190,10 +190,6 @@ def registry_errors() -> Iterator[None]:
             if isinstance(exc, cls):
                 raise ApiProblem(status, code, str(exc)) from None
         raise ApiProblem(422, "registry_refused", str(exc)) from None
-
-
-def _gas(estimate: int) -> int:
-    return estimate + estimate // 4 + 20_000
 
 
 def _transact(runtime: Runtime, function: str, *args: Any) -> TxReceipt:
@@ -841,9 +837,7 @@ def issue_in_batches(
 
     def finish() -> None:
         chunk, request, handle = waiting.popleft()
-        receipt = handle.result(timeout=runtime.settings.receipt_timeout_s)
-        if not receipt.ok:
-            raise client.revert_of(bytes(relayer.revert_data(request, receipt) or b""))
+        receipt = runtime.receipt_of(relayer, request, handle)
         receipts.append(receipt)
         if on_mined is not None:
             on_mined(chunk, receipt)
@@ -857,7 +851,7 @@ def issue_in_batches(
             estimate = client.preflight(sender=relayer.address, data=data)
             refs = on_sending(index, chunk) if on_sending is not None else ()
             request = TxRequest(
-                to=client.address, data=data, gas=_gas(estimate), label=label, refs=refs
+                to=client.address, data=data, gas=gas_limit(estimate), label=label, refs=refs
             )
             waiting.append((chunk, request, relayer.submit(request)))
             if len(waiting) >= in_flight:

@@ -41,7 +41,7 @@ from sqlalchemy.exc import IntegrityError
 from api import admin_services as svc
 from api.jobs import Job, Progress, jobs_of
 from api.problems import ApiProblem
-from api.runtime import Runtime
+from api.runtime import Runtime, gas_limit
 from ledger import contract_errors as ce
 from ledger import imports
 from ledger.imports import ImportRejected, PendingPass
@@ -172,16 +172,14 @@ def register_pending_passes(runtime: Runtime, progress: Progress | None = None) 
             estimate = client.preflight(sender=relayer.address, data=data)
             imports.mark_passes(store, [p.external_reference for p in batch], ChainState.SENT)
             request = TxRequest(
-                to=client.address, data=data, gas=svc._gas(estimate), label="registerPasses"
+                to=client.address, data=data, gas=gas_limit(estimate), label="registerPasses"
             )
             waiting.append((batch, request, relayer.submit(request)))
 
         def finish() -> None:
             nonlocal gas, registered
             batch, request, handle = waiting.popleft()
-            receipt: TxReceipt = handle.result(timeout=runtime.settings.receipt_timeout_s)
-            if not receipt.ok:
-                raise client.revert_of(bytes(relayer.revert_data(request, receipt) or b""))
+            receipt = runtime.receipt_of(relayer, request, handle)
             imports.mark_passes(store, [p.external_reference for p in batch], ChainState.DONE)
             transactions.append(receipt.tx_hash.to_0x_hex())
             gas += receipt.gas_used

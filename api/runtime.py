@@ -69,7 +69,7 @@ from ledger.indexer.follow import Indexer, IndexerConfig
 from ledger.node import DEV_MNEMONIC, AnvilConfig, AnvilNode
 from ledger.outbox import open_outbox
 from ledger.reconciler import Reconciler, ReconcileRefused
-from ledger.relayer import Relayer, TxReceipt, TxRequest
+from ledger.relayer import Relayer, TxHandle, TxReceipt, TxRequest
 from ledger.rpc import RpcClient
 from ledger.state_cache import LedgerStateCache
 from ledger.store.base import StoreError
@@ -91,6 +91,12 @@ DEV_ACCOUNT_INDEX = {"admin": 0, "issuer": 1, "pass_signer": 2}
 
 Reporter = Callable[[str], None]
 _FINISHED_KEPT = 10_000
+
+
+def gas_limit(estimate: int) -> int:
+    """The gas limit of a call whose preflight estimated ``estimate``: a quarter more, plus a
+    margin for state that changes between the estimate and the block."""
+    return estimate + estimate // 4 + 20_000
 
 
 #: The first start waits for the node's state file only if the node writes it this often.
@@ -571,13 +577,22 @@ class Runtime:
         """One contract call sent by ``relayer`` (so stored in the outbox before it is sent):
         preflight first (a refusal raises the contract's typed error and sends nothing), then
         wait for the receipt; a revert on chain raises the same typed error."""
-        client = self.client
-        data = client.call_data(function, *args)
-        estimate = client.preflight(sender=relayer.address, data=data)
-        request = TxRequest(to=client.address, data=data, gas=estimate + estimate // 4 + 20_000)
-        receipt = relayer.submit(request).result(timeout=self.settings.receipt_timeout_s)
+        data = self.client.call_data(function, *args)
+        estimate = self.client.preflight(sender=relayer.address, data=data)
+        return self.send(
+            relayer, TxRequest(to=self.client.address, data=data, gas=gas_limit(estimate))
+        )
+
+    def send(self, relayer: Relayer, request: TxRequest) -> TxReceipt:
+        """Submit ``request`` through ``relayer`` and wait for its receipt (:meth:`receipt_of`)."""
+        return self.receipt_of(relayer, request, relayer.submit(request))
+
+    def receipt_of(self, relayer: Relayer, request: TxRequest, handle: TxHandle) -> TxReceipt:
+        """The receipt of a submitted ``request``, waited for at most ``receipt_timeout_s``; a
+        revert on chain raises the contract's typed error (decoded from the revert data)."""
+        receipt = handle.result(timeout=self.settings.receipt_timeout_s)
         if not receipt.ok:
-            raise client.revert_of(bytes(relayer.revert_data(request, receipt) or b""))
+            raise self.client.revert_of(bytes(relayer.revert_data(request, receipt) or b""))
         return receipt
 
     def _adopt_unmined(self) -> None:

@@ -41,7 +41,7 @@ from ledger import contract_errors as ce
 from ledger.client import UNLIMITED, SchemeKind, SchemeTerms
 from ledger.events import DecodedEvent
 from ledger.passid import pass_id
-from ledger.relayer import Relayer, TxReceipt, TxRequest
+from ledger.relayer import TxReceipt
 from ledger.reports.periods import Period, PeriodError
 from ledger.rpc import RpcError
 from ledger.settlement.statements import statement as ledger_statement
@@ -75,10 +75,6 @@ KIND_NAMES: dict[SchemeKind, Literal["budget", "uses", "discount"]] = {
     SchemeKind.USES: "uses",
     SchemeKind.DISCOUNT: "discount",
 }
-
-
-def _gas(estimate: int) -> int:
-    return estimate + estimate // 4 + 20_000
 
 
 def _holder(runtime: Runtime, pass_number: str) -> PassHolder:
@@ -133,15 +129,6 @@ def _receipt_events(runtime: Runtime, receipt: TxReceipt) -> list[DecodedEvent]:
     return runtime.client.decode_logs(logs)
 
 
-def _send(runtime: Runtime, relayer: Relayer, request: TxRequest) -> TxReceipt:
-    """Submit through ``relayer``, wait, and raise the contract's typed error on a revert."""
-    receipt = relayer.submit(request).result(timeout=runtime.settings.receipt_timeout_s)
-    if not receipt.ok:
-        data = relayer.revert_data(request, receipt)
-        raise runtime.client.revert_of(bytes(data or b""))
-    return receipt
-
-
 # -- admin ------------------------------------------------------------------------------------
 
 
@@ -150,12 +137,7 @@ def issue_entitlement(
 ) -> EntitlementOut:
     holder = _holder(runtime, pass_number)
     pid = _pass_id(holder)
-    relayer = runtime.issuer()
-    data = runtime.client.call_data("issue", scheme_id, pid, amount)
-    estimate = runtime.client.preflight(sender=relayer.address, data=data)
-    receipt = _send(
-        runtime, relayer, TxRequest(to=runtime.client.address, data=data, gas=_gas(estimate))
-    )
+    receipt = runtime.transact(runtime.issuer(), "issue", scheme_id, pid, amount)
     return EntitlementOut(
         pass_number=holder.pass_number,
         scheme_id=scheme_id,
@@ -500,11 +482,8 @@ def reverse(runtime: Runtime, *, merchant_id: int, redemption_id: int) -> Revers
         except LookupError:
             raise _unknown_redemption(redemption_id) from None
         relayer = runtime.merchant_relayer(merchant_id)
-        data = runtime.client.call_data("reverse", leaf.as_tuple(), root, proof)
-        estimate = runtime.client.preflight(sender=relayer.address, data=data)  # typed refusals
-        mined = _send(
-            runtime, relayer, TxRequest(to=runtime.client.address, data=data, gas=_gas(estimate))
-        )
+        # preflight first: a refusal raises the contract's typed error and sends nothing
+        mined = runtime.transact(relayer, "reverse", leaf.as_tuple(), root, proof)
         record.reversal_tx_hash = mined.tx_hash.to_0x_hex()
         record.reversal_block_number = mined.block_number
         record.reversed_at = datetime.now(UTC)

@@ -44,6 +44,7 @@ from sqlalchemy import select as core_select
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Column, Field, Session, SQLModel, col, select
 
+from api.job_store import JobRow  # noqa: F401  (its table is migrated with ours)
 from api.partner_keystore import PartnerKey  # noqa: F401  (its table is migrated with ours)
 from ledger.registry import Registry
 from ledger.store.base import StoreError

@@ -412,7 +412,8 @@ def issue_cohort(body: CohortIn, runtime: RuntimeDep) -> JobOut:
 )
 def get_job(job_id: Annotated[str, Path(max_length=64)], runtime: RuntimeDep) -> JobOut:
     """``queued``/``running``/``done``/``failed``, ``done`` of ``total``, and the result or a
-    problem. Jobs are kept in this API process's memory only."""
+    problem. Jobs are kept in the database: a job's answer survives a restart (one the restart
+    interrupted is ``failed`` with the problem ``job_interrupted``)."""
     job = jobs_of(runtime).get(job_id)
     if job is None:
         raise ApiProblem(404, "job_unknown", f"no job has id {job_id!r}")

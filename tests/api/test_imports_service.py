@@ -1,5 +1,6 @@
 """The holders import against the real service (``stadjerspas up``) on anvil with 2 s blocks:
-SIGKILLed mid-registration, started again (it finishes the registration itself), the same file
+SIGKILLed mid-registration, started again (it finishes the registration itself, and the import's
+job answers ``job_interrupted``), the same file
 imported again through the CLI (nothing twice); a streamed 100 MB upload refused before it is
 read; the CLI's answers to bad input."""
 
@@ -100,6 +101,11 @@ def test_a_killed_import_is_finished_by_running_it_again(tmp_path: Path, chain: 
         svc.kill(group=True)
 
         svc.start()  # it finishes the registration on its own (api.imports.resume_unfinished)
+        # the job's answer survived the kill: failed, interrupted, never a 404
+        interrupted = _job(svc.base_url, _token(svc.base_url), job_id)
+        assert interrupted["status"] == "failed", interrupted
+        assert interrupted["problem"]["code"] == "job_interrupted", interrupted
+        assert "finished by the service at start" in interrupted["problem"]["detail"]
         store = open_store(StoreConfig(default_sqlite_url(svc.var_dir)))
         try:
             deadline = time.monotonic() + 180

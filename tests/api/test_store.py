@@ -28,6 +28,7 @@ from tests.api.conftest import dev_settings
 
 API_TABLES = {
     "api_holder_pin",
+    "api_job",
     "api_marker",
     "api_partner_key",
     "api_pin_failure",
