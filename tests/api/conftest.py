@@ -8,6 +8,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from api.auth import DEV_HOLDER_PIN, DEV_STAFF, dev_terminal_id, dev_terminal_se
 from api.main import create_app
 from api.runtime import Runtime
 from api.settings import Settings
+from ledger.passid import pass_id
 from tests.conftest import DATABASE_BACKENDS, postgres_database
 from wallet import Domain, PassToken, encode_token_uri, sign_pass_token
 
@@ -81,6 +83,26 @@ def holder(client: TestClient, pass_number: str) -> dict[str, str]:
 
 def merchant(client: TestClient, merchant_id: int, key: str | None = None) -> dict[str, str]:
     return logins(client).terminal(merchant_id, key)
+
+
+#: The media type of a problem answer (RFC 9457).
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
+    """The body of ``response``, after checking it is a problem with ``status`` and ``code``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code, body
+    return body
+
+
+def holder_pass_id(runtime: Runtime, pass_number: str) -> bytes:
+    """The on-chain pass id of the stored pass ``pass_number``."""
+    found = runtime.store.holder(pass_number)
+    assert found is not None
+    return pass_id(pass_secret=found.pass_secret, pass_number=found.pass_number)
 
 
 #: The CSRF field of a server-rendered page's form.
