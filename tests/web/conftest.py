@@ -5,7 +5,8 @@ One per test module.
 And the browser: headless Debian Chromium (``executable_path``, never a downloaded browser)
 driven by Playwright's sync API. Every browser test module sets ``pytestmark = BROWSER_MARKS``;
 the fixtures ``playwright``, ``browser``, ``new_page`` and ``launch`` and the helpers
-:func:`launch_chromium`, :func:`log_in` and :func:`staff_login` are shared."""
+:func:`launch_chromium`, :func:`log_in`, :func:`staff_login` and :func:`pass_balance` are
+shared."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from api import services
 from api.auth import DEV_STAFF
 from api.main import create_app
 from api.runtime import Runtime
@@ -191,3 +193,11 @@ def staff_login(page: Any, base_url: str, role: str = "admin", lang: str = "en")
     """Log in to the admin pages as the development staff ``role`` and land on ``/admin``."""
     log_in(page, f"{base_url}/admin/login?lang={lang}", role, DEV_STAFF[role][1])
     page.wait_for_url(f"{base_url}/admin")
+
+
+def pass_balance(runtime: Runtime, pass_number: str, scheme_id: int) -> int:
+    """The pass's balance in ``scheme_id`` as the service tells it (``services.balances``)."""
+    for balance in services.balances(runtime, pass_number).balances:
+        if balance.scheme_id == scheme_id:
+            return balance.balance
+    raise AssertionError(f"no scheme {scheme_id}")

@@ -23,7 +23,7 @@ from api import redemptions, services
 from api.auth import DEV_HOLDER_PIN, dev_terminal_id, dev_terminal_secret
 from api.demo import DEMO_MERCHANT_NAMES, DEMO_MERCHANTS
 from api.runtime import Runtime
-from tests.web.conftest import BROWSER_MARKS, NEEDS_SCANNER_BUNDLE, log_in
+from tests.web.conftest import BROWSER_MARKS, NEEDS_SCANNER_BUNDLE, log_in, pass_balance
 from tests.web.y4m import write_y4m
 
 TIMEOUT_MS = 20_000
@@ -31,13 +31,6 @@ PASS_NUMBER = "GR0000001"
 MERCHANT_ID = 1
 
 pytestmark = [*BROWSER_MARKS, NEEDS_SCANNER_BUNDLE]
-
-
-def _balance(runtime: Runtime, scheme_id: int) -> int:
-    for balance in services.balances(runtime, PASS_NUMBER).balances:
-        if balance.scheme_id == scheme_id:
-            return balance.balance
-    raise AssertionError(f"no scheme {scheme_id}")
 
 
 def _zbar(png: Path) -> str | None:
@@ -76,7 +69,7 @@ def test_holder_qr_is_scanned_and_redeemed_at_the_merchant(
 
     # (b) The merchant page is fed THAT QR through the fake camera and redeems 2,50 euro.
     scheme_id = 1  # the demo budget scheme (cents), open to all merchants
-    before = _balance(runtime, scheme_id)
+    before = pass_balance(runtime, PASS_NUMBER, scheme_id)
     merchant = launch(camera=write_y4m(tmp_path / "camera.y4m", shot.read_bytes()))
     merchant.on("dialog", lambda dialog: dialog.accept())
     log_in(
@@ -107,14 +100,14 @@ def test_holder_qr_is_scanned_and_redeemed_at_the_merchant(
     assert "€2.50" in text
     whole, cents = divmod(before - 250, 100)
     assert f"€{whole:,}.{cents:02d}" in text
-    assert _balance(runtime, scheme_id) == before - 250
+    assert pass_balance(runtime, PASS_NUMBER, scheme_id) == before - 250
 
     # Reverse the last redemption: the pass gets exactly the amount back.
     merchant.click("#reverse-last")
     merchant.wait_for_function(
         "() => document.getElementById('result').dataset.reversed !== undefined", timeout=TIMEOUT_MS
     )
-    assert _balance(runtime, scheme_id) == before
+    assert pass_balance(runtime, PASS_NUMBER, scheme_id) == before
 
 
 def test_refusal_is_shown_with_its_translated_reason(launch: Any, base_url: str) -> None:

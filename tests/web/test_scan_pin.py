@@ -28,6 +28,7 @@ from api.auth import DEV_HOLDER_PIN, DEV_STAFF, dev_terminal_id, dev_terminal_se
 from api.runtime import Runtime
 from api.store import HolderPin, PinFailure
 from tests.web.conftest import BROWSER_MARKS, NEEDS_SCANNER_BUNDLE, launch_chromium
+from tests.web.conftest import pass_balance as _balance
 
 TIMEOUT_MS = 20_000
 CARD_PASS = "GR0000011"  # no other test uses these two demo passes
@@ -113,13 +114,6 @@ def launch(playwright: Any) -> Iterator[Any]:
         browser.close()
     assert errors == [], f"errors on the page: {errors}"
     assert all(v == [] for v in violations), f"CSP violations: {violations}"
-
-
-def _balance(runtime: Runtime, pass_number: str, scheme_id: int) -> int:
-    for balance in services.balances(runtime, pass_number).balances:
-        if balance.scheme_id == scheme_id:
-            return balance.balance
-    raise AssertionError(f"no scheme {scheme_id}")
 
 
 def _issue_card(base_url: str, pass_number: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from api import services, short_codes
 from api.auth import DEV_HOLDER_PIN, dev_terminal_id, dev_terminal_secret
 from api.runtime import Runtime
-from tests.web.conftest import BROWSER_MARKS, NEEDS_SCANNER_BUNDLE, log_in
+from tests.web.conftest import BROWSER_MARKS, NEEDS_SCANNER_BUNDLE, log_in, pass_balance
 from wallet import decode_token_uri
 
 TIMEOUT_MS = 20_000
@@ -24,13 +24,6 @@ BUDGET_SCHEME = 1  # the demo budget scheme (cents), open to all merchants
 CODE = re.compile(r"^[23456789ABCDEFGHJKMNPQRSTVWXYZ]{4}-[23456789ABCDEFGHJKMNPQRSTVWXYZ]{4}$")
 
 pytestmark = [*BROWSER_MARKS, NEEDS_SCANNER_BUNDLE]
-
-
-def _balance(runtime: Runtime, scheme_id: int) -> int:
-    for balance in services.balances(runtime, PASS_NUMBER).balances:
-        if balance.scheme_id == scheme_id:
-            return balance.balance
-    raise AssertionError(f"no scheme {scheme_id}")
 
 
 def test_holder_page_shows_a_short_code_that_renews_with_the_qr(
@@ -105,7 +98,7 @@ def test_cashier_types_the_short_code_without_a_camera_and_redeems(
     assert merchant.get_by_text("Geen camera gevonden").count() == 1
     assert merchant.evaluate("document.activeElement.id") == "manual-code"
 
-    before = _balance(runtime, BUDGET_SCHEME)
+    before = pass_balance(runtime, PASS_NUMBER, BUDGET_SCHEME)
     merchant.fill("#manual-code", typed)
     merchant.click("#manual-entry button[type=submit]")
     merchant.wait_for_function(
@@ -131,7 +124,7 @@ def test_cashier_types_the_short_code_without_a_camera_and_redeems(
     assert result.get_attribute("data-outcome") == "ok", result.text_content()
     assert result.get_attribute("data-amount") == "125"
     assert result.get_attribute("data-balance") == str(before - 125)
-    assert _balance(runtime, BUDGET_SCHEME) == before - 125
+    assert pass_balance(runtime, PASS_NUMBER, BUDGET_SCHEME) == before - 125
 
 
 def test_a_mistyped_code_is_refused_with_its_reason(launch: Any, base_url: str) -> None:
