@@ -362,13 +362,7 @@ async def postcodes_upload(
 ) -> Response:
     principal = _staff(request, settings, Scope.ADMIN)
     form = await read_upload_form(
-        request,
-        settings,
-        principal,
-        max_body=2 * _MAX_UPLOAD + 64 * 1024,
-        max_file=_MAX_UPLOAD,
-        too_large="admin.issuance.too_large",
-        files=("file", "names"),
+        request, settings, principal, max_file=_MAX_UPLOAD, files=("file", "names")
     )
     render = functools.partial(_postcodes_page, request, settings, runtime, principal)
     data = form.data(named=True)

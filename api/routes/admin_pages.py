@@ -104,8 +104,8 @@ SECTIONS: Final = (
     ("admin.nav.payouts", "/admin/web/payouts", Scope.FINANCE),
     ("admin.nav.audit", "/admin/web/audit", Scope.AUDIT),
 )
-#: Largest CSV upload form (the file plus a few fields).
-MAX_UPLOAD: Final = svc.MAX_CSV_BYTES + 64 * 1024
+#: What an upload form may be over its files' limits (the other fields, the multipart framing).
+UPLOAD_FORM_EXTRA: Final = 64 * 1024
 #: Poll interval of the job page's script.
 POLL_MS: Final = 500
 SCHEME_METRICS: Final = ("issued", "redeemed", "remaining", "reversed", "expired")
@@ -276,17 +276,16 @@ async def read_upload_form(
     settings: Settings,
     principal: Principal,
     *,
-    max_body: int,
-    max_file: int,
-    too_large: str,
+    max_file: int = svc.MAX_CSV_BYTES,
+    too_large: str = "admin.issuance.too_large",
     files: tuple[str, ...] = ("file",),
     max_fields: int = 10,
 ) -> UploadForm:
     """Read a multipart upload form: each file in ``files`` up to ``max_file`` bytes plus one
     (the caller or its service refuses a longer one). Else :class:`PageHalt` with the 413 page
-    ``too_large`` when the request says it is over ``max_body`` bytes, or with the 403 page
-    when the CSRF token does not match."""
-    if int(request.headers.get("content-length") or 0) > max_body:
+    ``too_large`` when the request says it is larger than the files may be together (plus
+    :data:`UPLOAD_FORM_EXTRA`), or with the 403 page when the CSRF token does not match."""
+    if int(request.headers.get("content-length") or 0) > len(files) * max_file + UPLOAD_FORM_EXTRA:
         raise PageHalt(_problem_page(request, settings, principal, 413, too_large))
     async with request.form(max_files=len(files), max_fields=max_fields) as form:
         fields = {key: value for key, value in form.items() if isinstance(value, str)}
@@ -516,14 +515,7 @@ def issuance_page(request: Request, settings: SettingsDep, runtime: RuntimeDep) 
 async def issuance_upload(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     """Start the CSV issuance job (``POST /admin/entitlements/csv``) and show its progress."""
     principal = _staff(request, settings, Scope.ISSUE)
-    form = await read_upload_form(
-        request,
-        settings,
-        principal,
-        max_body=MAX_UPLOAD,
-        max_file=svc.MAX_CSV_BYTES,
-        too_large="admin.issuance.too_large",
-    )
+    form = await read_upload_form(request, settings, principal)
     render = functools.partial(_issuance_page, request, settings, runtime, principal)
     scheme_id, data = form.number("scheme_id"), form.data()
     if scheme_id is None or data is None:

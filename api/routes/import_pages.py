@@ -85,12 +85,7 @@ async def _upload(request: Request, settings: Settings, runtime: Runtime, *, kin
     principal = _staff(request, settings, Scope.ADMIN if kind == "holders" else Scope.ISSUE)
     limit = settings.import_max_bytes
     form = await read_upload_form(
-        request,
-        settings,
-        principal,
-        max_body=limit + 64 * 1024,
-        max_file=limit,
-        too_large="admin.imports.too_large",
+        request, settings, principal, max_file=limit, too_large="admin.imports.too_large"
     )
     scheme_id, data = form.number("scheme_id"), form.data()
     if data is not None and len(data) > limit:

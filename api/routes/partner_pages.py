@@ -22,7 +22,6 @@ from api.deps import AuthDep, RuntimeDep, SettingsDep
 from api.i18n import pick_language, translate
 from api.problems import ApiProblem
 from api.routes.admin_pages import (
-    MAX_UPLOAD,
     MerchantId,
     _csrf_refused,
     _page,
@@ -94,35 +93,19 @@ async def enrol_partner_page(
     if not _check_csrf(request, posted.get("csrf")):
         return _csrf_refused(request, settings, principal)
     form = {name: posted.get(name, "") for name in ENROL_FIELDS}
+    render = functools.partial(_merchants_page, request, settings, runtime, principal)
     try:
         body = _merchant_in(form)
     except ValidationError as exc:
         error = translate(
             pick_language(request), "admin.schemes.invalid", detail=_validation_detail(exc)
         )
-        return await run_in_threadpool(
-            _merchants_page,
-            request,
-            settings,
-            runtime,
-            principal,
-            status_code=422,
-            form=form,
-            error=error,
-        )
+        return await run_in_threadpool(render, status_code=422, form=form, error=error)
     try:
         created = await run_in_threadpool(svc.register_merchant, runtime, body)
     except ApiProblem as problem:
-        return await run_in_threadpool(
-            _merchants_page,
-            request,
-            settings,
-            runtime,
-            principal,
-            status_code=problem.status,
-            form=form,
-            error=_problem_text(problem),
-        )
+        error = _problem_text(problem)
+        return await run_in_threadpool(render, status_code=problem.status, form=form, error=error)
     return _redirect(f"/admin/web/merchants?done=partner_enrolled#merchant-{created.id}")
 
 
@@ -132,15 +115,7 @@ async def import_partners_page(
 ) -> Response:
     """Import partners from a CSV (as ``POST /admin/imports/partners``)."""
     principal = _staff(request, settings, Scope.ADMIN)
-    form = await read_upload_form(
-        request,
-        settings,
-        principal,
-        max_body=MAX_UPLOAD,
-        max_file=svc.MAX_CSV_BYTES,
-        too_large="admin.issuance.too_large",
-        max_fields=5,
-    )
+    form = await read_upload_form(request, settings, principal, max_fields=5)
     render = functools.partial(_merchants_page, request, settings, runtime, principal)
     data = form.data()
     if not data:
