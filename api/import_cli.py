@@ -17,8 +17,11 @@ Exit 0 with a one-line summary; a rejected file exits 2 with one line per proble
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -67,6 +70,14 @@ def _problem(response: httpx.Response) -> NoReturn:
     _fail(f"{body.get('code', response.status_code)}: {body.get('detail')}", code)
 
 
+def _call(http: httpx.Client, method: str, path: str, expect: int, **request: Any) -> Any:
+    """The JSON answer of ``method path``; any status but ``expect`` fails (:func:`_problem`)."""
+    response = http.request(method, path, **request)
+    if response.status_code != expect:
+        _problem(response)
+    return response.json()
+
+
 def _login(http: httpx.Client, username: str | None, password_env: str) -> None:
     user = username or os.environ.get(USERNAME_ENV)
     password = os.environ.get(password_env)
@@ -74,57 +85,58 @@ def _login(http: httpx.Client, username: str | None, password_env: str) -> None:
         _fail(f"no staff login: pass --username or set {USERNAME_ENV}", EXIT_BAD_INPUT)
     if not password:
         _fail(f"no password: set {password_env}", EXIT_BAD_INPUT)
-    response = http.post(
-        "/auth/token", json={"kind": "staff", "username": user, "password": password}
-    )
-    if response.status_code != 200:
-        _problem(response)
-    http.headers["Authorization"] = "Bearer " + str(response.json()["access_token"])
+    body = {"kind": "staff", "username": user, "password": password}
+    token = _call(http, "POST", "/auth/token", 200, json=body)
+    http.headers["Authorization"] = "Bearer " + str(token["access_token"])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Service:
+    """The running service and the staff login to use there (every command's options)."""
+
+    url: str | None
+    username: str | None
+    password_env: str
+
+    @contextlib.contextmanager
+    def session(self, *, timeout: float) -> Iterator[httpx.Client]:
+        """A client of the service, logged in; a service that cannot be reached (then or
+        while the client is used) fails with one line."""
+        base = self.url or os.environ.get(URL_ENV) or "http://127.0.0.1:8000"
+        try:
+            with httpx.Client(base_url=base, timeout=timeout) as http:
+                _login(http, self.username, self.password_env)
+                yield http
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach the service at {base}: {exc}")
 
 
 def _run(
-    path: str,
-    file: Path,
-    *,
-    params: dict[str, Any],
-    url: str | None,
-    username: str | None,
-    password_env: str,
-    timeout: float,
+    path: str, file: Path, *, params: dict[str, Any], service: _Service, timeout: float
 ) -> dict[str, Any]:
+    """Post ``file`` to ``/admin/imports/{path}`` and follow the job; its result."""
     if not file.is_file():
         _fail(f"no such file: {file}", EXIT_BAD_INPUT)
-    base = url or os.environ.get(URL_ENV) or "http://127.0.0.1:8000"
-    try:
-        with httpx.Client(base_url=base, timeout=120.0) as http:
-            _login(http, username, password_env)
-            with file.open("rb") as handle:
-                response = http.post(
-                    f"/admin/imports/{path}",
-                    content=handle,
-                    params=params,
-                    headers={
-                        "Content-Type": "text/csv",
-                        "Content-Length": str(file.stat().st_size),
-                    },
+    with service.session(timeout=120.0) as http:
+        with file.open("rb") as handle:
+            job: dict[str, Any] = _call(
+                http,
+                "POST",
+                f"/admin/imports/{path}",
+                202,
+                content=handle,
+                params=params,
+                headers={"Content-Type": "text/csv", "Content-Length": str(file.stat().st_size)},
+            )
+        deadline = time.monotonic() + timeout
+        while job["status"] not in ("done", "failed"):
+            if time.monotonic() > deadline:
+                _fail(
+                    f"import {job['id']} still {job['status']} after {timeout:.0f} s "
+                    f"({job['done']}/{job['total']}); run the same file again to finish it"
                 )
-            if response.status_code != 202:
-                _problem(response)
-            job: dict[str, Any] = response.json()
-            deadline = time.monotonic() + timeout
-            while job["status"] not in ("done", "failed"):
-                if time.monotonic() > deadline:
-                    _fail(
-                        f"import {job['id']} still {job['status']} after {timeout:.0f} s "
-                        f"({job['done']}/{job['total']}); run the same file again to finish it"
-                    )
-                time.sleep(0.5)
-                polled = http.get(f"/admin/imports/jobs/{job['id']}")
-                if polled.status_code != 200:
-                    _problem(polled)
-                job = polled.json()
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach the service at {base}: {exc}")
+            time.sleep(0.5)
+            job = _call(http, "GET", f"/admin/imports/jobs/{job['id']}", 200)
     if job["status"] == "failed":
         problem = job.get("problem") or {}
         _fail(
@@ -148,9 +160,7 @@ def holders(
         "holders",
         file,
         params={},
-        url=url,
-        username=username,
-        password_env=password_env,
+        service=_Service(url, username, password_env),
         timeout=timeout,
     )
     typer.echo(
@@ -176,9 +186,7 @@ def balances(
         "balances",
         file,
         params={"scheme_id": scheme} if scheme is not None else {},
-        url=url,
-        username=username,
-        password_env=password_env,
+        service=_Service(url, username, password_env),
         timeout=timeout,
     )
     typer.echo(
@@ -217,18 +225,9 @@ def partners(
         for error in exc.errors:
             typer.echo(f"{file}:{error.line}: {error.message}", err=True)
         _fail(f"{file} refused: {len(exc.errors)} problem(s); no partner enrolled", EXIT_BAD_INPUT)
-    base = url or os.environ.get(URL_ENV) or "http://127.0.0.1:8000"
-    try:
-        with httpx.Client(base_url=base, timeout=600.0) as http:
-            _login(http, username, password_env)
-            response = http.post(
-                "/admin/imports/partners", files={"file": (file.name, data, "text/csv")}
-            )
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach the service at {base}: {exc}")
-    if response.status_code != 200:
-        _problem(response)
-    result: dict[str, Any] = response.json()
+    with _Service(url, username, password_env).session(timeout=600.0) as http:
+        files = {"file": (file.name, data, "text/csv")}
+        result: dict[str, Any] = _call(http, "POST", "/admin/imports/partners", 200, files=files)
     enrolled: list[int] = result["enrolled"]
     typer.echo(
         f"{len(enrolled)} partners enrolled"

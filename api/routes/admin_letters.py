@@ -15,12 +15,12 @@ Pages: ``/admin/web/letters`` (choose, produce, download) and ``/admin/web/postc
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile, status
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile as StarletteUpload
 
 from api import letters as svc
 from api.admin_schemas import JobOut
@@ -29,7 +29,16 @@ from api.deps import RuntimeDep, SettingsDep, require_scopes
 from api.i18n import pick_language, translate
 from api.jobs import JobStatus, jobs_of
 from api.problems import ApiProblem, problem_responses
-from api.routes.admin_pages import _csrf_refused, _page, _problem_page, _staff
+from api.routes.admin_pages import (
+    _csrf_refused,
+    _page,
+    _problem_page,
+    _problem_text,
+    _staff,
+    read_upload_form,
+    upload_missing,
+    upload_refused,
+)
 from api.routes.admin_registry import _job_out
 from api.routes.pages import _check_csrf, _redirect
 from api.runtime import Runtime
@@ -261,7 +270,7 @@ async def letters_start(request: Request, settings: SettingsDep, runtime: Runtim
             runtime,
             principal,
             status_code=problem.status,
-            error=f"{problem.detail} ({problem.code})",
+            error=_problem_text(problem),
             form=form,
         )
     return _redirect(f"/admin/web/letters/jobs/{job.id}")
@@ -352,50 +361,17 @@ async def postcodes_upload(
     request: Request, settings: SettingsDep, runtime: RuntimeDep
 ) -> Response:
     principal = _staff(request, settings, Scope.ADMIN)
-    if int(request.headers.get("content-length") or 0) > 2 * _MAX_UPLOAD + 64 * 1024:
-        return _problem_page(request, settings, principal, 413, "admin.issuance.too_large")
-    async with request.form(max_files=2, max_fields=10) as form:
-        csrf = form.get("csrf")
-        upload, names_upload = form.get("file"), form.get("names")
-        municipality = form.get("municipality")
-        data = (
-            await upload.read(_MAX_UPLOAD + 1)
-            if isinstance(upload, StarletteUpload) and upload.filename
-            else None
-        )
-        names = (
-            await names_upload.read(_MAX_UPLOAD + 1)
-            if isinstance(names_upload, StarletteUpload) and names_upload.filename
-            else None
-        )
-    if not _check_csrf(request, csrf if isinstance(csrf, str) else None):
-        return _csrf_refused(request, settings, principal)
-    lang = pick_language(request)
+    form = await read_upload_form(
+        request, settings, principal, max_file=_MAX_UPLOAD, files=("file", "names")
+    )
+    render = functools.partial(_postcodes_page, request, settings, runtime, principal)
+    data = form.data(named=True)
     if data is None:
-        return await run_in_threadpool(
-            _postcodes_page,
-            request,
-            settings,
-            runtime,
-            principal,
-            status_code=422,
-            error=translate(lang, "admin.postcodes.missing"),
-        )
-    place = municipality.strip() if isinstance(municipality, str) and municipality.strip() else None
+        return await upload_missing(request, render, "admin.postcodes.missing")
+    names = form.data("names", named=True)
+    place = form.fields.get("municipality", "").strip() or None
     try:
         result = await run_in_threadpool(import_postcodes, runtime, data, names, place)
     except ApiProblem as problem:
-        errors = problem.extensions.get("errors")
-        return await run_in_threadpool(
-            _postcodes_page,
-            request,
-            settings,
-            runtime,
-            principal,
-            status_code=problem.status,
-            error=f"{problem.detail} ({problem.code})",
-            line_errors=errors if isinstance(errors, list) else None,
-        )
-    return await run_in_threadpool(
-        _postcodes_page, request, settings, runtime, principal, result=result
-    )
+        return await upload_refused(render, problem)
+    return await run_in_threadpool(render, result=result)

@@ -18,6 +18,7 @@ from ``/static/js/admin-job.js`` (no inline scripts).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import logging
 import threading
@@ -103,8 +104,8 @@ SECTIONS: Final = (
     ("admin.nav.payouts", "/admin/web/payouts", Scope.FINANCE),
     ("admin.nav.audit", "/admin/web/audit", Scope.AUDIT),
 )
-#: Largest CSV upload form (the file plus a few fields).
-MAX_UPLOAD: Final = svc.MAX_CSV_BYTES + 64 * 1024
+#: What an upload form may be over its files' limits (the other fields, the multipart framing).
+UPLOAD_FORM_EXTRA: Final = 64 * 1024
 #: Poll interval of the job page's script.
 POLL_MS: Final = 500
 SCHEME_METRICS: Final = ("issued", "redeemed", "remaining", "reversed", "expired")
@@ -243,6 +244,83 @@ def _day(text: str) -> date:
 def _unix(day: date, *, end: bool = False) -> int:
     moment = datetime.combine(day + timedelta(days=1) if end else day, time(), UTC)
     return int(moment.timestamp()) - (1 if end else 0)
+
+
+# -- CSV upload forms ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadForm:
+    """A posted upload form: its text fields, and the first bytes of each file field that holds
+    a file, with the file's name (``""`` when the browser's file input was left empty)."""
+
+    fields: dict[str, str]
+    files: dict[str, tuple[str, bytes]]
+
+    def data(self, name: str = "file", *, named: bool = False) -> bytes | None:
+        """The bytes of file field ``name``; None if it holds no file (with ``named``, also
+        when the file has no name)."""
+        upload = self.files.get(name)
+        if upload is None or (named and not upload[0]):
+            return None
+        return upload[1]
+
+    def number(self, name: str) -> int | None:
+        """Field ``name`` as a whole number (a select's id); None if absent or not digits."""
+        raw = self.fields.get(name, "")
+        return int(raw) if raw.isdigit() else None
+
+
+async def read_upload_form(
+    request: Request,
+    settings: Settings,
+    principal: Principal,
+    *,
+    max_file: int = svc.MAX_CSV_BYTES,
+    too_large: str = "admin.issuance.too_large",
+    files: tuple[str, ...] = ("file",),
+    max_fields: int = 10,
+) -> UploadForm:
+    """Read a multipart upload form: each file in ``files`` up to ``max_file`` bytes plus one
+    (the caller or its service refuses a longer one). Else :class:`PageHalt` with the 413 page
+    ``too_large`` when the request says it is larger than the files may be together (plus
+    :data:`UPLOAD_FORM_EXTRA`), or with the 403 page when the CSRF token does not match."""
+    if int(request.headers.get("content-length") or 0) > len(files) * max_file + UPLOAD_FORM_EXTRA:
+        raise PageHalt(_problem_page(request, settings, principal, 413, too_large))
+    async with request.form(max_files=len(files), max_fields=max_fields) as form:
+        fields = {key: value for key, value in form.items() if isinstance(value, str)}
+        uploads: dict[str, tuple[str, bytes]] = {}
+        for name in files:  # read inside the block, which closes the uploads' files
+            upload = form.get(name)
+            if isinstance(upload, UploadFile):
+                uploads[name] = (upload.filename or "", await upload.read(max_file + 1))
+    if not _check_csrf(request, fields.get("csrf")):
+        raise PageHalt(_csrf_refused(request, settings, principal))
+    return UploadForm(fields, uploads)
+
+
+async def upload_missing(
+    request: Request, render: Callable[..., Response], message: str, **context: Any
+) -> Response:
+    """The upload's page again (``render``: its renderer, all but the keywords bound), 422 with
+    ``message`` (an i18n key): the file or a field is missing."""
+    error = translate(pick_language(request), message)
+    return await run_in_threadpool(render, status_code=422, error=error, **context)
+
+
+async def upload_refused(
+    render: Callable[..., Response], problem: ApiProblem, **context: Any
+) -> Response:
+    """The upload's page again (``render`` as for :func:`upload_missing`) with the service's
+    refusal: its status, its text and its errors by line (``line_errors``), if it has them."""
+    errors = problem.extensions.get("errors")
+    return await run_in_threadpool(
+        render,
+        status_code=problem.status,
+        error=_problem_text(problem),
+        line_errors=errors if isinstance(errors, list) else None,
+        **context,
+    )
 
 
 # -- dashboard, login, logout -----------------------------------------------------------------
@@ -437,45 +515,17 @@ def issuance_page(request: Request, settings: SettingsDep, runtime: RuntimeDep) 
 async def issuance_upload(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     """Start the CSV issuance job (``POST /admin/entitlements/csv``) and show its progress."""
     principal = _staff(request, settings, Scope.ISSUE)
-    if int(request.headers.get("content-length") or 0) > MAX_UPLOAD:
-        return _problem_page(request, settings, principal, 413, "admin.issuance.too_large")
-    async with request.form(max_files=1, max_fields=10) as form:  # closes the upload's file
-        csrf = form.get("csrf")
-        raw_scheme = form.get("scheme_id")
-        upload = form.get("file")
-        data = await upload.read(svc.MAX_CSV_BYTES + 1) if isinstance(upload, UploadFile) else None
-    if not _check_csrf(request, csrf if isinstance(csrf, str) else None):
-        return _csrf_refused(request, settings, principal)
-    lang = pick_language(request)
-    scheme_id = int(raw_scheme) if isinstance(raw_scheme, str) and raw_scheme.isdigit() else None
+    form = await read_upload_form(request, settings, principal)
+    render = functools.partial(_issuance_page, request, settings, runtime, principal)
+    scheme_id, data = form.number("scheme_id"), form.data()
     if scheme_id is None or data is None:
-        return await run_in_threadpool(
-            _issuance_page,
-            request,
-            settings,
-            runtime,
-            principal,
-            status_code=422,
-            error=translate(lang, "admin.issuance.missing"),
-            scheme_id=scheme_id,
-        )
+        return await upload_missing(request, render, "admin.issuance.missing", scheme_id=scheme_id)
     try:
         job = await run_in_threadpool(
             svc.start_csv_issuance, runtime, scheme_id=scheme_id, data=data
         )
     except ApiProblem as problem:
-        errors = problem.extensions.get("errors")
-        return await run_in_threadpool(
-            _issuance_page,
-            request,
-            settings,
-            runtime,
-            principal,
-            status_code=problem.status,
-            error=_problem_text(problem),
-            line_errors=errors if isinstance(errors, list) else None,
-            scheme_id=scheme_id,
-        )
+        return await upload_refused(render, problem, scheme_id=scheme_id)
     return _redirect(f"/admin/web/jobs/{job.id}")
 
 

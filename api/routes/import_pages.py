@@ -8,21 +8,27 @@ progress (``/admin/web/jobs/{id}``). Holders need the ``admin`` scope, balances 
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from api import admin_services as svc
 from api import imports as import_svc
 from api.auth import Principal, Scope
 from api.deps import RuntimeDep, SettingsDep
-from api.i18n import pick_language, translate
 from api.problems import ApiProblem
-from api.routes.admin_pages import _page, _problem_page, _problem_text, _staff
-from api.routes.pages import _check_csrf, _redirect
+from api.routes.admin_pages import (
+    _page,
+    _problem_page,
+    _staff,
+    read_upload_form,
+    upload_missing,
+    upload_refused,
+)
+from api.routes.pages import _redirect
 from api.runtime import Runtime
 from api.settings import Settings
 
@@ -78,29 +84,15 @@ def imports_page(request: Request, settings: SettingsDep, runtime: RuntimeDep) -
 async def _upload(request: Request, settings: Settings, runtime: Runtime, *, kind: str) -> Response:
     principal = _staff(request, settings, Scope.ADMIN if kind == "holders" else Scope.ISSUE)
     limit = settings.import_max_bytes
-    if int(request.headers.get("content-length") or 0) > limit + 64 * 1024:
-        return _problem_page(request, settings, principal, 413, "admin.imports.too_large")
-    async with request.form(max_files=1, max_fields=10) as form:  # closes the upload's file
-        csrf = form.get("csrf")
-        raw_scheme = form.get("scheme_id")
-        upload = form.get("file")
-        data = await upload.read(limit + 1) if isinstance(upload, UploadFile) else None
-    if not _check_csrf(request, csrf if isinstance(csrf, str) else None):
-        return _problem_page(request, settings, principal, 403, "csrf.failed")
-    scheme_id = int(raw_scheme) if isinstance(raw_scheme, str) and raw_scheme.isdigit() else None
+    form = await read_upload_form(
+        request, settings, principal, max_file=limit, too_large="admin.imports.too_large"
+    )
+    scheme_id, data = form.number("scheme_id"), form.data()
     if data is not None and len(data) > limit:
         return _problem_page(request, settings, principal, 413, "admin.imports.too_large")
+    render = functools.partial(_imports_page, request, settings, runtime, principal)
     if not data or (kind == "balances" and scheme_id is None):
-        return await run_in_threadpool(
-            _imports_page,
-            request,
-            settings,
-            runtime,
-            principal,
-            status_code=422,
-            error=translate(pick_language(request), "admin.imports.missing"),
-            scheme_id=scheme_id,
-        )
+        return await upload_missing(request, render, "admin.imports.missing", scheme_id=scheme_id)
     try:
         if kind == "holders":
             job = await run_in_threadpool(import_svc.start_holders_import, runtime, data)
@@ -109,18 +101,7 @@ async def _upload(request: Request, settings: Settings, runtime: Runtime, *, kin
                 import_svc.start_balances_import, runtime, data, scheme_id=scheme_id
             )
     except ApiProblem as problem:
-        errors = problem.extensions.get("errors")
-        return await run_in_threadpool(
-            _imports_page,
-            request,
-            settings,
-            runtime,
-            principal,
-            status_code=problem.status,
-            error=_problem_text(problem),
-            line_errors=errors if isinstance(errors, list) else None,
-            scheme_id=scheme_id,
-        )
+        return await upload_refused(render, problem, scheme_id=scheme_id)
     return _redirect(f"/admin/web/jobs/{job.id}")
 
 

@@ -7,13 +7,13 @@ A refusal shows the page again with the reason (and the errors by line), nothing
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from api import admin_services as svc
 from api.admin_schemas import MerchantIn
@@ -22,7 +22,6 @@ from api.deps import AuthDep, RuntimeDep, SettingsDep
 from api.i18n import pick_language, translate
 from api.problems import ApiProblem
 from api.routes.admin_pages import (
-    MAX_UPLOAD,
     MerchantId,
     _csrf_refused,
     _page,
@@ -30,6 +29,9 @@ from api.routes.admin_pages import (
     _problem_text,
     _staff,
     _validation_detail,
+    read_upload_form,
+    upload_missing,
+    upload_refused,
 )
 from api.routes.pages import _check_csrf, _redirect
 from api.routes.partners import check_and_import
@@ -91,35 +93,19 @@ async def enrol_partner_page(
     if not _check_csrf(request, posted.get("csrf")):
         return _csrf_refused(request, settings, principal)
     form = {name: posted.get(name, "") for name in ENROL_FIELDS}
+    render = functools.partial(_merchants_page, request, settings, runtime, principal)
     try:
         body = _merchant_in(form)
     except ValidationError as exc:
         error = translate(
             pick_language(request), "admin.schemes.invalid", detail=_validation_detail(exc)
         )
-        return await run_in_threadpool(
-            _merchants_page,
-            request,
-            settings,
-            runtime,
-            principal,
-            status_code=422,
-            form=form,
-            error=error,
-        )
+        return await run_in_threadpool(render, status_code=422, form=form, error=error)
     try:
         created = await run_in_threadpool(svc.register_merchant, runtime, body)
     except ApiProblem as problem:
-        return await run_in_threadpool(
-            _merchants_page,
-            request,
-            settings,
-            runtime,
-            principal,
-            status_code=problem.status,
-            form=form,
-            error=_problem_text(problem),
-        )
+        error = _problem_text(problem)
+        return await run_in_threadpool(render, status_code=problem.status, form=form, error=error)
     return _redirect(f"/admin/web/merchants?done=partner_enrolled#merchant-{created.id}")
 
 
@@ -129,52 +115,22 @@ async def import_partners_page(
 ) -> Response:
     """Import partners from a CSV (as ``POST /admin/imports/partners``)."""
     principal = _staff(request, settings, Scope.ADMIN)
-    if int(request.headers.get("content-length") or 0) > MAX_UPLOAD:
-        return _problem_page(request, settings, principal, 413, "admin.issuance.too_large")
-    async with request.form(max_files=1, max_fields=5) as raw:
-        csrf = raw.get("csrf")
-        upload = raw.get("file")
-        data = await upload.read(svc.MAX_CSV_BYTES + 1) if isinstance(upload, UploadFile) else None
-    if not _check_csrf(request, csrf if isinstance(csrf, str) else None):
-        return _csrf_refused(request, settings, principal)
-    lang = pick_language(request)
+    form = await read_upload_form(request, settings, principal, max_fields=5)
+    render = functools.partial(_merchants_page, request, settings, runtime, principal)
+    data = form.data()
     if not data:
-        return await run_in_threadpool(
-            _merchants_page,
-            request,
-            settings,
-            runtime,
-            principal,
-            status_code=422,
-            error=translate(lang, "admin.partners.missing"),
-        )
+        return await upload_missing(request, render, "admin.partners.missing")
     try:
         result = await run_in_threadpool(check_and_import, runtime, data)
     except ApiProblem as problem:
-        errors = problem.extensions.get("errors")
-        return await run_in_threadpool(
-            _merchants_page,
-            request,
-            settings,
-            runtime,
-            principal,
-            status_code=problem.status,
-            error=_problem_text(problem),
-            line_errors=errors if isinstance(errors, list) else None,
-        )
-    return await run_in_threadpool(
-        _merchants_page,
-        request,
-        settings,
-        runtime,
-        principal,
-        imported=translate(
-            lang,
-            "admin.partners.imported",
-            enrolled=len(result.enrolled),
-            skipped=len(result.skipped),
-        ),
+        return await upload_refused(render, problem)
+    imported = translate(
+        pick_language(request),
+        "admin.partners.imported",
+        enrolled=len(result.enrolled),
+        skipped=len(result.skipped),
     )
+    return await run_in_threadpool(render, imported=imported)
 
 
 @router.post("/admin/web/merchants/{merchant_id}/terminals")

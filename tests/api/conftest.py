@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,7 @@ from api.auth import DEV_HOLDER_PIN, DEV_STAFF, dev_terminal_id, dev_terminal_se
 from api.main import create_app
 from api.runtime import Runtime
 from api.settings import Settings
+from ledger.passid import pass_id
 from tests.conftest import DATABASE_BACKENDS, postgres_database
 from wallet import Domain, PassToken, encode_token_uri, sign_pass_token
 
@@ -80,6 +83,63 @@ def holder(client: TestClient, pass_number: str) -> dict[str, str]:
 
 def merchant(client: TestClient, merchant_id: int, key: str | None = None) -> dict[str, str]:
     return logins(client).terminal(merchant_id, key)
+
+
+#: The media type of a problem answer (RFC 9457).
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
+    """The body of ``response``, after checking it is a problem with ``status`` and ``code``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code, body
+    return body
+
+
+def holder_pass_id(runtime: Runtime, pass_number: str) -> bytes:
+    """The on-chain pass id of the stored pass ``pass_number``."""
+    found = runtime.store.holder(pass_number)
+    assert found is not None
+    return pass_id(pass_secret=found.pass_secret, pass_number=found.pass_number)
+
+
+#: The CSRF field of a server-rendered page's form.
+PAGE_CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
+#: Logs in to the admin pages as a development staff role (``staff_login``).
+StaffLogin = Callable[[str], TestClient]
+
+
+def page_csrf(html: str) -> str:
+    """The CSRF token of the page's form."""
+    match = PAGE_CSRF.search(html)
+    assert match is not None, "no CSRF field on the page"
+    return match.group(1)
+
+
+@pytest.fixture
+def staff_login(runtime: Runtime) -> Iterator[StaffLogin]:
+    """A client of the admin pages per call, logged in at ``/admin/login`` as the development
+    staff role named (on the test module's ``runtime``); closed after the test."""
+    app = create_app(runtime.settings, runtime)
+    clients: list[TestClient] = []
+
+    def log_in(role: str) -> TestClient:
+        client = TestClient(app, raise_server_exceptions=False)
+        clients.append(client)
+        page = client.get("/admin/login")
+        response = client.post(
+            "/admin/login",
+            data={"username": role, "password": DEV_STAFF[role][1], "csrf": page_csrf(page.text)},
+            follow_redirects=False,
+        )
+        assert response.status_code == 303, response.text
+        return client
+
+    yield log_in
+    for client in clients:
+        client.close()
 
 
 def dev_settings(var_dir: Path, **overrides: object) -> Settings:

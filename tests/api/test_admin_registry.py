@@ -35,12 +35,12 @@ from api import admin_services
 from api.main import create_app
 from api.runtime import Runtime
 from api.settings import Settings
-from ledger.passid import pass_id
+from tests.api.conftest import assert_problem as _problem
 from tests.api.conftest import dev_settings, logins, merchant
+from tests.api.conftest import holder_pass_id as _pid
 from wallet import decode_token_uri, verify_pass_token
 from wallet.qr import render_png
 
-PROBLEM = "application/problem+json"
 CENTRUM = ("9711AA", "WK001400")
 
 
@@ -65,20 +65,6 @@ def _admin(client: TestClient) -> dict[str, str]:
 
 def _issuer(client: TestClient) -> dict[str, str]:
     return logins(client).staff("issuer")
-
-
-def _problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    return body
-
-
-def _pid(runtime: Runtime, pass_number: str) -> bytes:
-    found = runtime.store.holder(pass_number)
-    assert found is not None
-    return pass_id(pass_secret=found.pass_secret, pass_number=found.pass_number)
 
 
 _counter = iter(range(1, 10_000))

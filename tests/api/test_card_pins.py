@@ -17,30 +17,16 @@ from api.auth import DEV_HOLDER_PIN
 from api.runtime import Runtime
 from ledger import contract_errors as ce
 from ledger.client import RedemptionRequest
-from ledger.passid import pass_id
 from tests.api.conftest import admin, holder, merchant, signed_uri
+from tests.api.conftest import assert_problem as _problem
+from tests.api.conftest import holder_pass_id as _pid
 from wallet import decode_token_uri
 
-PROBLEM = "application/problem+json"
 BUDGET = 1
-
-
-def _pid(runtime: Runtime, pass_number: str) -> bytes:
-    found = runtime.store.holder(pass_number)
-    assert found is not None
-    return pass_id(pass_secret=found.pass_secret, pass_number=found.pass_number)
 
 
 def _balance(runtime: Runtime, pass_number: str, scheme_id: int = BUDGET) -> int:
     return runtime.client.balance_of(scheme_id, _pid(runtime, pass_number))
-
-
-def _problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    return body
 
 
 def _redeem(

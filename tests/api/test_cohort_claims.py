@@ -26,10 +26,10 @@ from api import admin_services, cohort_claims, holder_services, services
 from api.main import create_app
 from api.runtime import Runtime
 from ledger.events import DecodedEvent
-from ledger.passid import pass_id
+from tests.api.conftest import assert_problem as _problem
 from tests.api.conftest import dev_settings, logins, merchant, signed_uri
+from tests.api.conftest import holder_pass_id as _pid
 
-PROBLEM = "application/problem+json"
 SHARE = 2_500
 _CLAIMED_TOPIC = "0x" + keccak(text="CohortClaimed(bytes32,uint256,bytes32,uint64)").hex()
 _counter = iter(range(1, 10_000))
@@ -52,12 +52,6 @@ def client(runtime: Runtime) -> Iterator[TestClient]:
 
 def _staff(client: TestClient, role: str) -> dict[str, str]:
     return logins(client).staff(role)
-
-
-def _pid(runtime: Runtime, pass_number: str) -> bytes:
-    found = runtime.store.holder(pass_number)
-    assert found is not None
-    return pass_id(pass_secret=found.pass_secret, pass_number=found.pass_number)
 
 
 def _new_pass(client: TestClient, birth_date: str) -> str:
@@ -204,14 +198,6 @@ def _tx_events(runtime: Runtime, tx_hash: str) -> tuple[str, list[DecodedEvent]]
 
 def _balance(runtime: Runtime, cohort: Cohort, pass_number: str) -> int:
     return runtime.client.balance_of(cohort.scheme_id, _pid(runtime, pass_number))
-
-
-def _problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    return body
 
 
 # -- scan and balances ------------------------------------------------------------------------

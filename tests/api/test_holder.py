@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import time
 import warnings
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,9 +14,10 @@ from api import holder_services
 from api.auth import AUDIENCE, DEV_HOLDER_PIN, ISSUER, encode_token
 from api.demo import DEMO_MERCHANT_NAMES, DEMO_MERCHANTS
 from api.runtime import Runtime
-from ledger.passid import pass_id
 from ledger.registry import merchant_location
+from tests.api.conftest import assert_problem as _problem
 from tests.api.conftest import holder, merchant, signed_uri
+from tests.api.conftest import holder_pass_id as _pid
 
 OWN = "GR0000044"
 OTHER = "GR0000045"
@@ -31,20 +31,6 @@ ROUTES_ALL = (
     "history?limit=1&offset=1",
     "offers",
 )
-
-
-def _problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code
-    return body
-
-
-def _pid(runtime: Runtime, pass_number: str) -> bytes:
-    found = runtime.store.holder(pass_number)
-    assert found is not None
-    return pass_id(pass_secret=found.pass_secret, pass_number=found.pass_number)
 
 
 def test_token_formats(client: TestClient, runtime: Runtime) -> None:

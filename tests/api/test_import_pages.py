@@ -3,10 +3,9 @@ CSRF, problems by line and column, and an upload through to its job and the chai
 
 from __future__ import annotations
 
-import re
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,19 +13,14 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
-from api.auth import DEV_STAFF
-from api.main import create_app
 from api.runtime import Runtime
-from tests.api.conftest import dev_settings
+from tests.api.conftest import StaffLogin, dev_settings, page_csrf
 
-CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
 HOLDERS = (
     "external_reference;first_name;last_name;birth_date;postcode;pass_number;card_serial\n"
     "PAGE-1;Griet;Smit-Ünal;1971-04-05;9712AB;GR6100001;555\n"
     "PAGE-2;Henk;Smit;1972-04-05;9712AB;GR6100002;\n"
 ).encode("cp1252")
-
-Login = Callable[[str], TestClient]
 
 
 @pytest.fixture(scope="module")
@@ -35,62 +29,34 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
         yield rt
 
 
-@pytest.fixture
-def login(runtime: Runtime) -> Iterator[Login]:
-    app = create_app(runtime.settings, runtime)
-    clients: list[TestClient] = []
-
-    def log_in(role: str) -> TestClient:
-        client = TestClient(app, raise_server_exceptions=False)
-        clients.append(client)
-        page = client.get("/admin/login")
-        response = client.post(
-            "/admin/login",
-            data={"username": role, "password": DEV_STAFF[role][1], "csrf": _csrf(page.text)},
-            follow_redirects=False,
-        )
-        assert response.status_code == 303, response.text
-        return client
-
-    yield log_in
-    for client in clients:
-        client.close()
-
-
-def _csrf(html: str) -> str:
-    match = CSRF.search(html)
-    assert match is not None, "no CSRF field on the page"
-    return match.group(1)
-
-
 def _upload(client: TestClient, kind: str, data: bytes, **fields: str) -> object:
     page = client.get("/admin/web/imports")
     return client.post(
         f"/admin/web/imports/{kind}",
-        data={"csrf": _csrf(page.text), **fields},
+        data={"csrf": page_csrf(page.text), **fields},
         files={"file": ("oud.csv", data, "text/csv")},
         follow_redirects=False,
     )
 
 
-def test_the_page_is_dutch_and_follows_the_role(login: Login) -> None:
-    admin = login("admin")
+def test_the_page_is_dutch_and_follows_the_role(staff_login: StaffLogin) -> None:
+    admin = staff_login("admin")
     page = admin.get("/admin/web/imports")
     assert page.status_code == 200
     assert "Pashouders overzetten met een CSV-bestand" in page.text
     assert "Saldi overzetten met een CSV-bestand" in page.text
     assert 'href="/admin/web/imports"' in admin.get("/admin").text
-    issuer = login("issuer")
+    issuer = staff_login("issuer")
     page = issuer.get("/admin/web/imports")
     assert 'id="holders-form"' not in page.text
     assert 'id="balances-form"' in page.text
     refused = _upload(issuer, "holders", HOLDERS)
     assert refused.status_code == 403  # type: ignore[attr-defined]
-    assert login("finance").get("/admin/web/imports").status_code == 403
+    assert staff_login("finance").get("/admin/web/imports").status_code == 403
 
 
-def test_without_csrf_nothing_is_imported(login: Login, runtime: Runtime) -> None:
-    client = login("admin")
+def test_without_csrf_nothing_is_imported(staff_login: StaffLogin, runtime: Runtime) -> None:
+    client = staff_login("admin")
     response = client.post(
         "/admin/web/imports/holders",
         data={"csrf": "wrong"},
@@ -100,8 +66,8 @@ def test_without_csrf_nothing_is_imported(login: Login, runtime: Runtime) -> Non
     assert runtime.store.registry.find_pass("GR6100001") is None
 
 
-def test_bad_lines_are_shown_by_line_and_column(login: Login, runtime: Runtime) -> None:
-    client = login("admin")
+def test_bad_lines_are_shown_by_line_and_column(staff_login: StaffLogin, runtime: Runtime) -> None:
+    client = staff_login("admin")
     bad = HOLDERS + b"PAGE-3;Ina;Smit;1973-04-05;9712AB;GR6100001;x\n"
     response = _upload(client, "holders", bad)
     assert response.status_code == 422  # type: ignore[attr-defined]
@@ -112,8 +78,8 @@ def test_bad_lines_are_shown_by_line_and_column(login: Login, runtime: Runtime) 
     assert runtime.store.registry.find_pass("GR6100001") is None
 
 
-def test_an_upload_runs_as_a_job_to_the_chain(login: Login, runtime: Runtime) -> None:
-    client = login("admin")
+def test_an_upload_runs_as_a_job_to_the_chain(staff_login: StaffLogin, runtime: Runtime) -> None:
+    client = staff_login("admin")
     response = _upload(client, "holders", HOLDERS)
     assert response.status_code == 303, response.text  # type: ignore[attr-defined]
     job_path = response.headers["location"]  # type: ignore[attr-defined]

@@ -12,16 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.runtime import Runtime
-from ledger.passid import pass_id
+from tests.api.conftest import assert_problem as _problem
 from tests.api.conftest import holder, merchant, signed_uri
-
-PROBLEM = "application/problem+json"
-
-
-def _pid(runtime: Runtime, pass_number: str) -> bytes:
-    found = runtime.store.holder(pass_number)
-    assert found is not None
-    return pass_id(pass_secret=found.pass_secret, pass_number=found.pass_number)
+from tests.api.conftest import holder_pass_id as _pid
 
 
 def _token(runtime: Runtime, pass_number: str) -> str:
@@ -30,14 +23,6 @@ def _token(runtime: Runtime, pass_number: str) -> str:
 
 def _balance(runtime: Runtime, pass_number: str, scheme_id: int = 1) -> int:
     return runtime.client.balance_of(scheme_id, _pid(runtime, pass_number))
-
-
-def _problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code
-    return body
 
 
 def _redeem(

@@ -17,17 +17,11 @@ from sqlmodel import select
 from api.main import create_app
 from api.partner_keystore import PartnerKey
 from api.runtime import Runtime, StartupError
-from ledger.passid import pass_id
 from tests.api.conftest import dev_settings, logins, signed_uri
+from tests.api.conftest import holder_pass_id as _pid
 
 BUDGET = 1  # the demo's budget scheme, open to every merchant
 PROBLEM = "application/problem+json"
-
-
-def _pid(runtime: Runtime, pass_number: str) -> bytes:
-    found = runtime.store.holder(pass_number)
-    assert found is not None
-    return pass_id(pass_secret=found.pass_secret, pass_number=found.pass_number)
 
 
 def _terminal(client: TestClient, merchant_id: int) -> dict[str, str]:

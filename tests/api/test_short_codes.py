@@ -17,28 +17,14 @@ from api.auth import dev_terminal_id
 from api.problems import ApiProblem
 from api.runtime import Runtime
 from api.store import ShortCode, ShortCodeMiss
-from ledger.passid import pass_id
+from tests.api.conftest import assert_problem as _problem
 from tests.api.conftest import holder, merchant, signed_uri
+from tests.api.conftest import holder_pass_id as _pid
 
-PROBLEM = "application/problem+json"
 PASS = "GR0000027"
 OTHER_PASS = "GR0000028"
 CODES = ShortCode.__table__  # type: ignore[attr-defined]
 MISSES = ShortCodeMiss.__table__  # type: ignore[attr-defined]
-
-
-def _problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code
-    return body
-
-
-def _pid(runtime: Runtime, pass_number: str) -> bytes:
-    found = runtime.store.holder(pass_number)
-    assert found is not None
-    return pass_id(pass_secret=found.pass_secret, pass_number=found.pass_number)
 
 
 def _holder_token(client: TestClient, pass_number: str) -> dict[str, Any]:

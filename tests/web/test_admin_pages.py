@@ -9,85 +9,18 @@ table beside it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from api.auth import DEV_STAFF
 from api.runtime import Runtime
 from ledger.reports import scheme_report
+from tests.web.conftest import BROWSER_MARKS, staff_login
 
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 TIMEOUT_MS = 30_000
 SCHEME_ID = 1  # the demo budget scheme (cents)
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} missing (apt-get install -y chromium)"
-    ),
-]
-
-sync_api = pytest.importorskip("playwright.sync_api")
-uvicorn = pytest.importorskip("uvicorn")
-
-BASE_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Any]:
-    with sync_api.sync_playwright() as pw:
-        yield pw
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Any) -> Iterator[Any]:
-    browser = playwright.chromium.launch(
-        executable_path=str(CHROMIUM), headless=True, args=BASE_ARGS
-    )
-    try:
-        yield browser
-    finally:
-        browser.close()
-
-
-@pytest.fixture
-def new_page(browser: Any) -> Iterator[Any]:
-    """A page in a fresh context (own cookies); uncaught page errors and CSP reports fail."""
-    contexts: list[Any] = []
-    errors: list[str] = []
-
-    def open_page(**context: Any) -> Any:
-        ctx = browser.new_context(**context)
-        contexts.append(ctx)
-        page = ctx.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on(
-            "console",
-            lambda msg: (
-                errors.append(msg.text)
-                if msg.type == "error" and "Content Security Policy" in msg.text
-                else None
-            ),
-        )
-        return page
-
-    yield open_page
-    for ctx in contexts:
-        ctx.close()
-    assert errors == [], f"errors on the page: {errors}"
-
-
-def _login(page: Any, base_url: str, role: str, lang: str = "en") -> None:
-    page.goto(f"{base_url}/admin/login?lang={lang}")
-    page.fill("#username", role)
-    page.fill("#password", DEV_STAFF[role][1])
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base_url}/admin")
+pytestmark = BROWSER_MARKS
 
 
 def _issued(runtime: Runtime, scheme_id: int) -> int:
@@ -105,7 +38,7 @@ def test_admin_uploads_csv_sees_job_finish_and_chart(
     csv.write_text("pass_number,amount\n" + "\n".join(lines) + "\n", encoding="utf-8")
 
     page = new_page()
-    _login(page, base_url, "admin")
+    staff_login(page, base_url, "admin")
     assert page.text_content("h1") == "Administration"
     page.click("nav.admin-nav >> text=Issuance")
     page.wait_for_url(f"{base_url}/admin/web/issuance")
@@ -157,7 +90,7 @@ def test_csv_problems_are_shown_by_line(new_page: Any, base_url: str, tmp_path: 
     csv = tmp_path / "bad.csv"
     csv.write_text("pass_number,amount\nGR0000001,100\nGR9999999,5\nGR0000002,-3\n")
     page = new_page()
-    _login(page, base_url, "issuer")
+    staff_login(page, base_url, "issuer")
     page.goto(f"{base_url}/admin/web/issuance")
     page.set_input_files("#csv-file", str(csv))
     page.click("#upload-form button[type=submit]")
@@ -171,7 +104,7 @@ def test_csv_problems_are_shown_by_line(new_page: Any, base_url: str, tmp_path: 
 
 def test_issuer_cannot_open_payouts(new_page: Any, base_url: str) -> None:
     page = new_page()
-    _login(page, base_url, "issuer")
+    staff_login(page, base_url, "issuer")
     nav = page.text_content("nav.admin-nav") or ""
     assert "Issuance" in nav
     assert "Payouts" not in nav
@@ -186,7 +119,7 @@ def test_issuer_cannot_open_payouts(new_page: Any, base_url: str) -> None:
 
 def test_post_without_csrf_is_refused(new_page: Any, base_url: str, runtime: Runtime) -> None:
     page = new_page()
-    _login(page, base_url, "admin")
+    staff_login(page, base_url, "admin")
     page.goto(f"{base_url}/admin/web/holders?q=GR0000005")
     # Strip the form's CSRF field, then submit it: refused, the pass stays active.
     page.evaluate(
@@ -251,7 +184,7 @@ def test_pages_fit_a_phone(new_page: Any, base_url: str) -> None:
     """Mobile first: no page scrolls sideways on a 360 px wide phone (wide tables scroll inside
     their own region)."""
     page = new_page(viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True)
-    _login(page, base_url, "admin")
+    staff_login(page, base_url, "admin")
     for path in (
         "/admin",
         "/admin/web/schemes",

@@ -4,41 +4,20 @@ goes to the service itself (no CDN, no validator badge) and the Content-Security
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.web.conftest import BROWSER_MARKS
 
 ROOT = Path(__file__).resolve().parents[2]
 SWAGGER = ROOT / "api" / "static" / "build" / "docs" / "swagger-ui-bundle.js"
-CHROMIUM = Path("/usr/bin/chromium")
 TIMEOUT_MS = 20_000
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} missing (apt-get install -y chromium)"
-    ),
-]
-
-sync_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    assert SWAGGER.exists(), "Swagger UI missing: run `npm run build:web` (make setup)"
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield chromium
-        chromium.close()
+pytestmark = BROWSER_MARKS
 
 
 def test_docs_render_from_this_service_only(browser: Any, base_url: str) -> None:
+    assert SWAGGER.exists(), "Swagger UI missing: run `npm run build:web` (make setup)"
     page = browser.new_page()
     requests: list[str] = []
     problems: list[str] = []

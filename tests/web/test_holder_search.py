@@ -6,41 +6,15 @@ driven by Playwright with ``executable_path``. Every URL the browser asks for is
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-import pytest
-
-from api.auth import DEV_STAFF
 from api.runtime import Runtime
+from tests.web.conftest import BROWSER_MARKS, staff_login
 
-CHROMIUM = Path("/usr/bin/chromium")
 TIMEOUT_MS = 30_000
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} missing (apt-get install -y chromium)"
-    ),
-]
-
-sync_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+pytestmark = BROWSER_MARKS
 
 
 def test_search_by_name_posts_it_and_actions_come_back_by_number(
@@ -57,11 +31,7 @@ def test_search_by_name_posts_it_and_actions_come_back_by_number(
         page.on("request", lambda request: urls.append(request.url))
         page.on("pageerror", lambda exc: errors.append(str(exc)))
 
-        page.goto(f"{base_url}/admin/login?lang=en")
-        page.fill("#username", "admin")
-        page.fill("#password", DEV_STAFF["admin"][1])
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{base_url}/admin")
+        staff_login(page, base_url, "admin", "en")
 
         page.goto(f"{base_url}/admin/web/holders")
         page.fill("#holder-q", name)

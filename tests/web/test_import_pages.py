@@ -4,58 +4,30 @@ watches a good file's job finish (its passes on chain)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from api.auth import DEV_STAFF
 from api.runtime import Runtime
+from tests.web.conftest import BROWSER_MARKS, staff_login
 
-CHROMIUM = Path("/usr/bin/chromium")
 TIMEOUT_MS = 30_000
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} missing (apt-get install -y chromium)"
-    ),
-]
+pytestmark = BROWSER_MARKS
 
-sync_api = pytest.importorskip("playwright.sync_api")
 
 HEADER = "external_reference;first_name;last_name;birth_date;postcode;pass_number;card_serial\n"
 
 
-@pytest.fixture(scope="module")
-def page_factory() -> Iterator[Any]:
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 def test_admin_migrates_holders_from_the_page(
-    page_factory: Any, base_url: str, runtime: Runtime, tmp_path: Path
+    browser: Any, base_url: str, runtime: Runtime, tmp_path: Path
 ) -> None:
-    context = page_factory.new_context()
+    context = browser.new_context()
     errors: list[str] = []
     try:
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(f"{base_url}/admin/login?lang=nl")
-        page.fill("#username", "admin")
-        page.fill("#password", DEV_STAFF["admin"][1])
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{base_url}/admin")
+        staff_login(page, base_url, "admin", "nl")
         page.click("nav.admin-nav >> text=Overzetten")
         page.wait_for_url(f"{base_url}/admin/web/imports")
         assert page.text_content("h1") == "Overzetten"

@@ -12,7 +12,6 @@ import asyncio
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -24,76 +23,14 @@ from api import redemptions, services
 from api.auth import DEV_HOLDER_PIN, dev_terminal_id, dev_terminal_secret
 from api.demo import DEMO_MERCHANT_NAMES, DEMO_MERCHANTS
 from api.runtime import Runtime
+from tests.web.conftest import BROWSER_MARKS, NEEDS_SCANNER_BUNDLE, log_in, pass_balance
 from tests.web.y4m import write_y4m
 
-ROOT = Path(__file__).resolve().parents[2]
-BUNDLE = ROOT / "api" / "static" / "build" / "scanner.js"
-CHROMIUM = Path("/usr/bin/chromium")
 TIMEOUT_MS = 20_000
 PASS_NUMBER = "GR0000001"
 MERCHANT_ID = 1
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} missing (apt-get install -y chromium)"
-    ),
-]
-
-sync_api = pytest.importorskip("playwright.sync_api")
-uvicorn = pytest.importorskip("uvicorn")
-
-BASE_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Any]:
-    if not BUNDLE.exists():
-        pytest.skip("scanner bundle missing: run `npm run build:web` (make setup)")
-    with sync_api.sync_playwright() as pw:
-        yield pw
-
-
-@pytest.fixture
-def launch(playwright: Any) -> Iterator[Any]:
-    """Launch Chromium (optionally with a fake camera playing a Y4M); page errors fail the test."""
-    browsers: list[Any] = []
-    errors: list[str] = []
-
-    def open_page(camera: Path | None = None, **context: Any) -> Any:
-        args = list(BASE_ARGS)
-        if camera is not None:
-            args += [
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-video-capture={camera}",
-            ]
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=args
-        )
-        browsers.append(browser)
-        page = browser.new_context(**context).new_page()
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        return page
-
-    yield open_page
-    for browser in browsers:
-        browser.close()
-    assert errors == [], f"uncaught errors on the page: {errors}"
-
-
-def _login(page: Any, url: str, username: str, password: str) -> None:
-    page.goto(url)
-    page.fill("#username", username)
-    page.fill("#password", password)
-    page.click("button[type=submit]")
-
-
-def _balance(runtime: Runtime, scheme_id: int) -> int:
-    for balance in services.balances(runtime, PASS_NUMBER).balances:
-        if balance.scheme_id == scheme_id:
-            return balance.balance
-    raise AssertionError(f"no scheme {scheme_id}")
+pytestmark = [*BROWSER_MARKS, NEEDS_SCANNER_BUNDLE]
 
 
 def _zbar(png: Path) -> str | None:
@@ -112,7 +49,7 @@ def test_holder_qr_is_scanned_and_redeemed_at_the_merchant(
 ) -> None:
     # (a) The holder logs in and sees a large QR image that decodes to a pass token.
     holder = launch()
-    _login(holder, f"{base_url}/holder/login?lang=en", PASS_NUMBER, DEV_HOLDER_PIN)
+    log_in(holder, f"{base_url}/holder/login?lang=en", PASS_NUMBER, DEV_HOLDER_PIN)
     holder.wait_for_url(f"{base_url}/holder")
     qr = holder.locator("#pass-qr")
     holder.wait_for_function(
@@ -132,10 +69,10 @@ def test_holder_qr_is_scanned_and_redeemed_at_the_merchant(
 
     # (b) The merchant page is fed THAT QR through the fake camera and redeems 2,50 euro.
     scheme_id = 1  # the demo budget scheme (cents), open to all merchants
-    before = _balance(runtime, scheme_id)
+    before = pass_balance(runtime, PASS_NUMBER, scheme_id)
     merchant = launch(camera=write_y4m(tmp_path / "camera.y4m", shot.read_bytes()))
     merchant.on("dialog", lambda dialog: dialog.accept())
-    _login(
+    log_in(
         merchant,
         f"{base_url}/merchant/login?lang=en",
         dev_terminal_id(MERCHANT_ID),
@@ -163,19 +100,19 @@ def test_holder_qr_is_scanned_and_redeemed_at_the_merchant(
     assert "€2.50" in text
     whole, cents = divmod(before - 250, 100)
     assert f"€{whole:,}.{cents:02d}" in text
-    assert _balance(runtime, scheme_id) == before - 250
+    assert pass_balance(runtime, PASS_NUMBER, scheme_id) == before - 250
 
     # Reverse the last redemption: the pass gets exactly the amount back.
     merchant.click("#reverse-last")
     merchant.wait_for_function(
         "() => document.getElementById('result').dataset.reversed !== undefined", timeout=TIMEOUT_MS
     )
-    assert _balance(runtime, scheme_id) == before
+    assert pass_balance(runtime, PASS_NUMBER, scheme_id) == before
 
 
 def test_refusal_is_shown_with_its_translated_reason(launch: Any, base_url: str) -> None:
     page = launch()
-    _login(
+    log_in(
         page,
         f"{base_url}/merchant/login?lang=nl",
         dev_terminal_id(MERCHANT_ID),
@@ -264,7 +201,7 @@ def test_holder_page_shows_history_and_offers_with_where_to_use_them(
             blocked.append(message.text) if "Content Security Policy" in message.text else None
         ),
     )
-    _login(page, f"{base_url}/holder/login?lang=nl", pass_number, DEV_HOLDER_PIN)
+    log_in(page, f"{base_url}/holder/login?lang=nl", pass_number, DEV_HOLDER_PIN)
     page.wait_for_url(f"{base_url}/holder")
     assert page.get_attribute("html", "lang") == "nl"
 
@@ -342,7 +279,7 @@ def test_holder_page_shows_history_and_offers_with_where_to_use_them(
 
 def test_holder_page_prints_the_qr_large_without_navigation(launch: Any, base_url: str) -> None:
     page = launch(locale="en-GB")
-    _login(page, f"{base_url}/holder/login?lang=en", PASS_NUMBER, DEV_HOLDER_PIN)
+    log_in(page, f"{base_url}/holder/login?lang=en", PASS_NUMBER, DEV_HOLDER_PIN)
     page.wait_for_url(f"{base_url}/holder")
     assert page.is_visible("header.site")
     assert not page.is_visible(".qr-card .print-only")

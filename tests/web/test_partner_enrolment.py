@@ -13,86 +13,22 @@ from __future__ import annotations
 
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from api.auth import DEV_STAFF
 from api.runtime import Runtime
 from ledger.passid import pass_id
 from tests.api.conftest import signed_uri
+from tests.web.conftest import BROWSER_MARKS, NEEDS_SCANNER_BUNDLE, staff_login
 
-CHROMIUM = Path("/usr/bin/chromium")
-BUNDLE = Path(__file__).resolve().parents[2] / "api" / "static" / "build" / "scanner.js"
-TIMEOUT_MS = 30_000
 HOLDER_PASS = "GR0000033"  # no other browser test of this module uses it
 BUDGET_SCHEME = 1  # the demo budget scheme (cents), open to all merchants
 CLUB = "Judovereniging Kano Groningen"
 CLUB_KVK = "40123456"
 CLUB_IBAN = "NL02 ABNA 0123 4567 89"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} missing (apt-get install -y chromium)"
-    ),
-]
-
-sync_api = pytest.importorskip("playwright.sync_api")
-uvicorn = pytest.importorskip("uvicorn")
-
-BASE_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not BUNDLE.exists():
-        pytest.skip("scanner bundle missing: run `npm run build:web` (make setup)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=BASE_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.fixture
-def new_page(browser: Any) -> Iterator[Any]:
-    """A page in a fresh context; uncaught page errors and CSP reports fail the test."""
-    contexts: list[Any] = []
-    errors: list[str] = []
-
-    def open_page(**context: Any) -> Any:
-        ctx = browser.new_context(**context)
-        contexts.append(ctx)
-        page = ctx.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on(
-            "console",
-            lambda msg: (
-                errors.append(msg.text)
-                if msg.type == "error" and "Content Security Policy" in msg.text
-                else None
-            ),
-        )
-        return page
-
-    yield open_page
-    for ctx in contexts:
-        ctx.close()
-    assert errors == [], f"errors on the page: {errors}"
-
-
-def _login(page: Any, base_url: str) -> None:
-    page.goto(f"{base_url}/admin/login?lang=nl")
-    page.fill("#username", "admin")
-    page.fill("#password", DEV_STAFF["admin"][1])
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base_url}/admin")
+pytestmark = [*BROWSER_MARKS, NEEDS_SCANNER_BUNDLE]
 
 
 def _wait_indexed(runtime: Runtime, tx_block: int, timeout_s: float = 30.0) -> None:
@@ -113,7 +49,7 @@ def test_a_partner_enrolled_on_the_page_redeems_and_is_paid(
 
     # the admin enrols the club on the merchants page: no address asked
     page = new_page(locale="nl-NL")
-    _login(page, base_url)
+    staff_login(page, base_url, "admin", "nl")
     page.goto(f"{base_url}/admin/web/merchants?lang=nl")
     assert page.locator("#enrol-form input[name=address]").count() == 0
     page.fill("#p-name", CLUB)
@@ -213,7 +149,7 @@ def test_a_partner_csv_with_a_bad_line_is_refused_on_the_page(
         encoding="utf-8",
     )
     page = new_page(locale="nl-NL")
-    _login(page, base_url)
+    staff_login(page, base_url, "admin", "nl")
     page.goto(f"{base_url}/admin/web/merchants?lang=nl")
     page.set_input_files("#partners-file", str(csv))
     page.click("#import-submit")

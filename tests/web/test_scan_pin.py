@@ -18,7 +18,6 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,9 +27,9 @@ from api import services
 from api.auth import DEV_HOLDER_PIN, DEV_STAFF, dev_terminal_id, dev_terminal_secret
 from api.runtime import Runtime
 from api.store import HolderPin, PinFailure
+from tests.web.conftest import BROWSER_MARKS, NEEDS_SCANNER_BUNDLE, launch_chromium
+from tests.web.conftest import pass_balance as _balance
 
-CHROMIUM = Path("/usr/bin/chromium")
-BUNDLE = Path(__file__).resolve().parents[2] / "api" / "static" / "build" / "scanner.js"
 TIMEOUT_MS = 20_000
 CARD_PASS = "GR0000011"  # no other test uses these two demo passes
 NUMBER_PASS = "GR0000047"
@@ -38,17 +37,8 @@ LOCKED_PASS = "GR0000043"
 BUDGET_SCHEME = 1  # the demo budget scheme (cents), open to all merchants
 WRONG_PIN = "0000-not-the-pin"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} missing (apt-get install -y chromium)"
-    ),
-]
+pytestmark = [*BROWSER_MARKS, NEEDS_SCANNER_BUNDLE]
 
-sync_api = pytest.importorskip("playwright.sync_api")
-uvicorn = pytest.importorskip("uvicorn")
-
-BASE_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 # Collects CSP violations in the page (an init script is not itself subject to the page's CSP).
 WATCH_CSP = """
@@ -57,14 +47,6 @@ document.addEventListener("securitypolicyviolation", function (e) {
   window.__cspViolations.push(e.violatedDirective + " " + e.blockedURI);
 });
 """
-
-
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Any]:
-    if not BUNDLE.exists():
-        pytest.skip("scanner bundle missing: run `npm run build:web` (make setup)")
-    with sync_api.sync_playwright() as pw:
-        yield pw
 
 
 class Watched:
@@ -115,9 +97,7 @@ def launch(playwright: Any) -> Iterator[Any]:
     pages: list[Watched] = []
 
     def open_page(**context: Any) -> Watched:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=BASE_ARGS
-        )
+        browser = launch_chromium(playwright)
         browsers.append(browser)
         ctx = browser.new_context(**context)
         ctx.add_init_script(WATCH_CSP)
@@ -134,13 +114,6 @@ def launch(playwright: Any) -> Iterator[Any]:
         browser.close()
     assert errors == [], f"errors on the page: {errors}"
     assert all(v == [] for v in violations), f"CSP violations: {violations}"
-
-
-def _balance(runtime: Runtime, pass_number: str, scheme_id: int) -> int:
-    for balance in services.balances(runtime, pass_number).balances:
-        if balance.scheme_id == scheme_id:
-            return balance.balance
-    raise AssertionError(f"no scheme {scheme_id}")
 
 
 def _issue_card(base_url: str, pass_number: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.web.conftest import BROWSER_MARKS, launch_chromium
 from tests.web.y4m import write_y4m
 from wallet import Amount, Domain, PassToken, sign_pass_token
 from wallet.qr import render_png
@@ -28,23 +29,10 @@ from wallet.uri import TOKEN_URI_LENGTH, encode_token_uri
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "api" / "static"
 BUNDLE = STATIC / "build" / "scanner.js"
-CHROMIUM = Path("/usr/bin/chromium")
 SCAN_TIMEOUT_MS = 10_000
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} missing (apt-get install -y chromium)"
-    ),
-]
+pytestmark = BROWSER_MARKS
 
-sync_api = pytest.importorskip("playwright.sync_api")
-
-BASE_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-]
 
 # Never use this key anywhere real.
 TEST_KEY = bytes.fromhex("8da4ef21b864d2cc526dbdb2a120bd2874c36c9d0a1fb7f8c63d7f7a8b41de8f")
@@ -90,15 +78,6 @@ def static_url(scanner_bundle: Path) -> Iterator[str]:
         thread.join(timeout=5)
 
 
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Any]:
-    """Module-scoped and stopped at the module's end: Playwright's sync API runs an event loop
-    in the main thread while it is started, which would break later tests that run their own
-    (``asyncio.run``, anyio) if it outlived this module."""
-    with sync_api.sync_playwright() as pw:
-        yield pw
-
-
 @pytest.fixture(scope="session")
 def token_uri() -> str:
     """A real, signed pass token URI (short-lived web token of a made-up pass)."""
@@ -130,7 +109,7 @@ def open_scanner(playwright: Any, static_url: str) -> Iterator[OpenPage]:
     errors: list[str] = []
 
     def open_page(camera: Path | None, *, grant: bool = True, query: str = "") -> Any:
-        args = list(BASE_ARGS)
+        args: list[str] = []
         if grant:
             args.append("--use-fake-ui-for-media-stream")
         if camera is not None:
@@ -138,9 +117,7 @@ def open_scanner(playwright: Any, static_url: str) -> Iterator[OpenPage]:
                 "--use-fake-device-for-media-stream",
                 f"--use-file-for-fake-video-capture={camera}",
             ]
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=args
-        )
+        browser = launch_chromium(playwright, *args)
         browsers.append(browser)
         page = browser.new_page()
         page.on("pageerror", lambda exc: errors.append(str(exc)))

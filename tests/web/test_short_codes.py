@@ -9,79 +9,21 @@ entitlements and redeems through the page.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from api import services, short_codes
 from api.auth import DEV_HOLDER_PIN, dev_terminal_id, dev_terminal_secret
 from api.runtime import Runtime
+from tests.web.conftest import BROWSER_MARKS, NEEDS_SCANNER_BUNDLE, log_in, pass_balance
 from wallet import decode_token_uri
 
-CHROMIUM = Path("/usr/bin/chromium")
-BUNDLE = Path(__file__).resolve().parents[2] / "api" / "static" / "build" / "scanner.js"
 TIMEOUT_MS = 20_000
 PASS_NUMBER = "GR0000029"
 MERCHANT_ID = 1
 BUDGET_SCHEME = 1  # the demo budget scheme (cents), open to all merchants
 CODE = re.compile(r"^[23456789ABCDEFGHJKMNPQRSTVWXYZ]{4}-[23456789ABCDEFGHJKMNPQRSTVWXYZ]{4}$")
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} missing (apt-get install -y chromium)"
-    ),
-]
-
-sync_api = pytest.importorskip("playwright.sync_api")
-uvicorn = pytest.importorskip("uvicorn")
-
-BASE_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Any]:
-    if not BUNDLE.exists():
-        pytest.skip("scanner bundle missing: run `npm run build:web` (make setup)")
-    with sync_api.sync_playwright() as pw:
-        yield pw
-
-
-@pytest.fixture
-def launch(playwright: Any) -> Iterator[Any]:
-    """Launch Chromium without a camera; page errors fail the test."""
-    browsers: list[Any] = []
-    errors: list[str] = []
-
-    def open_page(**context: Any) -> Any:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=BASE_ARGS
-        )
-        browsers.append(browser)
-        page = browser.new_context(**context).new_page()
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        return page
-
-    yield open_page
-    for browser in browsers:
-        browser.close()
-    assert errors == [], f"uncaught errors on the page: {errors}"
-
-
-def _login(page: Any, url: str, username: str, password: str) -> None:
-    page.goto(url)
-    page.fill("#username", username)
-    page.fill("#password", password)
-    page.click("button[type=submit]")
-
-
-def _balance(runtime: Runtime, scheme_id: int) -> int:
-    for balance in services.balances(runtime, PASS_NUMBER).balances:
-        if balance.scheme_id == scheme_id:
-            return balance.balance
-    raise AssertionError(f"no scheme {scheme_id}")
+pytestmark = [*BROWSER_MARKS, NEEDS_SCANNER_BUNDLE]
 
 
 def test_holder_page_shows_a_short_code_that_renews_with_the_qr(
@@ -89,7 +31,7 @@ def test_holder_page_shows_a_short_code_that_renews_with_the_qr(
 ) -> None:
     page = launch()
     page.clock.install()  # to move the page's renewal timer on without waiting 100 s
-    _login(page, f"{base_url}/holder/login?lang=en", PASS_NUMBER, DEV_HOLDER_PIN)
+    log_in(page, f"{base_url}/holder/login?lang=en", PASS_NUMBER, DEV_HOLDER_PIN)
     page.wait_for_url(f"{base_url}/holder")
     page.wait_for_function("() => document.getElementById('pass-qr').naturalWidth > 0")
     code = page.text_content("#pass-code") or ""
@@ -126,7 +68,7 @@ def test_cashier_types_the_short_code_without_a_camera_and_redeems(
     launch: Any, base_url: str, runtime: Runtime
 ) -> None:
     holder = launch()
-    _login(holder, f"{base_url}/holder/login?lang=nl", PASS_NUMBER, DEV_HOLDER_PIN)
+    log_in(holder, f"{base_url}/holder/login?lang=nl", PASS_NUMBER, DEV_HOLDER_PIN)
     holder.wait_for_url(f"{base_url}/holder")
     code = holder.text_content("#pass-code") or ""
     assert CODE.match(code), code
@@ -134,7 +76,7 @@ def test_cashier_types_the_short_code_without_a_camera_and_redeems(
     typed = f"{typed[:4]} {typed[4:]}"  # as a cashier types it: lower case, a space
 
     merchant = launch(locale="nl-NL")
-    _login(
+    log_in(
         merchant,
         f"{base_url}/merchant/login?lang=nl",
         dev_terminal_id(MERCHANT_ID),
@@ -156,7 +98,7 @@ def test_cashier_types_the_short_code_without_a_camera_and_redeems(
     assert merchant.get_by_text("Geen camera gevonden").count() == 1
     assert merchant.evaluate("document.activeElement.id") == "manual-code"
 
-    before = _balance(runtime, BUDGET_SCHEME)
+    before = pass_balance(runtime, PASS_NUMBER, BUDGET_SCHEME)
     merchant.fill("#manual-code", typed)
     merchant.click("#manual-entry button[type=submit]")
     merchant.wait_for_function(
@@ -182,12 +124,12 @@ def test_cashier_types_the_short_code_without_a_camera_and_redeems(
     assert result.get_attribute("data-outcome") == "ok", result.text_content()
     assert result.get_attribute("data-amount") == "125"
     assert result.get_attribute("data-balance") == str(before - 125)
-    assert _balance(runtime, BUDGET_SCHEME) == before - 125
+    assert pass_balance(runtime, PASS_NUMBER, BUDGET_SCHEME) == before - 125
 
 
 def test_a_mistyped_code_is_refused_with_its_reason(launch: Any, base_url: str) -> None:
     page = launch(locale="en-GB")
-    _login(
+    log_in(
         page,
         f"{base_url}/merchant/login?lang=en",
         dev_terminal_id(2),
