@@ -15,7 +15,8 @@ One pure ASGI middleware (:class:`HardeningMiddleware`, outermost) does, per HTT
 - Request size: a ``Content-Length`` over ``max_request_body_bytes`` answers 413
   ``body_too_large`` before the body is read; a chunked body is counted as it streams and
   refused the moment it passes the limit (the rest is never buffered). The import uploads
-  (``/admin/imports/...``, the import page) have their own limit, ``import_max_bytes``.
+  (``/admin/imports/...``, the import page) have their own limit, ``import_max_bytes``, and
+  the other CSV uploads theirs (:data:`CSV_UPLOAD_LIMITS`: issuance, partners, postcodes).
 - Security headers on every response: a strict Content-Security-Policy (the docs page
   ``/docs`` loads Swagger UI from this service, see :mod:`api.docs`), nosniff,
   ``Referrer-Policy: no-referrer``, ``Permissions-Policy: camera=(self)`` (the scanner),
@@ -46,6 +47,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.access_log import log_request
+from api.admin_services import MAX_CSV_BYTES
 from api.auth import TokenError, decode_token
 from api.problems import problem_response
 from api.settings import Settings
@@ -60,6 +62,7 @@ from api.throttle import (
     open_throttle_state,
     parse_networks,
 )
+from ledger.geography import MAX_FILE_BYTES
 
 __all__ = [
     "BodyTooLarge",
@@ -99,6 +102,20 @@ class BodyTooLarge(StarletteHTTPException):
         self.limit = limit
 
 
+#: The form fields and multipart framing around uploaded files (``UPLOAD_FORM_EXTRA`` of the
+#: pages).
+_FORM_EXTRA = 64 * 1024
+#: Largest request per CSV upload path besides the imports: the issuance and partner CSVs
+#: (``MAX_CSV_BYTES``, 5 MiB) and the CBS postcode table (two files of ``MAX_FILE_BYTES``).
+CSV_UPLOAD_LIMITS: dict[str, int] = {
+    "/admin/entitlements/csv": MAX_CSV_BYTES + _FORM_EXTRA,
+    "/admin/web/issuance": MAX_CSV_BYTES + _FORM_EXTRA,
+    "/admin/web/merchants/import": MAX_CSV_BYTES + _FORM_EXTRA,
+    "/admin/postcodes": MAX_FILE_BYTES + _FORM_EXTRA,
+    "/admin/web/postcodes": 2 * MAX_FILE_BYTES + _FORM_EXTRA,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class MiddlewareConfig:
     max_body_bytes: int = 1024 * 1024
@@ -115,12 +132,16 @@ class MiddlewareConfig:
     #: Paths that take file uploads (imports) and their larger limit.
     upload_prefixes: tuple[str, ...] = ("/admin/imports/", "/admin/web/imports/")
     max_upload_bytes: int = 20 * 1024 * 1024
+    #: The other CSV uploads (exact paths) and their limits: their routes refuse a file over
+    #: its own limit with their own 413; the middleware only stops what is larger still.
+    csv_uploads: dict[str, int] = field(default_factory=lambda: dict(CSV_UPLOAD_LIMITS))
 
     def body_limit(self, path: str) -> int:
-        """The body limit of ``path``: the upload limit for the import paths."""
+        """The body limit of ``path``: the upload limit for the import paths and the CSV
+        uploads, else ``max_body_bytes``."""
         if path.startswith(self.upload_prefixes):
             return max(self.max_body_bytes, self.max_upload_bytes)
-        return self.max_body_bytes
+        return max(self.max_body_bytes, self.csv_uploads.get(path, 0))
 
     @classmethod
     def from_settings(
