@@ -86,7 +86,7 @@ def _selection(
         return act.ByPassNumbers(tuple(text.replace(",", " ").split()))
     if holders is not None:
         raw = holders.replace(",", " ").split()
-        if not all(part.isdigit() for part in raw):
+        if not all(part.isdecimal() and len(part) < 19 for part in raw):
             _fail(f"--holders {holders!r} must be holder ids (numbers) separated by commas")
         return act.ByHolderIds(tuple(int(part) for part in raw))
     return act.NotActivated()

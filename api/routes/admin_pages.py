@@ -268,7 +268,7 @@ class UploadForm:
     def number(self, name: str) -> int | None:
         """Field ``name`` as a whole number (a select's id); None if absent or not digits."""
         raw = self.fields.get(name, "")
-        return int(raw) if raw.isdigit() else None
+        return int(raw) if raw.isdecimal() and len(raw) < 19 else None
 
 
 async def read_upload_form(
@@ -439,7 +439,9 @@ async def create_scheme(request: Request, settings: SettingsDep, runtime: Runtim
     async with request.form(max_files=0, max_fields=200) as raw:
         form = {k: v for k, v in raw.items() if isinstance(v, str)}
         merchants = [
-            int(v) for v in raw.getlist("allowed_merchants") if isinstance(v, str) and v.isdigit()
+            int(v)
+            for v in raw.getlist("allowed_merchants")
+            if isinstance(v, str) and v.isdecimal() and len(v) < 19
         ]
     if not _check_csrf(request, form.get("csrf")):
         return _csrf_refused(request, settings, principal)
@@ -552,7 +554,7 @@ async def cohort_issue(request: Request, settings: SettingsDep, runtime: Runtime
         "districts": districts,
     }
     raw_scheme = form.get("scheme_id", "")
-    scheme_id = int(raw_scheme) if raw_scheme.isdigit() and len(raw_scheme) < 12 else None
+    scheme_id = int(raw_scheme) if raw_scheme.isdecimal() and len(raw_scheme) < 12 else None
     try:
         body = CohortIn.model_validate(
             {
@@ -683,7 +685,7 @@ def _find_holders(runtime: Runtime, query: str, *, by_name: bool = True) -> list
         return [holder.id for _, holder in pairs if holder.id is not None]
     if not by_name:
         return []
-    if text.isdigit():
+    if text.isdecimal() and len(text) < 19:
         found = [h.id for h in registry.holders() if h.id == int(text)]
         return [i for i in found if i is not None]
     needle = text.lower()
@@ -999,7 +1001,7 @@ def _report_query(request: Request) -> _ReportQuery:
     except ValueError:
         by = Granularity.MONTH
     raw_scheme = params.get("scheme", "")
-    scheme = int(raw_scheme) if raw_scheme.isdigit() and len(raw_scheme) < 12 else None
+    scheme = int(raw_scheme) if raw_scheme.isdecimal() and len(raw_scheme) < 12 else None
 
     def metric(name: str, allowed: tuple[str, ...]) -> str:
         value = params.get(name, allowed[0])

@@ -73,7 +73,7 @@ def too_large(limit: int) -> ApiProblem:
 async def read_limited(request: Request, limit: int) -> bytes:
     """The body, refused (413) by its declared length or once it passes ``limit``."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isdecimal() and (len(declared) > 18 or int(declared) > limit):
         raise too_large(limit)
     chunks: list[bytes] = []
     size = 0

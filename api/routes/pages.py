@@ -457,7 +457,7 @@ def holder_history_page(
     if pass_number is None:
         return _redirect("/holder/login")
     lang = pick_language(request)
-    number = int(page) if page.isdigit() else 1
+    number = int(page) if page.isdecimal() and len(page) < 10 else 1
     number = max(1, min(number, _HISTORY_MAX_PAGE))
     found = holder_services.history(
         runtime, pass_number, limit=_HISTORY_PAGE, offset=(number - 1) * _HISTORY_PAGE

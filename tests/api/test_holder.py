@@ -401,3 +401,24 @@ def test_garbage_pass_number_refused(client: TestClient) -> None:
         422,
         "validation_failed",
     )
+
+
+@pytest.mark.parametrize("page", ["\u00b2", "9" * 5000, "-1", "x"])
+def test_the_history_page_number_is_read_safely(client: TestClient, page: str) -> None:
+    """A page number that is not a plain decimal of sane length (a superscript digit, which
+    ``str.isdigit`` accepts but ``int`` refuses; 5,000 digits, over ``int``'s limit) shows the
+    first page, never a 500."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+        page_client = TestClient(client.app, raise_server_exceptions=False)
+    with page_client:
+        login = page_client.get("/holder/login")
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', login.text)
+        assert csrf is not None
+        page_client.post(
+            "/holder/login",
+            data={"username": OWN, "password": DEV_HOLDER_PIN, "csrf": csrf.group(1)},
+            follow_redirects=False,
+        )
+        response = page_client.get("/holder/history", params={"page": page})
+        assert response.status_code == 200, response.text[:300]
