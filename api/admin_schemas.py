@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -19,6 +19,9 @@ from pydantic_core import CoreSchema
 from api.schemas import JSON_INT_MAX, UtcDatetime
 from ledger.registry import format_postcode
 from ledger.store.registry import Merchant
+
+if TYPE_CHECKING:
+    from api.jobs import Job
 
 __all__ = [
     "PERIOD_PATTERN",
@@ -353,6 +356,22 @@ class JobOut(BaseModel):
     problem: dict[str, Any] | None = Field(
         description="Why it failed: status, code and detail, as in a problem document"
     )
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        """The answer for a job of :mod:`api.jobs` (a copy of its snapshot)."""
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            status=job.status.value,
+            done=job.done,
+            total=job.total,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            result=job.result,
+            problem=job.problem,
+        )
 
 
 _LOCATION_EXAMPLE: dict[str, Any] = {

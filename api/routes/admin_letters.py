@@ -39,7 +39,6 @@ from api.routes.admin_pages import (
     upload_missing,
     upload_refused,
 )
-from api.routes.admin_registry import _job_out
 from api.routes.pages import _check_csrf, _redirect
 from api.runtime import Runtime
 from api.settings import Settings
@@ -80,7 +79,7 @@ def produce_letters(body: svc.LettersIn, runtime: RuntimeDep) -> JobOut:
     per pass and the print house's CSV; its result: ``batch``, ``letters``, ``skipped``
     (``holder_id``, ``pass_number``, ``reason``: ``blocked``, ``no_address`` or ``no_pass``),
     ``without_card``, ``pdf`` and ``csv`` (download links, each served once), ``expires_at``."""
-    return _job_out(svc.start_letters(runtime, body))
+    return JobOut.of(svc.start_letters(runtime, body))
 
 
 def _file(data: bytes, kind: str, batch: str) -> Response:

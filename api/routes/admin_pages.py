@@ -271,6 +271,25 @@ class UploadForm:
         return int(raw) if raw.isdecimal() and len(raw) < 19 else None
 
 
+#: The most a small admin form (no files) may be: larger is refused before it is read.
+SMALL_FORM_BYTES: Final = 16 * 1024
+
+
+async def read_small_form(
+    request: Request, settings: Settings, principal: Principal, *, max_fields: int = 20
+) -> dict[str, str]:
+    """The text fields of a small form without files: 413 ``body_too_large`` over
+    :data:`SMALL_FORM_BYTES`; :class:`PageHalt` with the 403 page when the CSRF token does not
+    match."""
+    if int(request.headers.get("content-length") or 0) > SMALL_FORM_BYTES:
+        raise ApiProblem(413, "body_too_large", "the form is too large")
+    async with request.form(max_files=0, max_fields=max_fields) as raw:
+        posted = {k: v for k, v in raw.items() if isinstance(v, str)}
+    if not _check_csrf(request, posted.get("csrf")):
+        raise PageHalt(_csrf_refused(request, settings, principal))
+    return posted
+
+
 async def read_upload_form(
     request: Request,
     settings: Settings,
@@ -434,7 +453,7 @@ def _scheme_in(form: dict[str, str], merchants: list[int]) -> SchemeIn:
 @router.post("/admin/web/schemes")
 async def create_scheme(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     principal = _staff(request, settings, Scope.ISSUE)
-    if int(request.headers.get("content-length") or 0) > 16 * 1024:
+    if int(request.headers.get("content-length") or 0) > SMALL_FORM_BYTES:
         raise ApiProblem(413, "body_too_large", "the form is too large")
     async with request.form(max_files=0, max_fields=200) as raw:
         form = {k: v for k, v in raw.items() if isinstance(v, str)}
@@ -540,7 +559,7 @@ def _optional_int(text: str) -> int | None:
 async def cohort_issue(request: Request, settings: SettingsDep, runtime: RuntimeDep) -> Response:
     """Issue to a cohort by criteria (``POST /admin/cohorts``, a job) and show its progress."""
     principal = _staff(request, settings, Scope.ISSUE)
-    if int(request.headers.get("content-length") or 0) > 16 * 1024:
+    if int(request.headers.get("content-length") or 0) > SMALL_FORM_BYTES:
         raise ApiProblem(413, "body_too_large", "the form is too large")
     async with request.form(max_files=0, max_fields=300) as raw:
         form = {k: v for k, v in raw.items() if isinstance(v, str)}
@@ -921,12 +940,7 @@ async def merchant_location_save(
     """Save the location (street, postcode and town together; website and opening hours
     optional); every field empty removes it. A refusal shows the form again, nothing saved."""
     principal = _staff(request, settings, Scope.ADMIN)
-    if int(request.headers.get("content-length") or 0) > 16 * 1024:
-        raise ApiProblem(413, "body_too_large", "the form is too large")
-    async with request.form(max_files=0, max_fields=20) as raw:
-        posted = {k: v for k, v in raw.items() if isinstance(v, str)}
-    if not _check_csrf(request, posted.get("csrf")):
-        return _csrf_refused(request, settings, principal)
+    posted = await read_small_form(request, settings, principal)
     merchant = await run_in_threadpool(runtime.store.registry.find_merchant, merchant_id)
     if merchant is None:
         return _problem_page(request, settings, principal, 404, "admin.merchants.unknown")

@@ -43,7 +43,7 @@ from api.admin_schemas import (
 )
 from api.auth import Scope
 from api.deps import RuntimeDep, require_scopes
-from api.jobs import Job, jobs_of
+from api.jobs import jobs_of
 from api.problems import ApiProblem, problem_responses
 from api.schemas import JSON_INT_MAX
 
@@ -68,21 +68,6 @@ HouseholdId = Annotated[int, Path(ge=1, le=2**62)]
 MerchantId = Annotated[int, Path(ge=1, le=2**62)]
 _MERCHANT_UNKNOWN = (404, "merchant_unknown", "no merchant has id 999")
 _HOUSEHOLD_UNKNOWN = (404, "household_unknown", "no household has id 999")
-
-
-def _job_out(job: Job) -> JobOut:
-    return JobOut(
-        id=job.id,
-        kind=job.kind,
-        status=job.status.value,
-        done=job.done,
-        total=job.total,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        result=job.result,
-        problem=job.problem,
-    )
 
 
 # -- holders (registry; scope admin) ----------------------------------------------------------
@@ -381,7 +366,7 @@ def issue_csv(
     """Every line is checked first (unknown pass numbers, bad amounts, duplicates: reported by
     line, nothing issued); then ``issueBatch`` in chunks of 100 runs as a job to poll."""
     data = file.file.read(svc.MAX_CSV_BYTES + 1)
-    return _job_out(svc.start_csv_issuance(runtime, scheme_id=scheme_id, data=data))
+    return JobOut.of(svc.start_csv_issuance(runtime, scheme_id=scheme_id, data=data))
 
 
 @router.post(
@@ -401,7 +386,7 @@ def issue_cohort(body: CohortIn, runtime: RuntimeDep) -> JobOut:
     """Holders with an active pass meeting every criterion (age band at ``age_at``, districts);
     a Merkle root over ``(index, pass_id, amount)`` is issued with ``issueCohort``; each holder's
     share is claimed with its proof on first use."""
-    return _job_out(svc.start_cohort(runtime, body))
+    return JobOut.of(svc.start_cohort(runtime, body))
 
 
 @router.get(
@@ -417,7 +402,7 @@ def get_job(job_id: Annotated[str, Path(max_length=64)], runtime: RuntimeDep) ->
     job = jobs_of(runtime).get(job_id)
     if job is None:
         raise ApiProblem(404, "job_unknown", f"no job has id {job_id!r}")
-    return _job_out(job)
+    return JobOut.of(job)
 
 
 # -- merchants (scope admin) ------------------------------------------------------------------

@@ -18,7 +18,7 @@ from api import imports as svc
 from api.admin_schemas import JobOut
 from api.auth import Scope
 from api.deps import RuntimeDep, require_scopes
-from api.jobs import Job, jobs_of
+from api.jobs import jobs_of
 from api.problems import ApiProblem, problem_responses
 from api.schemas import JSON_INT_MAX
 
@@ -44,21 +44,6 @@ _CSV_BODY = {
         "content": {"text/csv": {"schema": {"type": "string", "format": "binary"}}},
     }
 }
-
-
-def job_out(job: Job) -> JobOut:
-    return JobOut(
-        id=job.id,
-        kind=job.kind,
-        status=job.status.value,
-        done=job.done,
-        total=job.total,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        result=job.result,
-        problem=job.problem,
-    )
 
 
 def too_large(limit: int) -> ApiProblem:
@@ -104,7 +89,7 @@ async def import_holders(request: Request, runtime: RuntimeDep) -> JobOut:
     job registers the passes on chain in batches."""
     data = await read_limited(request, runtime.settings.import_max_bytes)
     job = await run_in_threadpool(svc.start_holders_import, runtime, data)
-    return job_out(job)
+    return JobOut.of(job)
 
 
 @router.post(
@@ -129,7 +114,7 @@ async def import_balances(
     again is skipped, another amount is an error."""
     data = await read_limited(request, runtime.settings.import_max_bytes)
     job = await run_in_threadpool(svc.start_balances_import, runtime, data, scheme_id=scheme_id)
-    return job_out(job)
+    return JobOut.of(job)
 
 
 @router.get(
@@ -145,4 +130,4 @@ def get_import(job_id: Annotated[str, Path(max_length=64)], runtime: RuntimeDep)
     job = jobs_of(runtime).get(job_id)
     if job is None or not job.kind.endswith("_import"):
         raise ApiProblem(404, "import_unknown", f"no import has id {job_id!r}")
-    return job_out(job)
+    return JobOut.of(job)

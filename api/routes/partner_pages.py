@@ -29,6 +29,7 @@ from api.routes.admin_pages import (
     _problem_text,
     _staff,
     _validation_detail,
+    read_small_form,
     read_upload_form,
     upload_missing,
     upload_refused,
@@ -86,12 +87,7 @@ async def enrol_partner_page(
 ) -> Response:
     """Enrol a partner end to end (as ``POST /admin/merchants``) and show it in the list."""
     principal = _staff(request, settings, Scope.ADMIN)
-    if int(request.headers.get("content-length") or 0) > 16 * 1024:
-        raise ApiProblem(413, "body_too_large", "the form is too large")
-    async with request.form(max_files=0, max_fields=20) as raw:
-        posted = {k: v for k, v in raw.items() if isinstance(v, str)}
-    if not _check_csrf(request, posted.get("csrf")):
-        return _csrf_refused(request, settings, principal)
+    posted = await read_small_form(request, settings, principal)
     form = {name: posted.get(name, "") for name in ENROL_FIELDS}
     render = functools.partial(_merchants_page, request, settings, runtime, principal)
     try:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 
 with warnings.catch_warnings():
     # starlette 1.x prefers httpx2 for its TestClient; httpx works and is what we install
@@ -213,3 +216,29 @@ def module_database(request: pytest.FixtureRequest) -> Iterator[str | None]:
         return
     with postgres_database(request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")) as url:
         yield url
+
+
+@contextmanager
+def served_app(runtime: Runtime, *, name: str) -> Iterator[str]:
+    """The real app of ``runtime`` served by uvicorn on a free port of 127.0.0.1, in a thread
+    named ``name``; yields the base URL (no trailing slash) and stops the server afterwards."""
+    config = uvicorn.Config(
+        create_app(runtime.settings, runtime),
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -3,21 +3,18 @@ with a key the service created and sealed in its keystore; nothing personal goes
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
 from api.main import create_app
 from api.partner_keystore import PartnerKey
 from api.runtime import Runtime, StartupError
-from tests.api.conftest import dev_settings, logins, signed_uri
+from tests.api.conftest import dev_settings, logins, served_app, signed_uri
 from tests.api.conftest import holder_pass_id as _pid
 
 BUDGET = 1  # the demo's budget scheme, open to every merchant
@@ -208,22 +205,8 @@ def test_a_partner_csv_is_checked_first_and_imported_once(
 @pytest.fixture(scope="module")
 def served(runtime: Runtime) -> Iterator[str]:
     """The app of the shared runtime, served by uvicorn in a thread (the CLI's service)."""
-    config = uvicorn.Config(
-        create_app(runtime.settings, runtime), host="127.0.0.1", port=0, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="partners-cli-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with served_app(runtime, name="partners-cli-uvicorn") as url:
+        yield url
 
 
 def test_the_cli_imports_partners_once_and_refuses_a_bad_file(

@@ -11,8 +11,6 @@ shared."""
 from __future__ import annotations
 
 import importlib.util
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,9 @@ import pytest
 
 from api import services
 from api.auth import DEV_STAFF
-from api.main import create_app
 from api.runtime import Runtime
 from api.settings import Settings
+from tests.api.conftest import served_app
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -65,28 +63,8 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
 @pytest.fixture(scope="module")
 def base_url(runtime: Runtime) -> Iterator[str]:
     """The real app on a free port of 127.0.0.1 (base URL without trailing slash)."""
-    uvicorn = pytest.importorskip("uvicorn")
-    config = uvicorn.Config(
-        create_app(runtime.settings, runtime),
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="web-uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with served_app(runtime, name="web-uvicorn") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
